@@ -1,0 +1,78 @@
+//! # Kogge
+//!
+//! Federated, end-to-end-encrypted instant messaging: independent providers speak one
+//! open protocol, the way e-mail servers do. No provider can read a message (it is
+//! sealed to the recipient device) or forge one (every envelope is signed by the sender
+//! device). The wire format is specified in `SPEC.md` and `proto/`.
+//!
+//! ## Architecture
+//!
+//! The crate is a *sans-IO* core in the style of `quinn-proto` and `rustls`: it never
+//! opens a socket, reads a clock or touches the OS random number generator. Time comes
+//! in as [`UnixMillis`] arguments and randomness as a `rand_core::CryptoRng`, so every
+//! run is reproducible from its inputs.
+//!
+//! ```text
+//!  address ── identity ── envelope            (this release: the foundation)
+//!     │          │           │
+//!     └──────────┴── crypto ─┴── wire (prost types from proto/, crate-private)
+//! ```
+//!
+//! * [`address`]: `user@provider` addresses and provider domains, one parser each.
+//! * [`identity`]: identity, device and provider keys; device certificates; fingerprints.
+//! * [`envelope`]: sealing and opening signed, encrypted envelopes; content; replay window.
+//! * [`crypto`]: the primitives wrapped once, with domain-separation [`crypto::Label`]s.
+//! * [`limits`]: every bound, by name, as SPEC.md lists them.
+//!
+//! ## Sending and receiving
+//!
+//! ```
+//! use bytes::Bytes;
+//! use kogge::address::Address;
+//! use kogge::envelope::{self, Content, KnownDevices, MessageId, Outgoing, ReplayWindow, Text};
+//! use kogge::identity::{Device, DeviceKeyPair, IdentityKeyPair};
+//! use kogge::UnixMillis;
+//! use rand_core::SeedableRng;
+//!
+//! # fn main() -> Result<(), kogge::Error> {
+//! let mut rng = rand_chacha::ChaCha20Rng::from_seed([7; 32]); // any CryptoRng
+//! let now = UnixMillis(1_700_000_000_000);
+//! let year = UnixMillis(now.0 + 365 * 24 * 3600 * 1000);
+//! let device = |rng: &mut rand_chacha::ChaCha20Rng, addr: &str| -> Result<Device, kogge::Error> {
+//!     let identity = IdentityKeyPair::generate(rng);
+//!     Ok(Device::new(&identity, Address::parse(addr)?, DeviceKeyPair::generate(rng), now, year)?)
+//! };
+//! let alice = device(&mut rng, "alice@one.example")?;
+//! let bob = device(&mut rng, "bob@two.example")?;
+//!
+//! let content = Content::Text(Text::plain("hello Bob"));
+//! let sealed: Bytes = envelope::seal(&alice, &Outgoing {
+//!     recipient: bob.certificate(),
+//!     message_id: MessageId::random(&mut rng),
+//!     timestamp: now,
+//!     content: &content,
+//! }, &mut rng)?;
+//!
+//! let mut known = KnownDevices::new();          // Bob's view of certified devices
+//! known.insert(alice.certificate().clone());
+//! let mut replay = ReplayWindow::default();
+//! let opened = envelope::open(sealed.clone(), &bob, &known, &mut replay, now)?;
+//! assert_eq!(opened.content, content);
+//! // The same bytes again are a replay, refused without changing any state.
+//! assert!(envelope::open(sealed, &bob, &known, &mut replay, now).is_err());
+//! # Ok(()) }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod address;
+pub mod crypto;
+pub mod envelope;
+mod error;
+pub mod identity;
+pub mod limits;
+mod time;
+mod wire;
+
+pub use error::Error;
+pub use time::UnixMillis;

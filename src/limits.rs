@@ -1,0 +1,63 @@
+//! Every bound Kogge enforces, in one place. SPEC.md section 9 lists the same
+//! constants by name; a test keeps the two in step.
+
+/// Protocol version carried in envelopes and certificates.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest encoded envelope accepted by a decoder, in bytes. Checked before parsing.
+pub const MAX_ENVELOPE_LEN: usize = 100 * 1024;
+
+/// Largest encoded envelope header, in bytes.
+pub const MAX_HEADER_LEN: usize = 1024;
+
+/// Largest plaintext (encoded `Content` including padding), in bytes.
+pub const MAX_PLAINTEXT_LEN: usize = 96 * 1024;
+
+/// Length of the AEAD tag appended to every ciphertext.
+pub const AEAD_TAG_LEN: usize = 16;
+
+/// Largest ciphertext: the largest plaintext plus the tag.
+pub const MAX_CIPHERTEXT_LEN: usize = MAX_PLAINTEXT_LEN + AEAD_TAG_LEN;
+
+/// Plaintexts are padded to a multiple of this many bytes (SPEC.md 7.3).
+pub const PADDING_BLOCK: usize = 64;
+
+/// Largest encoded device certificate, in bytes.
+pub const MAX_CERTIFICATE_LEN: usize = 1024;
+
+/// Largest media type string in a text message, in bytes.
+pub const MAX_MEDIA_TYPE_LEN: usize = 127;
+
+/// Most message ids one receipt may acknowledge.
+pub const MAX_RECEIPT_IDS: usize = 1024;
+
+/// Longest local part of an address (before `@`), in bytes.
+pub const MAX_LOCAL_PART_LEN: usize = 64;
+
+/// Longest provider domain, in bytes (as DNS).
+pub const MAX_DOMAIN_LEN: usize = 253;
+
+/// Longest label of a provider domain, in bytes (as DNS).
+pub const MAX_DOMAIN_LABEL_LEN: usize = 63;
+
+/// Longest address: local part, `@`, domain.
+pub const MAX_ADDRESS_LEN: usize = MAX_LOCAL_PART_LEN + 1 + MAX_DOMAIN_LEN;
+
+/// Largest encoded fingerprint QR payload, in bytes.
+pub const MAX_SCANNABLE_FINGERPRINT_LEN: usize = 128;
+
+/// Iterations of SHA-512 in the fingerprint computation (SPEC.md 5.1).
+pub const FINGERPRINT_ITERATIONS: u32 = 5200;
+
+/// Default: envelopes older than this (by their header timestamp) are refused as too old.
+pub const DEFAULT_MAX_MESSAGE_AGE_MS: u64 = 35 * 24 * 60 * 60 * 1000;
+
+/// Default: envelopes dated further than this into the receiver's future are refused.
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Default: most message ids a replay window remembers. When full, the window's floor
+/// rises instead of forgetting, so an evicted id can never be replayed (SPEC.md 8).
+pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+/// Most envelopes one call to `open_batch` accepts.
+pub const MAX_BATCH_LEN: usize = 4096;
