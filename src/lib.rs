@@ -72,6 +72,8 @@ mod error;
 pub mod identity;
 pub mod limits;
 mod time;
+#[cfg(test)]
+mod vectors;
 mod wire;
 
 pub use error::Error;

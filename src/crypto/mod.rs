@@ -141,7 +141,9 @@ pub fn verify_message(
 
 /// Parses an Ed25519 public key, refusing invalid encodings and weak (small-order) keys.
 pub fn verifying_key(bytes: &[u8]) -> Result<VerifyingKey, CryptoError> {
-    let arr: &[u8; 32] = bytes.try_into().map_err(|_| CryptoError::InvalidPublicKey)?;
+    let arr: &[u8; 32] = bytes
+        .try_into()
+        .map_err(|_| CryptoError::InvalidPublicKey)?;
     let key = VerifyingKey::from_bytes(arr).map_err(|_| CryptoError::InvalidPublicKey)?;
     if key.is_weak() {
         return Err(CryptoError::InvalidPublicKey);
@@ -220,3 +222,5 @@ pub fn aead_open(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wycheproof;

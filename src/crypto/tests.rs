@@ -11,7 +11,10 @@ fn framing_is_length_prefixed() {
     want.extend_from_slice(&[0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0]);
     assert_eq!(f, want);
     // Moving a byte between parts changes the framing.
-    assert_ne!(framed(Label::DeviceId, &[b"a", b"b"]), framed(Label::DeviceId, &[b"ab", b""]));
+    assert_ne!(
+        framed(Label::DeviceId, &[b"a", b"b"]),
+        framed(Label::DeviceId, &[b"ab", b""])
+    );
 }
 
 #[test]
@@ -31,11 +34,20 @@ fn aead_round_trip_and_tamper() {
     let ct = aead_seal(&key, &nonce, b"aad", b"hello").unwrap();
     assert_eq!(ct.len(), 5 + 16);
     assert_eq!(&aead_open(&key, &nonce, b"aad", &ct).unwrap()[..], b"hello");
-    assert_eq!(aead_open(&key, &nonce, b"aaD", &ct), Err(CryptoError::Decrypt));
+    assert_eq!(
+        aead_open(&key, &nonce, b"aaD", &ct),
+        Err(CryptoError::Decrypt)
+    );
     let mut bad = ct.clone();
     bad[0] ^= 1;
-    assert_eq!(aead_open(&key, &nonce, b"aad", &bad), Err(CryptoError::Decrypt));
-    assert_eq!(aead_open(&key, &nonce, b"aad", &ct[..10]), Err(CryptoError::Decrypt));
+    assert_eq!(
+        aead_open(&key, &nonce, b"aad", &bad),
+        Err(CryptoError::Decrypt)
+    );
+    assert_eq!(
+        aead_open(&key, &nonce, b"aad", &ct[..10]),
+        Err(CryptoError::Decrypt)
+    );
 }
 
 #[test]
@@ -48,7 +60,10 @@ fn x25519_refuses_low_order_points() {
         one
     }] {
         let peer = x25519_dalek::PublicKey::from(u);
-        assert_eq!(x25519(&secret, &peer).unwrap_err(), CryptoError::NonContributory);
+        assert_eq!(
+            x25519(&secret, &peer).unwrap_err(),
+            CryptoError::NonContributory
+        );
     }
 }
 
@@ -57,6 +72,12 @@ fn weak_verifying_keys_are_refused() {
     // The identity point (y = 1) is small order.
     let mut identity = [0u8; 32];
     identity[0] = 1;
-    assert_eq!(verifying_key(&identity).unwrap_err(), CryptoError::InvalidPublicKey);
-    assert_eq!(verifying_key(&[0u8; 31]).unwrap_err(), CryptoError::InvalidPublicKey);
+    assert_eq!(
+        verifying_key(&identity).unwrap_err(),
+        CryptoError::InvalidPublicKey
+    );
+    assert_eq!(
+        verifying_key(&[0u8; 31]).unwrap_err(),
+        CryptoError::InvalidPublicKey
+    );
 }

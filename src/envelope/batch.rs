@@ -21,7 +21,9 @@ use bytes::Bytes;
 use curve25519_dalek::constants::EIGHT_TORSION;
 use ed25519_dalek::{Signature, VerifyingKey};
 
-use super::{CertificateDirectory, OpenError, Opened, ReplayWindow, UnverifiedEnvelope, VerifiedEnvelope};
+use super::{
+    CertificateDirectory, OpenError, Opened, ReplayWindow, UnverifiedEnvelope, VerifiedEnvelope,
+};
 use crate::identity::Device;
 use crate::time::UnixMillis;
 
@@ -76,7 +78,8 @@ pub fn open_batch(
     replay: &mut ReplayWindow,
     now: UnixMillis,
 ) -> Vec<Result<Opened, OpenError>> {
-    let mut results: Vec<Option<Result<VerifiedEnvelope, OpenError>>> = Vec::with_capacity(envelopes.len());
+    let mut results: Vec<Option<Result<VerifiedEnvelope, OpenError>>> =
+        Vec::with_capacity(envelopes.len());
     let mut pending: Vec<Pending> = Vec::with_capacity(envelopes.len());
 
     for (index, bytes) in envelopes.iter().enumerate() {
@@ -105,7 +108,9 @@ pub fn open_batch(
     }
 
     for chunk in pending.chunks(BATCH_VERIFY_CHUNK) {
-        let all_acceptable = chunk.iter().all(|p| r_is_acceptable(p.env.signature().r_bytes()));
+        let all_acceptable = chunk
+            .iter()
+            .all(|p| r_is_acceptable(p.env.signature().r_bytes()));
         let batch_ok = all_acceptable && {
             let messages: Vec<&[u8]> = chunk.iter().map(|p| p.message.as_slice()).collect();
             let signatures: Vec<Signature> = chunk.iter().map(|p| *p.env.signature()).collect();

@@ -128,14 +128,15 @@ impl Content {
     }
 
     /// Encodes the content and pads it to a multiple of [`PADDING_BLOCK`] bytes
-    /// (SPEC.md 7.3): the padding field (number 15) holds `k` zero bytes, where `k` is
-    /// the smallest value that makes the total length a multiple of the block.
+    /// (SPEC.md 7.3): the padding field (number 15) holds `k` zero bytes, where `k >= 1`
+    /// is the smallest value that makes the total length a multiple of the block. (`k`
+    /// is at least 1 because protobuf omits an empty field.)
     pub fn encode_padded(&self) -> Result<Vec<u8>, ContentError> {
         let mut msg = self.to_wire()?;
         let unpadded = msg.encoded_len();
         // The padding field costs 2 bytes (tag 0x7a, one-byte length) plus k zeros, with
-        // k < PADDING_BLOCK <= 127, so its length prefix is always one byte.
-        let total = (unpadded + 2).div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
+        // 1 <= k <= PADDING_BLOCK <= 127, so its length prefix is always one byte.
+        let total = (unpadded + 3).div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         if total > MAX_PLAINTEXT_LEN {
             return Err(ContentError::TooLarge {
                 len: total,
@@ -212,7 +213,7 @@ mod tests {
             let c = Content::Text(Text::plain("x".repeat(len)));
             let enc = c.encode_padded().unwrap();
             assert_eq!(enc.len() % PADDING_BLOCK, 0, "len {len}");
-            assert!(enc.len() >= len + 2);
+            assert!(enc.len() >= len + 3);
             assert_eq!(Content::decode(&enc).unwrap(), c);
         }
     }
@@ -221,14 +222,20 @@ mod tests {
     fn largest_content_fits_and_one_more_does_not() {
         // Find the largest body that still fits, by construction of the padding rule.
         let big = Content::Text(Text::plain("y".repeat(MAX_PLAINTEXT_LEN)));
-        assert!(matches!(big.encode_padded(), Err(ContentError::TooLarge { .. })));
+        assert!(matches!(
+            big.encode_padded(),
+            Err(ContentError::TooLarge { .. })
+        ));
         let ok = Content::Text(Text::plain("y".repeat(MAX_PLAINTEXT_LEN - 16)));
         assert_eq!(ok.encode_padded().unwrap().len(), MAX_PLAINTEXT_LEN);
     }
 
     #[test]
     fn receipts_round_trip_and_are_checked() {
-        let ids = vec![MessageId::from_bytes([1; 16]), MessageId::from_bytes([2; 16])];
+        let ids = vec![
+            MessageId::from_bytes([1; 16]),
+            MessageId::from_bytes([2; 16]),
+        ];
         let c = Content::Receipt(Receipt {
             kind: ReceiptKind::Read,
             message_ids: ids,

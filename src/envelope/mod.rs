@@ -31,7 +31,9 @@ use zeroize::Zeroize;
 use crate::address::{Address, AddressError};
 use crate::crypto::{self, Label, Secret};
 use crate::identity::{Device, DeviceCertificate, DeviceId, IdentityKey};
-use crate::limits::{AEAD_TAG_LEN, MAX_CIPHERTEXT_LEN, MAX_ENVELOPE_LEN, MAX_HEADER_LEN, PROTOCOL_VERSION};
+use crate::limits::{
+    AEAD_TAG_LEN, MAX_CIPHERTEXT_LEN, MAX_ENVELOPE_LEN, MAX_HEADER_LEN, PROTOCOL_VERSION,
+};
 use crate::time::UnixMillis;
 use crate::wire;
 
@@ -149,10 +151,12 @@ impl EnvelopeHeader {
         if h.version != PROTOCOL_VERSION {
             return Err(E::UnsupportedVersion(h.version));
         }
-        let sender_device = DeviceId::from_slice(&h.sender_device).ok_or(E::InvalidField("sender_device"))?;
+        let sender_device =
+            DeviceId::from_slice(&h.sender_device).ok_or(E::InvalidField("sender_device"))?;
         let recipient_device =
             DeviceId::from_slice(&h.recipient_device).ok_or(E::InvalidField("recipient_device"))?;
-        let message_id = MessageId::from_slice(&h.message_id).ok_or(E::InvalidField("message_id"))?;
+        let message_id =
+            MessageId::from_slice(&h.message_id).ok_or(E::InvalidField("message_id"))?;
         let content_type = match wire::ContentType::try_from(h.content_type) {
             Ok(wire::ContentType::Content) => ContentType::Content,
             _ => return Err(E::UnsupportedContentType(h.content_type)),
@@ -170,10 +174,11 @@ impl EnvelopeHeader {
             field: "sender",
             error,
         })?;
-        let recipient = Address::parse_canonical(&h.recipient).map_err(|error| E::InvalidAddress {
-            field: "recipient",
-            error,
-        })?;
+        let recipient =
+            Address::parse_canonical(&h.recipient).map_err(|error| E::InvalidAddress {
+                field: "recipient",
+                error,
+            })?;
         Ok(Self {
             version: h.version,
             sender,
@@ -316,7 +321,8 @@ impl OpenError {
 /// Where the receiver looks up sender device certificates.
 pub trait CertificateDirectory {
     /// The verified certificate of `device` of `address`, if known.
-    fn device_certificate(&self, address: &Address, device: DeviceId) -> Option<&DeviceCertificate>;
+    fn device_certificate(&self, address: &Address, device: DeviceId)
+    -> Option<&DeviceCertificate>;
 }
 
 /// A simple in-memory [`CertificateDirectory`].
@@ -333,7 +339,8 @@ impl KnownDevices {
 
     /// Adds (or replaces) a certificate.
     pub fn insert(&mut self, cert: DeviceCertificate) {
-        self.certs.insert((cert.address().clone(), cert.device_id()), cert);
+        self.certs
+            .insert((cert.address().clone(), cert.device_id()), cert);
     }
 
     /// Removes a device.
@@ -343,7 +350,11 @@ impl KnownDevices {
 }
 
 impl CertificateDirectory for KnownDevices {
-    fn device_certificate(&self, address: &Address, device: DeviceId) -> Option<&DeviceCertificate> {
+    fn device_certificate(
+        &self,
+        address: &Address,
+        device: DeviceId,
+    ) -> Option<&DeviceCertificate> {
         self.certs.get(&(address.clone(), device))
     }
 }
@@ -388,7 +399,13 @@ fn one_shot_keys(
     salt[..32].copy_from_slice(ephemeral_public);
     salt[32..].copy_from_slice(recipient_public);
     let mut okm = Secret::<44>::zeroed();
-    crypto::hkdf_sha256(&salt, shared.expose(), Label::OneShotSealKdf, &[], okm.expose_mut())?;
+    crypto::hkdf_sha256(
+        &salt,
+        shared.expose(),
+        Label::OneShotSealKdf,
+        &[],
+        okm.expose_mut(),
+    )?;
     let mut key = Secret::<32>::zeroed();
     key.expose_mut().copy_from_slice(&okm.expose()[..32]);
     let mut nonce = [0u8; 12];
@@ -397,7 +414,10 @@ fn one_shot_keys(
 }
 
 fn signature_input(header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
-    crypto::framed(Label::EnvelopeSignature, &[header, &crypto::sha256(ciphertext)])
+    crypto::framed(
+        Label::EnvelopeSignature,
+        &[header, &crypto::sha256(ciphertext)],
+    )
 }
 
 fn aad(header: &[u8]) -> Vec<u8> {
@@ -427,7 +447,8 @@ pub(crate) fn seal_with_ephemeral(
     let plaintext = msg.content.encode_padded()?;
     let ephemeral_public = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
     let recipient_public = msg.recipient.agreement_key();
-    let shared = crypto::x25519(&ephemeral, recipient_public).map_err(|_| SealError::NonContributory)?;
+    let shared =
+        crypto::x25519(&ephemeral, recipient_public).map_err(|_| SealError::NonContributory)?;
     drop(ephemeral);
     let (key, nonce) = one_shot_keys(&shared, &ephemeral_public, recipient_public.as_bytes())
         .map_err(|_| SealError::NonContributory)?;
@@ -446,10 +467,11 @@ pub(crate) fn seal_with_ephemeral(
     .to_wire()
     .encode_to_vec();
     let aad = aad(&header);
-    let ciphertext = crypto::aead_seal(&key, &nonce, &aad, &plaintext).map_err(|_| SealError::TooLarge {
-        len: plaintext.len(),
-        max: crate::limits::MAX_PLAINTEXT_LEN,
-    })?;
+    let ciphertext =
+        crypto::aead_seal(&key, &nonce, &aad, &plaintext).map_err(|_| SealError::TooLarge {
+            len: plaintext.len(),
+            max: crate::limits::MAX_PLAINTEXT_LEN,
+        })?;
     let signature_input = signature_input(&header, &ciphertext);
     let signature = {
         use ed25519_dalek::Signer;
@@ -536,8 +558,10 @@ impl UnverifiedEnvelope {
         if outer.ciphertext.len() < AEAD_TAG_LEN {
             return Err(E::InvalidField("ciphertext"));
         }
-        let signature = crypto::signature(&outer.signature).map_err(|_| E::InvalidField("signature"))?;
-        let wire_header = wire::EnvelopeHeader::decode(outer.header.clone()).map_err(|_| E::Decode)?;
+        let signature =
+            crypto::signature(&outer.signature).map_err(|_| E::InvalidField("signature"))?;
+        let wire_header =
+            wire::EnvelopeHeader::decode(outer.header.clone()).map_err(|_| E::Decode)?;
         let header = EnvelopeHeader::from_wire(wire_header)?;
         Ok(Self {
             header,
@@ -577,13 +601,19 @@ impl UnverifiedEnvelope {
     /// Ed25519) over the exact bytes received.
     pub fn verify(self, sender: &DeviceCertificate) -> Result<VerifiedEnvelope, OpenError> {
         self.check_sender(sender)?;
-        crypto::verify_message(sender.signing_key(), &self.signature_input(), &self.signature)
-            .map_err(|_| OpenError::BadSignature)?;
+        crypto::verify_message(
+            sender.signing_key(),
+            &self.signature_input(),
+            &self.signature,
+        )
+        .map_err(|_| OpenError::BadSignature)?;
         Ok(self.into_verified(sender))
     }
 
     fn check_sender(&self, sender: &DeviceCertificate) -> Result<(), OpenError> {
-        if sender.address() != &self.header.sender || sender.device_id() != self.header.sender_device {
+        if sender.address() != &self.header.sender
+            || sender.device_id() != self.header.sender_device
+        {
             return Err(OpenError::SenderMismatch);
         }
         if !sender.is_valid_at(self.header.timestamp) {
@@ -644,13 +674,19 @@ impl VerifiedEnvelope {
             return Err(OpenError::WrongRecipient);
         }
         let ephemeral = x25519_dalek::PublicKey::from(h.ephemeral_key);
-        let shared =
-            crypto::x25519(recipient.keys().agreement(), &ephemeral).map_err(|_| OpenError::NonContributory)?;
+        let shared = crypto::x25519(recipient.keys().agreement(), &ephemeral)
+            .map_err(|_| OpenError::NonContributory)?;
         let recipient_public = recipient.keys().agreement_public();
-        let (key, mut nonce) = one_shot_keys(&shared, &h.ephemeral_key, recipient_public.as_bytes())
-            .map_err(|_| OpenError::DecryptFailed)?;
-        let plaintext = crypto::aead_open(&key, &nonce, &aad(&self.inner.header_bytes), &self.inner.ciphertext)
-            .map_err(|_| OpenError::DecryptFailed);
+        let (key, mut nonce) =
+            one_shot_keys(&shared, &h.ephemeral_key, recipient_public.as_bytes())
+                .map_err(|_| OpenError::DecryptFailed)?;
+        let plaintext = crypto::aead_open(
+            &key,
+            &nonce,
+            &aad(&self.inner.header_bytes),
+            &self.inner.ciphertext,
+        )
+        .map_err(|_| OpenError::DecryptFailed);
         nonce.zeroize();
         let content = Content::decode(&plaintext?).map_err(OpenError::Content)?;
         Ok(Opened {
@@ -681,4 +717,4 @@ pub fn open(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::{EnvelopeHeader, MessageId, OpenError};
 use crate::address::Address;
-use crate::limits::{DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_MESSAGE_AGE_MS, DEFAULT_REPLAY_CAPACITY};
+use crate::limits::{
+    DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_MESSAGE_AGE_MS, DEFAULT_REPLAY_CAPACITY,
+};
 use crate::time::UnixMillis;
 
 /// The caller-visible freshness policy.
@@ -92,7 +94,10 @@ impl ReplayWindow {
         if ts > now.saturating_add(self.policy.max_skew_ms) {
             return Err(OpenError::FromFuture);
         }
-        if self.seen.contains(&(header.sender.clone(), header.message_id)) {
+        if self
+            .seen
+            .contains(&(header.sender.clone(), header.message_id))
+        {
             return Err(OpenError::Replay);
         }
         Ok(())

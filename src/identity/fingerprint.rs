@@ -28,7 +28,8 @@ impl Fingerprint {
     /// Computes the fingerprint of `identity` at `address`.
     pub fn of(identity: &IdentityKey, address: &Address) -> Self {
         let key = identity.to_bytes();
-        let mut h: Vec<u8> = crypto::framed(Label::Fingerprint, &[&key, address.as_str().as_bytes()]);
+        let mut h: Vec<u8> =
+            crypto::framed(Label::Fingerprint, &[&key, address.as_str().as_bytes()]);
         let mut digest = [0u8; 64];
         for _ in 0..FINGERPRINT_ITERATIONS {
             let mut hasher = Sha512::new();
@@ -157,7 +158,15 @@ pub fn decode_scannable(payload: &[u8]) -> Result<(Fingerprint, Fingerprint), Fi
     if m.version != PROTOCOL_VERSION {
         return Err(FingerprintError::UnsupportedVersion(m.version));
     }
-    let own: [u8; 32] = m.own.as_ref().try_into().map_err(|_| FingerprintError::Decode)?;
-    let peer: [u8; 32] = m.peer.as_ref().try_into().map_err(|_| FingerprintError::Decode)?;
+    let own: [u8; 32] = m
+        .own
+        .as_ref()
+        .try_into()
+        .map_err(|_| FingerprintError::Decode)?;
+    let peer: [u8; 32] = m
+        .peer
+        .as_ref()
+        .try_into()
+        .map_err(|_| FingerprintError::Decode)?;
     Ok((Fingerprint(own), Fingerprint(peer)))
 }

@@ -340,8 +340,10 @@ impl DeviceCertificate {
             not_after_ms: not_after.0,
         }
         .encode_to_vec();
-        let identity_signature = crypto::sign(&identity.0, Label::DeviceCertIdentitySignature, &[&body]);
-        let device_signature = crypto::sign(device.signing(), Label::DeviceCertDeviceSignature, &[&body]);
+        let identity_signature =
+            crypto::sign(&identity.0, Label::DeviceCertIdentitySignature, &[&body]);
+        let device_signature =
+            crypto::sign(device.signing(), Label::DeviceCertDeviceSignature, &[&body]);
         let encoded = wire::DeviceCertificate {
             body: Bytes::from(body),
             identity_signature: Bytes::copy_from_slice(&identity_signature.to_bytes()),
@@ -369,14 +371,16 @@ impl DeviceCertificate {
             });
         }
         let outer = wire::DeviceCertificate::decode(encoded.clone()).map_err(|_| E::Decode)?;
-        let body = wire::DeviceCertificateBody::decode(outer.body.clone()).map_err(|_| E::Decode)?;
+        let body =
+            wire::DeviceCertificateBody::decode(outer.body.clone()).map_err(|_| E::Decode)?;
         if body.version != PROTOCOL_VERSION {
             return Err(E::UnsupportedVersion(body.version));
         }
         let address = Address::parse_canonical(&body.address).map_err(E::InvalidAddress)?;
-        let identity_key =
-            IdentityKey::from_bytes(&body.identity_key).map_err(|_| E::InvalidField("identity_key"))?;
-        let device_id = DeviceId::from_slice(&body.device_id).ok_or(E::InvalidField("device_id"))?;
+        let identity_key = IdentityKey::from_bytes(&body.identity_key)
+            .map_err(|_| E::InvalidField("identity_key"))?;
+        let device_id =
+            DeviceId::from_slice(&body.device_id).ok_or(E::InvalidField("device_id"))?;
         let signing_key = crypto::verifying_key(&body.device_signing_key)
             .map_err(|_| E::InvalidField("device_signing_key"))?;
         let agreement: [u8; 32] = body
@@ -499,12 +503,16 @@ impl Device {
         not_before: UnixMillis,
         not_after: UnixMillis,
     ) -> Result<Self, CertificateError> {
-        let certificate = DeviceCertificate::issue(identity, &keys, &address, not_before, not_after)?;
+        let certificate =
+            DeviceCertificate::issue(identity, &keys, &address, not_before, not_after)?;
         Ok(Self { keys, certificate })
     }
 
     /// Rebuilds a device from stored keys and its certificate, checking that they match.
-    pub fn from_parts(keys: DeviceKeyPair, certificate: DeviceCertificate) -> Result<Self, KeyMismatch> {
+    pub fn from_parts(
+        keys: DeviceKeyPair,
+        certificate: DeviceCertificate,
+    ) -> Result<Self, KeyMismatch> {
         if keys.signing_public() != certificate.signing_key
             || keys.agreement_public() != certificate.agreement_key
         {

@@ -38,7 +38,10 @@ fn empty_validity_is_refused() {
     );
 }
 
-fn reencode(cert: &DeviceCertificate, f: impl FnOnce(&mut wire::DeviceCertificate, &mut wire::DeviceCertificateBody)) -> Bytes {
+fn reencode(
+    cert: &DeviceCertificate,
+    f: impl FnOnce(&mut wire::DeviceCertificate, &mut wire::DeviceCertificateBody),
+) -> Bytes {
     let mut outer = wire::DeviceCertificate::decode(cert.encoded().clone()).unwrap();
     let mut body = wire::DeviceCertificateBody::decode(outer.body.clone()).unwrap();
     f(&mut outer, &mut body);
@@ -57,13 +60,19 @@ fn tampering_is_detected_with_the_right_error() {
 
     // Moving the certificate to another address breaks the identity signature.
     let moved = reencode(&cert, |_, b| b.address = "mallory@one.example".into());
-    assert_eq!(DeviceCertificate::decode(moved).unwrap_err(), CertificateError::BadIdentitySignature);
+    assert_eq!(
+        DeviceCertificate::decode(moved).unwrap_err(),
+        CertificateError::BadIdentitySignature
+    );
 
     // Claiming a device key without the matching id.
     let swapped = reencode(&cert, |_, b| {
         b.device_signing_key = Bytes::copy_from_slice(other_dev.signing_public().as_bytes())
     });
-    assert_eq!(DeviceCertificate::decode(swapped).unwrap_err(), CertificateError::DeviceIdMismatch);
+    assert_eq!(
+        DeviceCertificate::decode(swapped).unwrap_err(),
+        CertificateError::DeviceIdMismatch
+    );
 
     // Non-canonical address on the wire.
     let upper = reencode(&cert, |_, b| b.address = "Alice@one.example".into());
@@ -73,7 +82,10 @@ fn tampering_is_detected_with_the_right_error() {
     ));
 
     let v2 = reencode(&cert, |_, b| b.version = 2);
-    assert_eq!(DeviceCertificate::decode(v2).unwrap_err(), CertificateError::UnsupportedVersion(2));
+    assert_eq!(
+        DeviceCertificate::decode(v2).unwrap_err(),
+        CertificateError::UnsupportedVersion(2)
+    );
 
     let mut flipped = cert.encoded().to_vec();
     let last = flipped.len() - 1;
@@ -88,7 +100,10 @@ fn tampering_is_detected_with_the_right_error() {
         CertificateError::Decode
     );
     let huge = Bytes::from(vec![0u8; MAX_CERTIFICATE_LEN + 1]);
-    assert!(matches!(DeviceCertificate::decode(huge).unwrap_err(), CertificateError::TooLarge { .. }));
+    assert!(matches!(
+        DeviceCertificate::decode(huge).unwrap_err(),
+        CertificateError::TooLarge { .. }
+    ));
 }
 
 #[test]
@@ -101,7 +116,10 @@ fn proof_of_possession_is_required() {
         let sig = crypto::sign(&id.0, Label::DeviceCertDeviceSignature, &[&o.body]);
         o.device_signature = Bytes::copy_from_slice(&sig.to_bytes());
     });
-    assert_eq!(DeviceCertificate::decode(forged).unwrap_err(), CertificateError::BadDeviceSignature);
+    assert_eq!(
+        DeviceCertificate::decode(forged).unwrap_err(),
+        CertificateError::BadDeviceSignature
+    );
 }
 
 #[test]
@@ -109,7 +127,10 @@ fn device_from_parts_checks_keys() {
     let (id, dev, addr) = alice();
     let cert = DeviceCertificate::issue(&id, &dev, &addr, UnixMillis(0), UnixMillis(1)).unwrap();
     let other = DeviceKeyPair::generate(&mut rng(5));
-    assert_eq!(Device::from_parts(other, cert.clone()).unwrap_err(), KeyMismatch);
+    assert_eq!(
+        Device::from_parts(other, cert.clone()).unwrap_err(),
+        KeyMismatch
+    );
     let (s, a) = dev.secret_bytes();
     let restored = DeviceKeyPair::from_secret_bytes(&s, &a);
     assert!(Device::from_parts(restored, cert).is_ok());
@@ -148,6 +169,12 @@ fn safety_numbers_match_on_both_sides_and_qr_verifies() {
     let moved = Address::parse("alice@evil.example").unwrap();
     assert_ne!(a.fingerprint(&aa), a.fingerprint(&moved));
     let wrong = SafetyNumber::new(&b, &ba, &a, &moved);
-    assert_eq!(from_a.verify_scanned(&wrong.qr_payload()), Err(FingerprintError::Mismatch));
-    assert_eq!(from_a.verify_scanned(b"\xff\xff"), Err(FingerprintError::Decode));
+    assert_eq!(
+        from_a.verify_scanned(&wrong.qr_payload()),
+        Err(FingerprintError::Mismatch)
+    );
+    assert_eq!(
+        from_a.verify_scanned(b"\xff\xff"),
+        Err(FingerprintError::Decode)
+    );
 }
