@@ -58,6 +58,3 @@ pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Default: most message ids a replay window remembers. When full, the window's floor
 /// rises instead of forgetting, so an evicted id can never be replayed (SPEC.md 8).
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
-
-/// Most envelopes one call to `open_batch` accepts.
-pub const MAX_BATCH_LEN: usize = 4096;

@@ -204,6 +204,10 @@ pub enum SealError {
     /// The recipient's certificate is not valid at the message timestamp.
     #[error("recipient certificate is not valid at {0}")]
     RecipientCertificateNotValid(UnixMillis),
+    /// The sender's own certificate is not valid at the message timestamp: every
+    /// recipient would refuse the envelope.
+    #[error("sender certificate is not valid at {0}")]
+    SenderCertificateNotValid(UnixMillis),
     /// The recipient's agreement key is low-order: key agreement would be predictable.
     #[error("recipient agreement key is non-contributory")]
     NonContributory,
@@ -441,6 +445,9 @@ pub(crate) fn seal_with_ephemeral(
     msg: &Outgoing<'_>,
     ephemeral: x25519_dalek::StaticSecret,
 ) -> Result<(Bytes, SealTrace), SealError> {
+    if !sender.certificate().is_valid_at(msg.timestamp) {
+        return Err(SealError::SenderCertificateNotValid(msg.timestamp));
+    }
     if !msg.recipient.is_valid_at(msg.timestamp) {
         return Err(SealError::RecipientCertificateNotValid(msg.timestamp));
     }

@@ -388,7 +388,42 @@ fn sealing_refuses_bad_recipients() {
         &mut w.rng,
     )
     .unwrap_err();
-    assert_eq!(err, SealError::RecipientCertificateNotValid(too_late));
+    // Alice's certificate expires at the same time as Bob's: hers is checked first.
+    assert_eq!(err, SealError::SenderCertificateNotValid(too_late));
+    let bob_seals = seal(
+        &w.bob,
+        &Outgoing {
+            recipient: &bob_cert,
+            message_id: MessageId::from_bytes([0; 16]),
+            timestamp: NOW,
+            content: &text("x"),
+        },
+        &mut w.rng,
+    );
+    assert!(bob_seals.is_ok());
+    let short = Device::new(
+        &IdentityKeyPair::generate(&mut w.rng),
+        Address::parse("carol@three.example").unwrap(),
+        DeviceKeyPair::generate(&mut w.rng),
+        NOW,
+        NOW,
+    )
+    .unwrap();
+    let err = seal(
+        &w.alice,
+        &Outgoing {
+            recipient: short.certificate(),
+            message_id: MessageId::from_bytes([0; 16]),
+            timestamp: NOW.saturating_add(1),
+            content: &text("x"),
+        },
+        &mut w.rng,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        SealError::RecipientCertificateNotValid(NOW.saturating_add(1))
+    );
     let huge = Content::Text(Text::plain("z".repeat(crate::limits::MAX_PLAINTEXT_LEN)));
     assert!(matches!(
         seal(
