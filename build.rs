@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/kogge/v1/envelope.proto",
     "proto/kogge/v1/identity.proto",
     "proto/kogge/v1/content.proto",
+    "proto/kogge/v1/session.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,8 +7,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest encoded envelope accepted by a decoder, in bytes. Checked before parsing.
 pub const MAX_ENVELOPE_LEN: usize = 100 * 1024;
 
-/// Largest encoded envelope header, in bytes.
-pub const MAX_HEADER_LEN: usize = 1024;
+/// Largest encoded envelope header, in bytes. Session setup headers carry an
+/// ML-KEM-768 ciphertext (1088 bytes), hence the room.
+pub const MAX_HEADER_LEN: usize = 2048;
 
 /// Largest plaintext (encoded `Content` including padding), in bytes.
 pub const MAX_PLAINTEXT_LEN: usize = 96 * 1024;
@@ -58,3 +59,45 @@ pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Default: most message ids a replay window remembers. When full, the window's floor
 /// rises instead of forgetting, so an evicted id can never be replayed (SPEC.md 8).
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+/// Most devices one user may list in a signed device list.
+pub const MAX_DEVICES_PER_USER: usize = 16;
+
+/// Largest encoded signed device list, in bytes.
+pub const MAX_DEVICE_LIST_LEN: usize = MAX_DEVICES_PER_USER * MAX_CERTIFICATE_LEN + 1024;
+
+/// Largest encoded prekey bundle, in bytes.
+pub const MAX_PREKEY_BUNDLE_LEN: usize = 4096;
+
+/// Largest encoded signed prekey, in bytes.
+pub const MAX_SIGNED_PREKEY_LEN: usize = 1536;
+
+/// Most message keys the ratchet derives ahead in one receiving chain (a larger gap is
+/// refused, SPEC.md 15.4).
+pub const MAX_SKIP_PER_CHAIN: u32 = 1000;
+
+/// Most skipped message keys one session keeps; beyond this the oldest are deleted.
+pub const MAX_SKIPPED_KEYS: usize = 2000;
+
+/// Skipped message keys older than this are deleted.
+pub const SKIPPED_KEY_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Most sessions kept per peer device (the active one plus older ones that may still
+/// receive late messages).
+pub const MAX_SESSIONS_PER_PEER_DEVICE: usize = 4;
+
+/// Most one-time prekeys a device keeps unused.
+pub const MAX_ONE_TIME_PREKEYS: usize = 200;
+
+/// When fewer one-time prekeys than this remain, the owner is told to replenish.
+pub const ONE_TIME_PREKEY_LOW_WATERMARK: usize = 20;
+
+/// Most setup base keys remembered per signed prekey, to refuse replayed first messages.
+/// When full, the prekey accepts no new sessions until it is rotated.
+pub const MAX_BASE_KEYS_PER_SIGNED_PREKEY: usize = 100_000;
+
+/// Signed prekeys that were rotated out still accept first messages for this long.
+pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Largest encrypted state blob that `restore` accepts, in bytes.
+pub const MAX_STATE_LEN: usize = 64 * 1024 * 1024;

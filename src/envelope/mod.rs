@@ -143,6 +143,7 @@ impl EnvelopeHeader {
                 PayloadKind::OneShot => wire::PayloadKind::OneShot as i32,
             },
             ephemeral_key: Bytes::copy_from_slice(&self.ephemeral_key),
+            session: Bytes::new(),
         }
     }
 
