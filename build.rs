@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/kogge/v1/identity.proto",
     "proto/kogge/v1/content.proto",
     "proto/kogge/v1/session.proto",
+    "proto/kogge/v1/state.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -71,6 +71,7 @@ pub mod envelope;
 mod error;
 pub mod identity;
 pub mod limits;
+pub mod session;
 mod time;
 #[cfg(test)]
 mod vectors;

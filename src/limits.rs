@@ -56,9 +56,10 @@ pub const DEFAULT_MAX_MESSAGE_AGE_MS: u64 = 35 * 24 * 60 * 60 * 1000;
 /// Default: envelopes dated further than this into the receiver's future are refused.
 pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
-/// Default: most message ids a replay window remembers. When full, the window's floor
-/// rises instead of forgetting, so an evicted id can never be replayed (SPEC.md 8).
-pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+/// Default: most message ids a replay window remembers per sender. When a sender's
+/// window is full, that sender's floor rises past the id it forgets, so an evicted id
+/// can never be replayed (SPEC.md 8).
+pub const DEFAULT_REPLAY_CAPACITY: usize = 10_000;
 
 /// Most devices one user may list in a signed device list.
 pub const MAX_DEVICES_PER_USER: usize = 16;

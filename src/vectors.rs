@@ -22,7 +22,8 @@ use crate::envelope::{
     ReplayPolicy, ReplayWindow, Text, UnverifiedEnvelope,
 };
 use crate::identity::{
-    CertificateError, Device, DeviceCertificate, DeviceKeyPair, IdentityKeyPair, SafetyNumber,
+    CertificateError, Device, DeviceCertificate, DeviceKeyPair, DeviceList, IdentityKeyPair,
+    SafetyNumber,
 };
 use crate::limits::{MAX_ENVELOPE_LEN, PROTOCOL_VERSION};
 use crate::time::UnixMillis;
@@ -663,6 +664,7 @@ fn generate() -> Vec<(&'static str, Value)> {
         ("identity.json", identity),
         ("envelopes.json", envelopes),
         ("addresses.json", addresses),
+        ("sessions.json", session_vectors()),
     ]
 }
 
@@ -830,6 +832,31 @@ fn vectors_replay_from_the_files() {
     // certificate up by the claimed sender, so only the staged API can produce it.
     assert_eq!(seen.len(), 17, "codes covered: {seen:?}");
 
+    // The saved-state fixtures restore, re-save to the same bytes, and still refuse the
+    // last message as a replay.
+    let sessions = load("sessions.json");
+    for case in sessions["cases"].as_array().unwrap() {
+        let st = &case["bob_saved_state"];
+        let key = Secret::new(unhex(&st["key"]).try_into().unwrap());
+        let blob = unhex(&st["blob"]);
+        let mut bob = crate::session::Account::restore(&blob, &key).expect("fixture restores");
+        let nonce = unhex(&st["nonce"]);
+        assert_eq!(
+            bob.save(&key, &mut Script([nonce].into())),
+            blob,
+            "state format drifted"
+        );
+        let last = case["messages"].as_array().unwrap().last().unwrap();
+        let e = bob
+            .decrypt(
+                Bytes::from(unhex(&last["envelope"])),
+                UnixMillis(last["timestamp_ms"].as_u64().unwrap()),
+                &mut Script(Default::default()),
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), "replay");
+    }
+
     let addresses = load("addresses.json");
     for v in addresses["valid"].as_array().unwrap() {
         assert_eq!(
@@ -848,4 +875,243 @@ fn vectors_replay_from_the_files() {
             v["input"]
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Session vectors (SPEC.md 15): setup and the first messages in both directions.
+// ---------------------------------------------------------------------------------------
+
+/// An RNG that hands out listed values, in order, so that every random choice of a
+/// session is a named input of the vector.
+struct Script(std::collections::VecDeque<Vec<u8>>);
+
+impl rand_core::TryRng for Script {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        unreachable!("the session code only fills byte buffers")
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        unreachable!("the session code only fills byte buffers")
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        let next = self.0.pop_front().expect("script exhausted");
+        assert_eq!(next.len(), dst.len(), "script entry of the wrong length");
+        dst.copy_from_slice(&next);
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for Script {}
+
+fn prekey_store(device: &Device, with_opk: bool) -> (crate::session::PrekeyStore, Value) {
+    use crate::session::prekeys::{KemSecret, OneTimeSecret, SignedSecret};
+    let spk_secret = seed("bob signed prekey");
+    let kem_seed: [u8; 64] = [seed("bob kem prekey d"), seed("bob kem prekey z")]
+        .concat()
+        .try_into()
+        .unwrap();
+    let opk_secret = seed("bob one-time prekey");
+    // Sign through the store's own code path, with a script that yields these secrets.
+    let mut script = Script([spk_secret.to_vec(), kem_seed.to_vec()].into());
+    let mut store = crate::session::PrekeyStore::new(device, NOT_BEFORE, &mut script);
+    if with_opk {
+        let x = x25519_dalek::StaticSecret::from(opk_secret);
+        let public = x25519_dalek::PublicKey::from(&x);
+        let id = 3;
+        let signed = crate::session::prekeys::SignedPrekey::sign_for_vectors(
+            device,
+            id,
+            public.as_bytes(),
+            NOT_BEFORE,
+        );
+        store.one_time.insert(
+            id,
+            OneTimeSecret {
+                secret: Secret::new(opk_secret),
+                public: signed,
+            },
+        );
+        store.next_id = 4;
+    }
+    let SignedSecret { public: spk, .. } = &store.signed[&1];
+    let KemSecret { public: kem, .. } = &store.kem[&2];
+    let json = json!({
+        "signed_prekey": {"id": 1, "secret": h(&spk_secret), "public": h(spk.public_key()), "encoded": h(spk.encoded())},
+        "kem_prekey": {"id": 2, "seed": h(&kem_seed), "public": h(kem.public_key()), "encoded": h(kem.encoded())},
+        "one_time_prekey": if with_opk {
+            let o = &store.one_time[&3].public;
+            json!({"id": 3, "secret": h(&opk_secret), "public": h(o.public_key()), "encoded": h(o.encoded())})
+        } else { Value::Null },
+        "created_ms": NOT_BEFORE.0,
+    });
+    (store, json)
+}
+
+fn session_case(name: &str, with_opk: bool) -> Value {
+    use crate::session::{Account, prekeys::PrekeyBundle};
+    let ps = parties();
+    let alice_dev = device(&ps[0]);
+    let bob_dev = device(&ps[1]);
+    let a_id = IdentityKeyPair::from_secret_bytes(&Secret::new(ps[0].identity_seed));
+    let b_id = IdentityKeyPair::from_secret_bytes(&Secret::new(ps[1].identity_seed));
+    let a_list = DeviceList::sign(
+        &a_id,
+        alice_dev.address(),
+        1,
+        NOT_BEFORE,
+        &[alice_dev.certificate().clone()],
+    )
+    .unwrap();
+    let b_list = DeviceList::sign(
+        &b_id,
+        bob_dev.address(),
+        1,
+        NOT_BEFORE,
+        &[bob_dev.certificate().clone()],
+    )
+    .unwrap();
+    let (bob_prekeys, prekeys_json) = prekey_store(&bob_dev, with_opk);
+    let bundle = bob_prekeys.bundle(&bob_dev, with_opk.then_some(3)).unwrap();
+    let alice_prekeys = {
+        let mut s = Script(
+            [
+                seed("alice signed prekey").to_vec(),
+                [seed("alice kem d"), seed("alice kem z")].concat(),
+            ]
+            .into(),
+        );
+        crate::session::PrekeyStore::new(&alice_dev, NOT_BEFORE, &mut s)
+    };
+    let mut alice = Account::from_parts_for_vectors(alice_dev, alice_prekeys, a_list.clone());
+    let mut bob = Account::from_parts_for_vectors(bob_dev, bob_prekeys, b_list.clone());
+    alice.update_device_list(b_list.clone()).unwrap();
+    bob.update_device_list(a_list.clone()).unwrap();
+
+    let tag = |what: &str| seed(&format!("{name} {what}"));
+    let base_secret = tag("alice base key");
+    let kem_m = tag("alice kem randomness");
+    let alice_r0 = tag("alice ratchet key 0");
+    // Setup, via the internal entry point that returns every intermediate value.
+    let (session, trace) = crate::session::initiate_with(
+        &alice.device,
+        &PrekeyBundle::decode(bundle.encode()).unwrap(),
+        NOT_BEFORE,
+        x25519_dalek::StaticSecret::from(base_secret),
+        &Secret::new(kem_m),
+        &mut Script([alice_r0.to_vec()].into()),
+    )
+    .unwrap();
+    let setup = json!({
+        "bundle": h(&bundle.encode()),
+        "base_secret": h(&base_secret),
+        "base_public": h(x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(base_secret)).as_bytes()),
+        "kem_randomness": h(&kem_m),
+        "dh": trace.dh.iter().map(|d| h(d.expose())).collect::<Vec<_>>(),
+        "kem_shared_secret": h(trace.kem_shared.expose()),
+        "kem_ciphertext": h(&trace.kem_ciphertext),
+        "root_key": h(trace.root.expose()),
+        "initiator_ratchet_secret": h(&alice_r0),
+    });
+    let key = (bob.device.address().clone(), bob.device.id());
+    alice.sessions.entry(key).or_default().insert(0, session);
+
+    let mut messages = Vec::new();
+    // Each message: who sends it, its text, its message id, and the ratchet key its
+    // receiver makes when the message brings a new ratchet key (the sending half of the
+    // receiver's DH ratchet step).
+    let script = [
+        (
+            "alice",
+            "Hello Bob! Quote for 40 crates attached.",
+            tag("m1 id"),
+            tag("bob ratchet key 1"),
+        ),
+        (
+            "bob",
+            "Thanks Alice, confirmed.",
+            tag("m2 id"),
+            tag("alice ratchet key 1"),
+        ),
+        (
+            "alice",
+            "Great, shipping Friday.",
+            tag("m3 id"),
+            tag("bob ratchet key 2"),
+        ),
+    ];
+    for (from, body, id, receiver_ratchet) in script {
+        let (sender, receiver) = if from == "alice" {
+            (&mut alice, &mut bob)
+        } else {
+            (&mut bob, &mut alice)
+        };
+        let peer = (receiver.device.address().clone(), receiver.device.id());
+        let s = &sender.sessions[&peer][0];
+        let (ratchet_secret, root, cks, n) = (
+            h(s.ratchet.dhs.expose()),
+            h(s.ratchet.root.expose()),
+            s.ratchet.cks.clone().unwrap(),
+            s.ratchet.ns,
+        );
+        let mk = crate::session::kdf_ck_for_vectors(&cks).1;
+        let message_id: [u8; 16] = id[..16].try_into().unwrap();
+        let (aead_key, nonce) = crate::session::message_keys(&mk, &message_id);
+        let content = Content::Text(Text::plain(body));
+        let to = receiver.device.address().clone();
+        let sent = sender
+            .encrypt(&to, &content, T0, &mut Script([message_id.to_vec()].into()))
+            .unwrap();
+        let env = sent.envelopes[0].envelope.clone();
+        let u = UnverifiedEnvelope::decode(env.clone()).unwrap();
+        let outer = wire::Envelope::decode(env.clone()).unwrap();
+        let hd = wire::EnvelopeHeader::decode(outer.header.clone()).unwrap();
+        let got = receiver
+            .decrypt(
+                env.clone(),
+                T0,
+                &mut Script([receiver_ratchet.to_vec()].into()),
+            )
+            .unwrap();
+        assert_eq!(got.content, content);
+        messages.push(json!({
+            "from": from,
+            "message_id": h(&message_id),
+            "timestamp_ms": T0.0,
+            "content": content_json(&content),
+            "sender_ratchet_secret": ratchet_secret,
+            "root_key": root,
+            "chain_key": h(cks.expose()),
+            "message_number": n,
+            "message_key": h(mk.expose()),
+            "aead_key": h(aead_key.expose()),
+            "nonce": h(&nonce),
+            "session_header": h(&hd.session),
+            "header": h(&outer.header),
+            "ciphertext": h(&outer.ciphertext),
+            "signature": h(&outer.signature),
+            "envelope": h(&env),
+            "sequence": match &u.claimed_header().payload { crate::envelope::PayloadHeader::Session(s) => s.sequence, _ => 0 },
+            "receiver_new_ratchet_secret": h(&receiver_ratchet),
+        }));
+    }
+    // A saved-state fixture (SPEC.md 15.8): Bob's account after the three messages,
+    // sealed under a fixed key and nonce. Its bytes pin the storage format; the
+    // replay test restores it and checks the session still works.
+    let state_key = Secret::new(tag("state key"));
+    let state_nonce = tag("state nonce")[..12].to_vec();
+    let blob = bob.save(&state_key, &mut Script([state_nonce.clone()].into()));
+    let restored = Account::restore(&blob, &state_key).unwrap();
+    assert_eq!(
+        restored.save(&state_key, &mut Script([state_nonce.clone()].into())),
+        blob
+    );
+    let state = json!({"key": h(state_key.expose()), "nonce": h(&state_nonce), "blob": h(&blob)});
+    json!({"name": name, "bob_prekeys": prekeys_json, "setup": setup, "messages": messages, "bob_saved_state": state})
+}
+
+fn session_vectors() -> Value {
+    json!({
+        "description": "Session setup (SPEC.md 15.3), the first three messages (alice->bob, bob->alice, alice->bob) with every intermediate value. Parties and devices are those of identity.json; device lists have serial 1. Per message: 'sender_ratchet_secret' is the sender's current ratchet key, 'root_key' and 'chain_key' its root and sending chain key before the message, 'receiver_new_ratchet_secret' the ratchet key the receiver makes on receipt (the sending half of its DH ratchet step). Timestamps are T0. 'bob_saved_state' is Bob's account saved after the three messages (SPEC.md 15.8), under 'key' with 'nonce'.",
+        "cases": [session_case("with_one_time_prekey", true), session_case("without_one_time_prekey", false)],
+    })
 }

@@ -263,6 +263,19 @@ fn seal_content(
     (sealed, id)
 }
 
+/// An envelope from Alice's expired device dated after its certificate ended. `seal`
+/// refuses to make one, so seal within the validity period and re-sign a later date.
+fn expired_envelope(w: &mut World, text: &str) -> Bytes {
+    let early = seal_text(
+        &mut w.rng,
+        &w.alice_expired,
+        &w.bob,
+        text,
+        NOW.saturating_sub(2 * DAY),
+    );
+    with_header(&early, &w.alice_expired, |h| h.timestamp_ms = NOW.0)
+}
+
 fn seal_text(
     rng: &mut ChaCha20Rng,
     from: &Device,
@@ -400,7 +413,7 @@ fn open_fresh(w: &World, bytes: Bytes, now: UnixMillis) -> Result<Opened, OpenEr
     let result = envelope::open(bytes, &w.bob, &w.bob_knows, &mut replay, now);
     if result.is_err() {
         assert_eq!(replay.len(), 0);
-        assert_eq!(replay.floor(), UnixMillis(0));
+        assert_eq!(replay.floor(w.alice.address()), UnixMillis(0));
     }
     result
 }
@@ -505,7 +518,7 @@ fn every_open_error_is_reachable_from_outside() {
     }
 
     // unsupported_payload_kind / unsupported_content_type: unspecified and future values.
-    for kind in [0, 2] {
+    for kind in [0, 3] {
         let e = open_fresh(
             &w,
             with_header(&good, &w.alice, |h| h.payload_kind = kind),
@@ -568,8 +581,8 @@ fn every_open_error_is_reachable_from_outside() {
         check(e, "sender_mismatch");
     }
 
-    // sender_certificate_not_valid: sealing does not check the sender's own certificate.
-    let expired = seal_text(&mut w.rng, &w.alice_expired, &w.bob, "late", NOW);
+    // sender_certificate_not_valid: an envelope dated after the sender's certificate ended.
+    let expired = expired_envelope(&mut w, "late");
     check(open_fresh(&w, expired, NOW), "sender_certificate_not_valid");
 
     // bad_signature: a flipped signature bit, a signature by another device, a changed
@@ -758,7 +771,7 @@ fn failed_open_leaves_the_replay_window_unchanged() {
     );
     assert_refused(e, "from_future");
     assert_eq!(replay.len(), 1);
-    assert_eq!(replay.floor(), UnixMillis(0));
+    assert_eq!(replay.floor(w.alice.address()), UnixMillis(0));
 
     directory.insert(w.alice.certificate().clone());
     let opened = envelope::open(msg.clone(), &w.bob, &directory, &mut replay, NOW).expect("open");
@@ -889,7 +902,7 @@ fn batch_open_equals_single_opens() {
         signed(&w.alice, env.header.clone(), bad_ct),
         seal_text(&mut w.rng, &w.carol, &w.bob, "unknown", NOW),
         seal_text(&mut w.rng, &w.alice, &w.bob2, "wrong device", NOW),
-        seal_text(&mut w.rng, &w.alice_expired, &w.bob, "expired", NOW),
+        expired_envelope(&mut w, "expired"),
         seal_text(
             &mut w.rng,
             &w.alice,
@@ -1003,11 +1016,11 @@ fn tiny_replay_window_refuses_evicted_ids_as_too_old() {
     open(&msgs[0], &mut replay).expect("m0");
     open(&msgs[1], &mut replay).expect("m1");
     assert_eq!(replay.len(), 2);
-    assert_eq!(replay.floor(), UnixMillis(0));
+    assert_eq!(replay.floor(w.alice.address()), UnixMillis(0));
     // A third id evicts the oldest (m0) and raises the floor past it.
     open(&msgs[2], &mut replay).expect("m2");
     assert_eq!(replay.len(), 2);
-    assert_eq!(replay.floor(), UnixMillis(NOW.0 + 1));
+    assert_eq!(replay.floor(w.alice.address()), UnixMillis(NOW.0 + 1));
     // m0 is forgotten but not accepted again: it is below the floor.
     assert_refused(open(&msgs[0], &mut replay), "too_old");
     // m1 and m2 are still remembered.
@@ -1016,7 +1029,7 @@ fn tiny_replay_window_refuses_evicted_ids_as_too_old() {
     assert_eq!(replay.len(), 2);
     // A new message above the floor is accepted and evicts m1.
     open(&msgs[3], &mut replay).expect("m3");
-    assert_eq!(replay.floor(), UnixMillis(NOW.0 + 2));
+    assert_eq!(replay.floor(w.alice.address()), UnixMillis(NOW.0 + 2));
     assert_refused(open(&msgs[1], &mut replay), "too_old");
     assert_refused(open(&msgs[0], &mut replay), "too_old");
     // A never-seen straggler below the floor is refused too: the price of bounded memory.

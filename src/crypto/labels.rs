@@ -22,6 +22,18 @@ pub enum Label {
     DeviceId,
     /// Identity fingerprint (SPEC.md 5.1).
     Fingerprint,
+    /// Signed device list, signature by the identity key (SPEC.md 15.6).
+    DeviceList,
+    /// Prekey signature by the device key (SPEC.md 15.2).
+    PrekeySignature,
+    /// HKDF info of the session setup secret (SPEC.md 15.3).
+    SessionSetup,
+    /// HKDF info of the ratchet's root KDF (SPEC.md 15.4).
+    RatchetRoot,
+    /// HKDF info of a message's AEAD key and nonce (SPEC.md 15.4).
+    RatchetMessageKeys,
+    /// Encryption of persisted state (SPEC.md 15.8).
+    StateEncryption,
 }
 
 impl Label {
@@ -34,6 +46,12 @@ impl Label {
         Label::DeviceCertDeviceSignature,
         Label::DeviceId,
         Label::Fingerprint,
+        Label::DeviceList,
+        Label::PrekeySignature,
+        Label::SessionSetup,
+        Label::RatchetRoot,
+        Label::RatchetMessageKeys,
+        Label::StateEncryption,
     ];
 
     /// The label's bytes (ASCII).
@@ -46,6 +64,12 @@ impl Label {
             Label::DeviceCertDeviceSignature => b"kogge/v1/sig/device-cert/device",
             Label::DeviceId => b"kogge/v1/hash/device-id",
             Label::Fingerprint => b"kogge/v1/hash/fingerprint",
+            Label::DeviceList => b"kogge/v1/sig/device-list",
+            Label::PrekeySignature => b"kogge/v1/sig/prekey",
+            Label::SessionSetup => b"kogge/v1/kdf/session-setup",
+            Label::RatchetRoot => b"kogge/v1/kdf/ratchet-root",
+            Label::RatchetMessageKeys => b"kogge/v1/kdf/ratchet-message",
+            Label::StateEncryption => b"kogge/v1/aad/state",
         }
     }
 }
@@ -83,9 +107,15 @@ mod tests {
                 Label::DeviceCertDeviceSignature => 4,
                 Label::DeviceId => 5,
                 Label::Fingerprint => 6,
+                Label::DeviceList => 7,
+                Label::PrekeySignature => 8,
+                Label::SessionSetup => 9,
+                Label::RatchetRoot => 10,
+                Label::RatchetMessageKeys => 11,
+                Label::StateEncryption => 12,
             }
         }
-        let mut seen = [false; 7];
+        let mut seen = [false; 13];
         for l in Label::ALL {
             seen[index(*l)] = true;
         }

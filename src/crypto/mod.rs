@@ -5,6 +5,7 @@
 //! results, HKDF-SHA256 and ChaCha20-Poly1305. Secret material lives in boxed,
 //! zeroize-on-drop types whose `Debug` prints nothing secret.
 
+mod kem;
 mod labels;
 
 use std::fmt;
@@ -16,6 +17,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+pub use kem::{
+    KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, kem_check_public_key, kem_decapsulate, kem_encapsulate,
+    kem_encapsulate_deterministic, kem_public_key,
+};
 pub use labels::Label;
 
 /// A fixed-size secret: boxed (moves copy a pointer, not the secret), wiped on drop,
@@ -129,23 +134,71 @@ pub(crate) fn verify(
     verify_message(key, &framed(label, parts), signature)
 }
 
-/// Strict Ed25519 verification of an already framed message.
+/// Whether a 32-byte Edwards point encoding has a canonical y-coordinate (y < p).
+pub(crate) fn is_canonical_point_encoding(bytes: &[u8; 32]) -> bool {
+    // y >= p = 2^255 - 19  <=>  top byte (sign bit cleared) 0x7f, bytes 1..31 all 0xff,
+    // low byte >= 0xed.
+    !((bytes[31] & 0x7f) == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed)
+}
+
+/// Ed25519 verification of an already framed message (SPEC.md 2.1): strict encodings
+/// and the cofactored equation.
+///
+/// * `S` must be canonical (`S < L`); `R` must be a canonical encoding of a point that
+///   is not of small order; the key was checked when it was parsed ([`verifying_key`]).
+/// * The equation is `[8]([S]B - R - [k]A) = 0` with `k = SHA-512(R ‖ A ‖ M) mod L`.
+///
+/// The cofactored equation is what batch verification checks too, so a signature is
+/// accepted singly if and only if it is accepted in a batch (with overwhelming
+/// probability); the cofactorless equation of RFC 8032's first variant cannot give that
+/// guarantee for signatures whose `R` has a small-order component (Chalkias, Garillot
+/// and Nikolaenko, "Taming the many EdDSAs", 2020).
 pub fn verify_message(
     key: &VerifyingKey,
     message: &[u8],
     signature: &Signature,
 ) -> Result<(), CryptoError> {
-    key.verify_strict(message, signature)
-        .map_err(|_| CryptoError::BadSignature)
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::IsIdentity;
+    use sha2::Sha512;
+
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*signature.s_bytes()))
+        .ok_or(CryptoError::BadSignature)?;
+    let r_bytes: [u8; 32] = *signature.r_bytes();
+    if !is_canonical_point_encoding(&r_bytes) {
+        return Err(CryptoError::BadSignature);
+    }
+    let r = CompressedEdwardsY(r_bytes)
+        .decompress()
+        .ok_or(CryptoError::BadSignature)?;
+    if r.is_small_order() {
+        return Err(CryptoError::BadSignature);
+    }
+    let mut h = Sha512::new();
+    h.update(r_bytes);
+    h.update(key.as_bytes());
+    h.update(message);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let minus_a = -key.to_edwards();
+    let residual = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s) - r;
+    if residual.mul_by_cofactor().is_identity() {
+        Ok(())
+    } else {
+        Err(CryptoError::BadSignature)
+    }
 }
 
-/// Parses an Ed25519 public key, refusing invalid encodings and weak (small-order) keys.
+/// Parses an Ed25519 public key, refusing non-canonical encodings, points not on the
+/// curve, small-order points and points with a small-order component (SPEC.md 2.1).
 pub fn verifying_key(bytes: &[u8]) -> Result<VerifyingKey, CryptoError> {
     let arr: &[u8; 32] = bytes
         .try_into()
         .map_err(|_| CryptoError::InvalidPublicKey)?;
     let key = VerifyingKey::from_bytes(arr).map_err(|_| CryptoError::InvalidPublicKey)?;
-    if key.is_weak() {
+    // Canonical encoding, not of small order, and no small-order component: then every
+    // key has exactly one encoding and no two keys accept the same signatures.
+    if !is_canonical_point_encoding(arr) || key.is_weak() || !key.to_edwards().is_torsion_free() {
         return Err(CryptoError::InvalidPublicKey);
     }
     Ok(key)

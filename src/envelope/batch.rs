@@ -6,14 +6,12 @@
 //! honest ones only the single-verification price and is reported individually.
 //!
 //! Before batching, each signature's `R` must be a canonical encoding of a point that is
-//! not of small order, and each key is already known not to be weak (certificates refuse
-//! weak keys). These are the checks strict single verification makes, so a batch never
-//! accepts a signature that [`UnverifiedEnvelope::verify`] would refuse — with one
-//! documented exception: a signer who deliberately adds a small-order component to its
-//! own `R` gets a signature that strict verification refuses and batch verification
-//! accepts with probability at most 1/8 (SPEC.md 11.4). That needs the signing key, so
-//! it is never a forgery; it only lets a signer make its own signature verify
-//! inconsistently.
+//! not of small order; keys were checked when they were parsed. Single verification
+//! ([`crate::crypto::verify_message`]) uses the cofactored equation, so batch and single
+//! verification agree (SPEC.md 6.7, 11.4): if the batch equation holds, every
+//! signature's residual is (with overwhelming probability) of small order, which the
+//! cofactored check accepts too; if it fails, every signature of the chunk is verified
+//! singly and gets the single verdict.
 
 use std::sync::OnceLock;
 
@@ -53,9 +51,7 @@ fn small_order_ys() -> &'static [[u8; 32]] {
 fn r_is_acceptable(r: &[u8; 32]) -> bool {
     let mut y = *r;
     y[31] &= 0x7f;
-    // y >= p  <=>  y = p + k for k in 0..19: top byte 0x7f, bytes 1..31 all 0xff, low byte >= 0xed.
-    let non_canonical = y[31] == 0x7f && y[1..31].iter().all(|b| *b == 0xff) && y[0] >= 0xed;
-    !non_canonical && !small_order_ys().contains(&y)
+    crate::crypto::is_canonical_point_encoding(r) && !small_order_ys().contains(&y)
 }
 
 /// A decoded envelope waiting for its signature check.
@@ -67,17 +63,14 @@ struct Pending {
     message: Vec<u8>,
 }
 
-/// Opens many envelopes at once, with the same checks and errors as [`super::open`]
-/// for each, in the same order, and batch signature verification. Results are in input
-/// order. Envelopes are recorded in `replay` in input order, so a duplicate within the
-/// batch is reported as [`OpenError::Replay`].
-pub fn open_batch(
+/// Decodes and verifies many envelopes at once: for each, exactly what
+/// [`UnverifiedEnvelope::decode`] and [`UnverifiedEnvelope::verify`] (with the
+/// directory's certificate of the claimed sender) would return, in input order, with the
+/// signatures checked by batch verification in chunks of [`BATCH_VERIFY_CHUNK`].
+pub fn verify_batch(
     envelopes: &[Bytes],
-    recipient: &Device,
     directory: &impl CertificateDirectory,
-    replay: &mut ReplayWindow,
-    now: UnixMillis,
-) -> Vec<Result<Opened, OpenError>> {
+) -> Vec<Result<VerifiedEnvelope, OpenError>> {
     let mut results: Vec<Option<Result<VerifiedEnvelope, OpenError>>> =
         Vec::with_capacity(envelopes.len());
     let mut pending: Vec<Pending> = Vec::with_capacity(envelopes.len());
@@ -137,8 +130,25 @@ pub fn open_batch(
 
     results
         .into_iter()
+        .map(|r| r.unwrap_or(Err(OpenError::BadSignature)))
+        .collect()
+}
+
+/// Opens many envelopes at once, with the same checks and errors as [`super::open`]
+/// for each, in the same order, and batch signature verification ([`verify_batch`]).
+/// Results are in input order. Envelopes are recorded in `replay` in input order, so a
+/// duplicate within the batch is reported as [`OpenError::Replay`].
+pub fn open_batch(
+    envelopes: &[Bytes],
+    recipient: &Device,
+    directory: &impl CertificateDirectory,
+    replay: &mut ReplayWindow,
+    now: UnixMillis,
+) -> Vec<Result<Opened, OpenError>> {
+    verify_batch(envelopes, directory)
+        .into_iter()
         .map(|r| {
-            let verified = r.unwrap_or(Err(OpenError::BadSignature))?;
+            let verified = r?;
             let opened = verified.decrypt(recipient)?;
             replay.accept(&opened.header, now)?;
             Ok(opened)

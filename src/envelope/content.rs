@@ -4,6 +4,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::MessageId;
+use crate::address::Address;
 use crate::limits::{MAX_MEDIA_TYPE_LEN, MAX_PLAINTEXT_LEN, MAX_RECEIPT_IDS, PADDING_BLOCK};
 use crate::wire;
 
@@ -123,6 +124,7 @@ impl Content {
         };
         Ok(wire::Content {
             body,
+            sent_to: String::new(),
             padding: Bytes::new(),
         })
     }
@@ -132,7 +134,17 @@ impl Content {
     /// is the smallest value that makes the total length a multiple of the block. (`k`
     /// is at least 1 because protobuf omits an empty field.)
     pub fn encode_padded(&self) -> Result<Vec<u8>, ContentError> {
+        self.encode_padded_sent_to(None)
+    }
+
+    /// [`encode_padded`](Self::encode_padded) with the `sent_to` field set, for the copies
+    /// a sender sends to its own other devices.
+    pub(crate) fn encode_padded_sent_to(
+        &self,
+        sent_to: Option<&Address>,
+    ) -> Result<Vec<u8>, ContentError> {
         let mut msg = self.to_wire()?;
+        msg.sent_to = sent_to.map(|a| a.as_str().to_owned()).unwrap_or_default();
         let unpadded = msg.encoded_len();
         // The padding field costs 2 bytes (tag 0x7a, one-byte length) plus k zeros, with
         // 1 <= k <= PADDING_BLOCK <= 127, so its length prefix is always one byte.
@@ -151,6 +163,13 @@ impl Content {
 
     /// Decodes a plaintext, checking the rules of SPEC.md section 7.
     pub fn decode(plaintext: &[u8]) -> Result<Self, ContentError> {
+        Self::decode_with_sent_to(plaintext).map(|(c, _)| c)
+    }
+
+    /// Decodes a plaintext and its `sent_to` field (SPEC.md 15.7), if present.
+    pub(crate) fn decode_with_sent_to(
+        plaintext: &[u8],
+    ) -> Result<(Self, Option<Address>), ContentError> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(ContentError::TooLarge {
                 len: plaintext.len(),
@@ -158,7 +177,19 @@ impl Content {
             });
         }
         let msg = wire::Content::decode(plaintext).map_err(|_| ContentError::Decode)?;
-        match msg.body {
+        let sent_to = if msg.sent_to.is_empty() {
+            None
+        } else {
+            Some(
+                Address::parse_canonical(&msg.sent_to)
+                    .map_err(|_| ContentError::InvalidField("sent_to"))?,
+            )
+        };
+        Self::from_wire_body(msg.body).map(|c| (c, sent_to))
+    }
+
+    fn from_wire_body(body: Option<wire::content::Body>) -> Result<Self, ContentError> {
+        match body {
             None => Ok(Content::Unknown),
             Some(wire::content::Body::Text(t)) => {
                 if !valid_media_type(&t.media_type) {
@@ -255,6 +286,7 @@ mod tests {
                 kind: 1,
                 message_ids: vec![Bytes::from_static(&[1; 15])],
             })),
+            sent_to: String::new(),
             padding: Bytes::new(),
         }
         .encode_to_vec();
@@ -268,6 +300,7 @@ mod tests {
                 kind: 9,
                 message_ids: vec![Bytes::from_static(&[1; 16])],
             })),
+            sent_to: String::new(),
             padding: Bytes::new(),
         }
         .encode_to_vec();

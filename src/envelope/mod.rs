@@ -37,7 +37,7 @@ use crate::limits::{
 use crate::time::UnixMillis;
 use crate::wire;
 
-pub use batch::{BATCH_VERIFY_CHUNK, open_batch};
+pub use batch::{BATCH_VERIFY_CHUNK, open_batch, verify_batch};
 pub use content::{Content, ContentError, Receipt, ReceiptKind, Text};
 pub use replay::{ReplayPolicy, ReplayWindow};
 
@@ -90,6 +90,128 @@ impl fmt::Display for MessageId {
 pub enum PayloadKind {
     /// Ephemeral-static X25519 to the recipient device key (SPEC.md 6.5).
     OneShot,
+    /// A Double Ratchet message of a session (SPEC.md 15).
+    Session,
+}
+
+/// The session setup an initiator attaches to its messages until it gets a reply
+/// (SPEC.md 15.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSetup {
+    /// The initiator's ephemeral X25519 public key (the "base key").
+    pub base_key: [u8; 32],
+    /// Which signed prekey of the responder was used.
+    pub signed_prekey_id: u32,
+    /// Which one-time prekey was used, if any.
+    pub one_time_prekey_id: Option<u32>,
+    /// Which ML-KEM-768 prekey was used.
+    pub kem_prekey_id: u32,
+    /// The ML-KEM-768 ciphertext (1088 bytes).
+    pub kem_ciphertext: Bytes,
+}
+
+/// The ratchet header of a session message (SPEC.md 15.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionHeader {
+    /// The sender's current ratchet public key.
+    pub ratchet_key: [u8; 32],
+    /// Length of the sender's previous sending chain.
+    pub previous_chain_length: u32,
+    /// Number of this message in the current sending chain.
+    pub message_number: u32,
+    /// The sender's position in the conversation (1, 2, 3, ...).
+    pub sequence: u64,
+    /// Present until the initiator has received a reply.
+    pub setup: Option<SessionSetup>,
+}
+
+/// ML-KEM-768 ciphertext length.
+pub(crate) const KEM_CIPHERTEXT_LEN: usize = 1088;
+
+impl SessionHeader {
+    pub(crate) fn to_wire(&self) -> wire::SessionHeader {
+        wire::SessionHeader {
+            ratchet_key: Bytes::copy_from_slice(&self.ratchet_key),
+            previous_chain_length: self.previous_chain_length,
+            message_number: self.message_number,
+            sequence: self.sequence,
+            setup: self.setup.as_ref().map(|s| wire::SessionSetup {
+                base_key: Bytes::copy_from_slice(&s.base_key),
+                signed_prekey_id: s.signed_prekey_id,
+                one_time_prekey_id: s.one_time_prekey_id.unwrap_or(0),
+                kem_prekey_id: s.kem_prekey_id,
+                kem_ciphertext: s.kem_ciphertext.clone(),
+            }),
+        }
+    }
+
+    fn from_wire(h: wire::SessionHeader) -> Result<Self, OpenError> {
+        use OpenError as E;
+        let ratchet_key: [u8; 32] = h
+            .ratchet_key
+            .as_ref()
+            .try_into()
+            .map_err(|_| E::InvalidField("session.ratchet_key"))?;
+        if h.sequence == 0 {
+            return Err(E::InvalidField("session.sequence"));
+        }
+        let setup = match h.setup {
+            None => None,
+            Some(s) => {
+                let base_key: [u8; 32] = s
+                    .base_key
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| E::InvalidField("session.setup.base_key"))?;
+                if s.signed_prekey_id == 0 {
+                    return Err(E::InvalidField("session.setup.signed_prekey_id"));
+                }
+                if s.kem_prekey_id == 0 {
+                    return Err(E::InvalidField("session.setup.kem_prekey_id"));
+                }
+                if s.kem_ciphertext.len() != KEM_CIPHERTEXT_LEN {
+                    return Err(E::InvalidField("session.setup.kem_ciphertext"));
+                }
+                Some(SessionSetup {
+                    base_key,
+                    signed_prekey_id: s.signed_prekey_id,
+                    one_time_prekey_id: (s.one_time_prekey_id != 0).then_some(s.one_time_prekey_id),
+                    kem_prekey_id: s.kem_prekey_id,
+                    kem_ciphertext: s.kem_ciphertext,
+                })
+            }
+        };
+        Ok(Self {
+            ratchet_key,
+            previous_chain_length: h.previous_chain_length,
+            message_number: h.message_number,
+            sequence: h.sequence,
+            setup,
+        })
+    }
+}
+
+/// The payload-specific part of the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PayloadHeader {
+    /// One-shot sealing: the sender's ephemeral X25519 public key.
+    OneShot {
+        /// The ephemeral public key.
+        ephemeral_key: [u8; 32],
+    },
+    /// A session message: its ratchet header.
+    Session(SessionHeader),
+}
+
+impl PayloadHeader {
+    /// Which kind of payload this is.
+    pub fn kind(&self) -> PayloadKind {
+        match self {
+            PayloadHeader::OneShot { .. } => PayloadKind::OneShot,
+            PayloadHeader::Session(_) => PayloadKind::Session,
+        }
+    }
 }
 
 /// How the plaintext is encoded.
@@ -120,10 +242,8 @@ pub struct EnvelopeHeader {
     pub timestamp: UnixMillis,
     /// How the plaintext is encoded.
     pub content_type: ContentType,
-    /// How the ciphertext is sealed.
-    pub payload_kind: PayloadKind,
-    /// The sender's ephemeral X25519 public key (one-shot sealing).
-    pub ephemeral_key: [u8; 32],
+    /// How the ciphertext is sealed, with its kind-specific header.
+    pub payload: PayloadHeader,
 }
 
 impl EnvelopeHeader {
@@ -139,11 +259,18 @@ impl EnvelopeHeader {
             content_type: match self.content_type {
                 ContentType::Content => wire::ContentType::Content as i32,
             },
-            payload_kind: match self.payload_kind {
+            payload_kind: match self.payload.kind() {
                 PayloadKind::OneShot => wire::PayloadKind::OneShot as i32,
+                PayloadKind::Session => wire::PayloadKind::Session as i32,
             },
-            ephemeral_key: Bytes::copy_from_slice(&self.ephemeral_key),
-            session: Bytes::new(),
+            ephemeral_key: match &self.payload {
+                PayloadHeader::OneShot { ephemeral_key } => Bytes::copy_from_slice(ephemeral_key),
+                PayloadHeader::Session(_) => Bytes::new(),
+            },
+            session: match &self.payload {
+                PayloadHeader::OneShot { .. } => Bytes::new(),
+                PayloadHeader::Session(h) => Bytes::from(h.to_wire().encode_to_vec()),
+            },
         }
     }
 
@@ -162,15 +289,28 @@ impl EnvelopeHeader {
             Ok(wire::ContentType::Content) => ContentType::Content,
             _ => return Err(E::UnsupportedContentType(h.content_type)),
         };
-        let payload_kind = match wire::PayloadKind::try_from(h.payload_kind) {
-            Ok(wire::PayloadKind::OneShot) => PayloadKind::OneShot,
+        let payload = match wire::PayloadKind::try_from(h.payload_kind) {
+            Ok(wire::PayloadKind::OneShot) => {
+                if !h.session.is_empty() {
+                    return Err(E::InvalidField("session"));
+                }
+                let ephemeral_key: [u8; 32] = h
+                    .ephemeral_key
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| E::InvalidField("ephemeral_key"))?;
+                PayloadHeader::OneShot { ephemeral_key }
+            }
+            Ok(wire::PayloadKind::Session) => {
+                if !h.ephemeral_key.is_empty() {
+                    return Err(E::InvalidField("ephemeral_key"));
+                }
+                let sh = wire::SessionHeader::decode(h.session.clone())
+                    .map_err(|_| E::InvalidField("session"))?;
+                PayloadHeader::Session(SessionHeader::from_wire(sh)?)
+            }
             _ => return Err(E::UnsupportedPayloadKind(h.payload_kind)),
         };
-        let ephemeral_key: [u8; 32] = h
-            .ephemeral_key
-            .as_ref()
-            .try_into()
-            .map_err(|_| E::InvalidField("ephemeral_key"))?;
         let sender = Address::parse_canonical(&h.sender).map_err(|error| E::InvalidAddress {
             field: "sender",
             error,
@@ -189,8 +329,7 @@ impl EnvelopeHeader {
             message_id,
             timestamp: UnixMillis(h.timestamp_ms),
             content_type,
-            payload_kind,
-            ephemeral_key,
+            payload,
         })
     }
 }
@@ -295,6 +434,9 @@ pub enum OpenError {
     /// Already accepted once.
     #[error("envelope was already accepted (replay)")]
     Replay,
+    /// A session payload: only a session (`session::Account`) can decrypt it.
+    #[error("session payload: decrypt it with its session")]
+    NeedsSession,
 }
 
 impl OpenError {
@@ -319,6 +461,7 @@ impl OpenError {
             Self::TooOld => "too_old",
             Self::FromFuture => "from_future",
             Self::Replay => "replay",
+            Self::NeedsSession => "needs_session",
         }
     }
 }
@@ -469,8 +612,9 @@ pub(crate) fn seal_with_ephemeral(
         message_id: msg.message_id,
         timestamp: msg.timestamp,
         content_type: ContentType::Content,
-        payload_kind: PayloadKind::OneShot,
-        ephemeral_key: ephemeral_public,
+        payload: PayloadHeader::OneShot {
+            ephemeral_key: ephemeral_public,
+        },
     }
     .to_wire()
     .encode_to_vec();
@@ -480,24 +624,7 @@ pub(crate) fn seal_with_ephemeral(
             len: plaintext.len(),
             max: crate::limits::MAX_PLAINTEXT_LEN,
         })?;
-    let signature_input = signature_input(&header, &ciphertext);
-    let signature = {
-        use ed25519_dalek::Signer;
-        sender.keys().signing().sign(&signature_input).to_bytes()
-    };
-    let encoded = wire::Envelope {
-        version: PROTOCOL_VERSION,
-        header: Bytes::from(header.clone()),
-        ciphertext: Bytes::from(ciphertext.clone()),
-        signature: Bytes::copy_from_slice(&signature),
-    }
-    .encode_to_vec();
-    if encoded.len() > MAX_ENVELOPE_LEN {
-        return Err(SealError::TooLarge {
-            len: encoded.len(),
-            max: MAX_ENVELOPE_LEN,
-        });
-    }
+    let (encoded, signature_input, signature) = sign_and_encode(sender, &header, &ciphertext)?;
     let trace = SealTrace {
         plaintext,
         ephemeral_public,
@@ -510,7 +637,81 @@ pub(crate) fn seal_with_ephemeral(
         signature_input,
         signature,
     };
-    Ok((Bytes::from(encoded), trace))
+    Ok((encoded, trace))
+}
+
+/// Signs `header ‖ SHA-256(ciphertext)` with the sender device key and encodes the
+/// envelope. Returns (envelope, signature input, signature).
+fn sign_and_encode(
+    sender: &Device,
+    header: &[u8],
+    ciphertext: &[u8],
+) -> Result<(Bytes, Vec<u8>, [u8; 64]), SealError> {
+    let signature_input = signature_input(header, ciphertext);
+    let signature = {
+        use ed25519_dalek::Signer;
+        sender.keys().signing().sign(&signature_input).to_bytes()
+    };
+    let encoded = wire::Envelope {
+        version: PROTOCOL_VERSION,
+        header: Bytes::copy_from_slice(header),
+        ciphertext: Bytes::copy_from_slice(ciphertext),
+        signature: Bytes::copy_from_slice(&signature),
+    }
+    .encode_to_vec();
+    if encoded.len() > MAX_ENVELOPE_LEN {
+        return Err(SealError::TooLarge {
+            len: encoded.len(),
+            max: MAX_ENVELOPE_LEN,
+        });
+    }
+    Ok((Bytes::from(encoded), signature_input, signature))
+}
+
+/// Seals a session message: the caller (the session layer) supplies the ratchet header,
+/// the padded encoded content and the message's AEAD key and nonce; this builds the
+/// signed header, encrypts with AAD = framed("kogge/v1/aad/envelope", header) and signs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn seal_session(
+    sender: &Device,
+    recipient: &Address,
+    recipient_device: DeviceId,
+    message_id: MessageId,
+    timestamp: UnixMillis,
+    session: SessionHeader,
+    plaintext: &[u8],
+    keys: impl FnOnce(&MessageId) -> (Secret<32>, [u8; 12]),
+) -> Result<Bytes, SealError> {
+    if !sender.certificate().is_valid_at(timestamp) {
+        return Err(SealError::SenderCertificateNotValid(timestamp));
+    }
+    let header = EnvelopeHeader {
+        version: PROTOCOL_VERSION,
+        sender: sender.address().clone(),
+        sender_device: sender.id(),
+        recipient: recipient.clone(),
+        recipient_device,
+        message_id,
+        timestamp,
+        content_type: ContentType::Content,
+        payload: PayloadHeader::Session(session),
+    }
+    .to_wire()
+    .encode_to_vec();
+    if header.len() > MAX_HEADER_LEN {
+        return Err(SealError::TooLarge {
+            len: header.len(),
+            max: MAX_HEADER_LEN,
+        });
+    }
+    let (key, nonce) = keys(&message_id);
+    let ciphertext = crypto::aead_seal(&key, &nonce, &aad(&header), plaintext).map_err(|_| {
+        SealError::TooLarge {
+            len: plaintext.len(),
+            max: crate::limits::MAX_PLAINTEXT_LEN,
+        }
+    })?;
+    sign_and_encode(sender, &header, &ciphertext).map(|(bytes, _, _)| bytes)
 }
 
 /// An envelope that has been parsed but whose signature has not been checked. Its header
@@ -664,6 +865,31 @@ pub struct Opened {
 }
 
 impl VerifiedEnvelope {
+    /// Checks that the envelope is addressed to `recipient` (address and device).
+    pub fn check_recipient(&self, recipient: &Device) -> Result<(), OpenError> {
+        let h = &self.inner.header;
+        if &h.recipient != recipient.address() || h.recipient_device != recipient.id() {
+            return Err(OpenError::WrongRecipient);
+        }
+        Ok(())
+    }
+
+    /// Decrypts a session payload with the AEAD key and nonce the session layer derived
+    /// for this message, and decodes the content. Changes nothing.
+    pub(crate) fn decrypt_session(
+        &self,
+        key: &Secret<32>,
+        nonce: &[u8; 12],
+    ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        crypto::aead_open(
+            key,
+            nonce,
+            &aad(&self.inner.header_bytes),
+            &self.inner.ciphertext,
+        )
+        .ok()
+    }
+
     /// The authenticated header.
     pub fn header(&self) -> &EnvelopeHeader {
         &self.inner.header
@@ -678,16 +904,19 @@ impl VerifiedEnvelope {
     /// and decodes the content. Does not consume `self`: a failure loses nothing.
     pub fn decrypt(&self, recipient: &Device) -> Result<Opened, OpenError> {
         let h = &self.inner.header;
-        if &h.recipient != recipient.address() || h.recipient_device != recipient.id() {
-            return Err(OpenError::WrongRecipient);
-        }
-        let ephemeral = x25519_dalek::PublicKey::from(h.ephemeral_key);
+        self.check_recipient(recipient)?;
+        let ephemeral_key = match &h.payload {
+            PayloadHeader::OneShot { ephemeral_key } => *ephemeral_key,
+            PayloadHeader::Session(_) => return Err(OpenError::NeedsSession),
+        };
+        let ephemeral = x25519_dalek::PublicKey::from(ephemeral_key);
         let shared = crypto::x25519(recipient.keys().agreement(), &ephemeral)
             .map_err(|_| OpenError::NonContributory)?;
-        let recipient_public = recipient.keys().agreement_public();
-        let (key, mut nonce) =
-            one_shot_keys(&shared, &h.ephemeral_key, recipient_public.as_bytes())
-                .map_err(|_| OpenError::DecryptFailed)?;
+        // The certificate carries the public key (Device guarantees it matches the secret):
+        // recomputing it would cost a scalar multiplication per envelope.
+        let recipient_public = *recipient.certificate().agreement_key();
+        let (key, mut nonce) = one_shot_keys(&shared, &ephemeral_key, recipient_public.as_bytes())
+            .map_err(|_| OpenError::DecryptFailed)?;
         let plaintext = crypto::aead_open(
             &key,
             &nonce,

@@ -1,12 +1,13 @@
 //! Freshness: the last check of opening (SPEC.md section 8).
 //!
 //! A [`ReplayWindow`] refuses envelopes dated too far in the past or future and
-//! remembers the `(sender, message id)` of every envelope it accepted within the window.
-//! Memory is bounded: when the window is full it raises its *floor* (the oldest
-//! timestamp it still accepts) past the entry it forgets, so a forgotten id can never be
-//! replayed, at the cost of refusing late stragglers older than the floor.
+//! remembers the message id of every envelope it accepted within the window, per
+//! sender. Memory is bounded per sender: when a sender's window is full it raises that
+//! sender's *floor* (the oldest timestamp it still accepts from them) past the entry it
+//! forgets, so a forgotten id can never be replayed, at the cost of refusing that
+//! sender's late stragglers older than the floor.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{EnvelopeHeader, MessageId, OpenError};
 use crate::address::Address;
@@ -22,7 +23,7 @@ pub struct ReplayPolicy {
     pub max_age_ms: u64,
     /// Envelopes whose timestamp is more than this after `now` are refused.
     pub max_skew_ms: u64,
-    /// Most ids remembered at once.
+    /// Most ids remembered per sender.
     pub capacity: usize,
 }
 
@@ -36,16 +37,35 @@ impl Default for ReplayPolicy {
     }
 }
 
-type Key = (Address, MessageId);
+/// One sender's remembered ids.
+#[derive(Clone, Debug, Default)]
+struct SenderWindow {
+    /// This sender's timestamps below this are refused (raised when entries are forgotten).
+    floor: UnixMillis,
+    ids: HashSet<MessageId>,
+    by_time: BTreeSet<(UnixMillis, MessageId)>,
+}
 
-/// Remembers which envelopes were accepted; see the module documentation.
+impl SenderWindow {
+    fn forget_oldest(&mut self) {
+        if let Some((ts, id)) = self.by_time.pop_first() {
+            self.ids.remove(&id);
+            self.floor = self.floor.max(ts.saturating_add(1));
+        }
+    }
+}
+
+/// Remembers which envelopes were accepted, per sender; see the module documentation.
+///
+/// Each sender has its own floor and its own capacity, so no sender can make the window
+/// forget (and so refuse as too old) the envelopes of another. Only senders whose
+/// envelopes passed signature verification are recorded, so the number of senders is
+/// bounded by the certificates the application trusts.
 #[derive(Clone, Debug)]
 pub struct ReplayWindow {
     policy: ReplayPolicy,
-    /// Timestamps below this are refused (raised when entries are forgotten).
-    floor: UnixMillis,
-    seen: HashSet<Key>,
-    by_time: BTreeSet<(UnixMillis, Key)>,
+    senders: HashMap<Address, SenderWindow>,
+    len: usize,
 }
 
 impl Default for ReplayWindow {
@@ -59,9 +79,8 @@ impl ReplayWindow {
     pub fn new(policy: ReplayPolicy) -> Self {
         Self {
             policy,
-            floor: UnixMillis(0),
-            seen: HashSet::new(),
-            by_time: BTreeSet::new(),
+            senders: HashMap::new(),
+            len: 0,
         }
     }
 
@@ -70,34 +89,32 @@ impl ReplayWindow {
         &self.policy
     }
 
-    /// How many ids are remembered.
+    /// How many ids are remembered, over all senders.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.len
     }
 
     /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len == 0
     }
 
-    /// The oldest timestamp still accepted, ignoring `now`.
-    pub fn floor(&self) -> UnixMillis {
-        self.floor
+    /// The oldest timestamp still accepted from `sender`, ignoring `now`.
+    pub fn floor(&self, sender: &Address) -> UnixMillis {
+        self.senders.get(sender).map_or(UnixMillis(0), |w| w.floor)
     }
 
     /// Checks an envelope header without recording it.
     pub fn check(&self, header: &EnvelopeHeader, now: UnixMillis) -> Result<(), OpenError> {
         let ts = header.timestamp;
-        if ts < now.saturating_sub(self.policy.max_age_ms) || ts < self.floor {
+        let window = self.senders.get(&header.sender);
+        if ts < now.saturating_sub(self.policy.max_age_ms) || window.is_some_and(|w| ts < w.floor) {
             return Err(OpenError::TooOld);
         }
         if ts > now.saturating_add(self.policy.max_skew_ms) {
             return Err(OpenError::FromFuture);
         }
-        if self
-            .seen
-            .contains(&(header.sender.clone(), header.message_id))
-        {
+        if window.is_some_and(|w| w.ids.contains(&header.message_id)) {
             return Err(OpenError::Replay);
         }
         Ok(())
@@ -106,27 +123,60 @@ impl ReplayWindow {
     /// Checks an envelope header and, only if it passes, records it.
     pub fn accept(&mut self, header: &EnvelopeHeader, now: UnixMillis) -> Result<(), OpenError> {
         self.check(header, now)?;
-        let key = (header.sender.clone(), header.message_id);
-        self.seen.insert(key.clone());
-        self.by_time.insert((header.timestamp, key));
-        self.prune(now);
+        self.record(header, now);
         Ok(())
     }
 
-    fn forget_oldest(&mut self) {
-        if let Some((ts, key)) = self.by_time.pop_first() {
-            self.seen.remove(&key);
-            self.floor = self.floor.max(ts.saturating_add(1));
+    /// Records a header that [`check`](Self::check) accepted.
+    pub(crate) fn record(&mut self, header: &EnvelopeHeader, now: UnixMillis) {
+        let horizon = now.saturating_sub(self.policy.max_age_ms);
+        let capacity = self.policy.capacity.max(1);
+        let w = self.senders.entry(header.sender.clone()).or_default();
+        let before = w.ids.len();
+        if w.ids.insert(header.message_id) {
+            w.by_time.insert((header.timestamp, header.message_id));
         }
+        while w.by_time.first().is_some_and(|(ts, _)| *ts < horizon) {
+            w.forget_oldest();
+        }
+        while w.ids.len() > capacity {
+            w.forget_oldest();
+        }
+        let after = w.ids.len();
+        self.len = (self.len + after).saturating_sub(before);
     }
 
-    fn prune(&mut self, now: UnixMillis) {
-        let horizon = now.saturating_sub(self.policy.max_age_ms);
-        while self.by_time.first().is_some_and(|(ts, _)| *ts < horizon) {
-            self.forget_oldest();
+    /// Every sender with its floor and its remembered `(timestamp, id)` pairs, oldest
+    /// first, in no particular sender order: what persistence saves (SPEC.md 15.8).
+    pub(crate) fn persisted_senders(
+        &self,
+    ) -> impl Iterator<Item = (&Address, UnixMillis, &BTreeSet<(UnixMillis, MessageId)>)> + '_ {
+        self.senders.iter().map(|(a, w)| (a, w.floor, &w.by_time))
+    }
+
+    /// Restores one sender's floor and remembered pairs, as
+    /// [`persisted_senders`](Self::persisted_senders) reported them (persistence,
+    /// SPEC.md 15.8). Pairs beyond the policy's capacity are forgotten oldest first,
+    /// raising the floor, as [`record`](Self::record) does.
+    pub(crate) fn restore_sender(
+        &mut self,
+        sender: Address,
+        floor: UnixMillis,
+        entries: impl IntoIterator<Item = (UnixMillis, MessageId)>,
+    ) {
+        let capacity = self.policy.capacity.max(1);
+        let w = self.senders.entry(sender).or_default();
+        let before = w.ids.len();
+        w.floor = w.floor.max(floor);
+        for (ts, id) in entries {
+            if w.ids.insert(id) {
+                w.by_time.insert((ts, id));
+            }
         }
-        while self.seen.len() > self.policy.capacity {
-            self.forget_oldest();
+        while w.ids.len() > capacity {
+            w.forget_oldest();
         }
+        let after = w.ids.len();
+        self.len = (self.len + after).saturating_sub(before);
     }
 }

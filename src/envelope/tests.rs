@@ -360,7 +360,7 @@ fn full_window_raises_its_floor_instead_of_forgetting() {
         open(e.clone(), &w.bob, &w.known_by_bob, &mut replay, NOW).unwrap();
     }
     assert_eq!(replay.len(), 2);
-    assert_eq!(replay.floor(), NOW.saturating_add(1));
+    assert_eq!(replay.floor(w.alice.address()), NOW.saturating_add(1));
     // The forgotten first envelope cannot come back.
     assert_eq!(
         open(envs[0].clone(), &w.bob, &w.known_by_bob, &mut replay, NOW).unwrap_err(),
@@ -537,6 +537,7 @@ fn error_codes_are_unique() {
         OpenError::TooOld,
         OpenError::FromFuture,
         OpenError::Replay,
+        OpenError::NeedsSession,
     ];
     let mut codes: Vec<&str> = errors.iter().map(OpenError::code).collect();
     codes.sort_unstable();

@@ -15,6 +15,7 @@
 //! Secret halves are boxed, wiped on drop, redacted in `Debug`, and leave only through
 //! explicit `secret_bytes` calls returning a [`Secret`].
 
+mod device_list;
 mod fingerprint;
 
 use std::fmt;
@@ -30,6 +31,7 @@ use crate::limits::{MAX_CERTIFICATE_LEN, PROTOCOL_VERSION};
 use crate::time::UnixMillis;
 use crate::wire;
 
+pub use device_list::{DeviceEvent, DeviceList, DeviceListError, DeviceLists};
 pub use fingerprint::{Fingerprint, FingerprintError, SafetyNumber, decode_scannable};
 
 fn hex(bytes: &[u8]) -> String {

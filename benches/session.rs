@@ -1,0 +1,2 @@
+//! Session benchmarks (being written).
+fn main() {}

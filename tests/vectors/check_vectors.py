@@ -1,0 +1,2157 @@
+#!/usr/bin/env python3
+"""Independent checker for the Kogge test vectors (SPEC.md section 12).
+
+Written from SPEC.md alone: it recomputes every value in tests/vectors/*.json with
+Python's `cryptography` package (X25519, HKDF, ChaCha20-Poly1305, Ed25519 signing), its
+own Ed25519 point arithmetic (for the cofactored verification and the key checks of
+SPEC.md 2.1), `kyber-py` (ML-KEM-768, FIPS 203) and a small hand-written protobuf codec;
+runs the opening checks of SPEC.md 6.6 on the negative vectors, the address grammar of
+SPEC.md 3 on the address vectors, and the whole session layer of SPEC.md 15 (prekeys,
+bundles, setup, Double Ratchet, receiving) on the session vectors. It never calls the
+Rust code.
+
+    pip install cryptography kyber-py
+    python3 tests/vectors/check_vectors.py
+
+Prints `vectors: N passed, M failed` and exits non-zero if anything failed.
+"""
+
+import copy
+import hashlib
+import hmac
+import json
+import os
+import re
+import sys
+import traceback
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+try:
+    from kyber_py.ml_kem import ML_KEM_768
+except ImportError:  # pragma: no cover - a setup problem, reported plainly
+    sys.exit("check_vectors.py needs ML-KEM-768: pip install kyber-py")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 9: limits
+# ---------------------------------------------------------------------------------------
+PROTOCOL_VERSION = 1
+MAX_ENVELOPE_LEN = 100 * 1024
+MAX_HEADER_LEN = 2048
+MAX_PLAINTEXT_LEN = 96 * 1024
+AEAD_TAG_LEN = 16
+MAX_CIPHERTEXT_LEN = MAX_PLAINTEXT_LEN + AEAD_TAG_LEN
+PADDING_BLOCK = 64
+MAX_CERTIFICATE_LEN = 1024
+MAX_MEDIA_TYPE_LEN = 127
+MAX_RECEIPT_IDS = 1024
+MAX_LOCAL_PART_LEN = 64
+MAX_DOMAIN_LEN = 253
+MAX_DOMAIN_LABEL_LEN = 63
+MAX_ADDRESS_LEN = MAX_LOCAL_PART_LEN + 1 + MAX_DOMAIN_LEN
+MAX_SCANNABLE_FINGERPRINT_LEN = 128
+FINGERPRINT_ITERATIONS = 5200
+DEFAULT_MAX_MESSAGE_AGE_MS = 35 * 24 * 60 * 60 * 1000
+DEFAULT_MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+DEFAULT_REPLAY_CAPACITY = 10_000
+BATCH_VERIFY_CHUNK = 64
+# Sessions and device lists (SPEC.md 9, second table; SPEC.md 15)
+MAX_DEVICES_PER_USER = 16
+MAX_DEVICE_LIST_LEN = MAX_DEVICES_PER_USER * MAX_CERTIFICATE_LEN + 1024
+MAX_PREKEY_BUNDLE_LEN = 4096
+MAX_SIGNED_PREKEY_LEN = 1536
+MAX_SKIP_PER_CHAIN = 1000
+MAX_SKIPPED_KEYS = 2000
+SKIPPED_KEY_MAX_AGE_MS = 30 * 24 * 60 * 60 * 1000
+MAX_SESSIONS_PER_PEER_DEVICE = 4
+MAX_ONE_TIME_PREKEYS = 200
+ONE_TIME_PREKEY_LOW_WATERMARK = 20
+MAX_BASE_KEYS_PER_SIGNED_PREKEY = 100_000
+SIGNED_PREKEY_GRACE_MS = 30 * 24 * 60 * 60 * 1000
+MAX_STATE_LEN = 64 * 1024 * 1024
+KEM_PUBLIC_KEY_LEN = 1184
+KEM_CIPHERTEXT_LEN = 1088
+LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PLAINTEXT_LEN",
+               "AEAD_TAG_LEN", "MAX_CIPHERTEXT_LEN", "PADDING_BLOCK", "MAX_CERTIFICATE_LEN",
+               "MAX_MEDIA_TYPE_LEN", "MAX_RECEIPT_IDS", "MAX_LOCAL_PART_LEN", "MAX_DOMAIN_LEN",
+               "MAX_DOMAIN_LABEL_LEN", "MAX_ADDRESS_LEN", "MAX_SCANNABLE_FINGERPRINT_LEN",
+               "FINGERPRINT_ITERATIONS", "DEFAULT_MAX_MESSAGE_AGE_MS", "DEFAULT_MAX_CLOCK_SKEW_MS",
+               "DEFAULT_REPLAY_CAPACITY", "BATCH_VERIFY_CHUNK", "MAX_DEVICES_PER_USER",
+               "MAX_DEVICE_LIST_LEN", "MAX_PREKEY_BUNDLE_LEN", "MAX_SIGNED_PREKEY_LEN",
+               "MAX_SKIP_PER_CHAIN", "MAX_SKIPPED_KEYS", "SKIPPED_KEY_MAX_AGE_MS",
+               "MAX_SESSIONS_PER_PEER_DEVICE", "MAX_ONE_TIME_PREKEYS",
+               "ONE_TIME_PREKEY_LOW_WATERMARK", "MAX_BASE_KEYS_PER_SIGNED_PREKEY",
+               "SIGNED_PREKEY_GRACE_MS", "MAX_STATE_LEN", "KEM_PUBLIC_KEY_LEN",
+               "KEM_CIPHERTEXT_LEN"]
+
+# SPEC.md 2.3: labels
+LABELS = {
+    "EnvelopeSignature": b"kogge/v1/sig/envelope",
+    "EnvelopeAad": b"kogge/v1/aad/envelope",
+    "OneShotSealKdf": b"kogge/v1/kdf/one-shot-seal",
+    "DeviceCertIdentitySignature": b"kogge/v1/sig/device-cert/identity",
+    "DeviceCertDeviceSignature": b"kogge/v1/sig/device-cert/device",
+    "DeviceId": b"kogge/v1/hash/device-id",
+    "Fingerprint": b"kogge/v1/hash/fingerprint",
+    "DeviceList": b"kogge/v1/sig/device-list",
+    "PrekeySignature": b"kogge/v1/sig/prekey",
+    "SessionSetup": b"kogge/v1/kdf/session-setup",
+    "RatchetRoot": b"kogge/v1/kdf/ratchet-root",
+    "RatchetMessageKeys": b"kogge/v1/kdf/ratchet-message",
+    "StateEncryption": b"kogge/v1/aad/state",
+}
+
+
+def framed(label, *parts):
+    """SPEC.md 2.2: u32be(len) || bytes, for the label and then each part."""
+    out = bytearray()
+    for x in (label,) + parts:
+        out += len(x).to_bytes(4, "big") + x
+    return bytes(out)
+
+
+def sha256(b):
+    return hashlib.sha256(b).digest()
+
+
+# ---------------------------------------------------------------------------------------
+# Minimal protobuf codec (SPEC.md 6.3 for the encoder; standard proto3 decoding rules)
+# ---------------------------------------------------------------------------------------
+class DecodeError(Exception):
+    pass
+
+
+def enc_varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def enc_uint(field, v):
+    """A varint field; omitted when zero (proto3 default)."""
+    return b"" if v == 0 else enc_varint(field << 3 | 0) + enc_varint(v)
+
+
+def enc_bytes(field, b):
+    """A length-delimited field; omitted when empty (proto3 default)."""
+    return b"" if len(b) == 0 else enc_varint(field << 3 | 2) + enc_varint(len(b)) + b
+
+
+def enc_bytes_always(field, b):
+    """A repeated bytes element or a set oneof member: present even when empty."""
+    return enc_varint(field << 3 | 2) + enc_varint(len(b)) + b
+
+
+def dec_varint(buf, i):
+    v = 0
+    for n in range(10):
+        if i >= len(buf):
+            raise DecodeError("truncated varint")
+        b = buf[i]
+        i += 1
+        if n == 9 and b > 1:
+            raise DecodeError("varint overflows 64 bits")
+        v |= (b & 0x7F) << (7 * n)
+        if b < 0x80:
+            return v, i
+    raise DecodeError("varint longer than 10 bytes")
+
+
+def skip_field(buf, i, wt, field, depth=0):
+    if depth > 100:
+        raise DecodeError("groups nested too deeply")
+    if wt == 0:
+        _, i = dec_varint(buf, i)
+    elif wt == 1:
+        i += 8
+    elif wt == 5:
+        i += 4
+    elif wt == 2:
+        n, i = dec_varint(buf, i)
+        i += n
+    elif wt == 3:  # a group: skip up to the matching end-group key
+        while True:
+            key, i = dec_varint(buf, i)
+            if key > 0xFFFFFFFF:
+                raise DecodeError("invalid key")
+            f, w = key >> 3, key & 7
+            if f == 0:
+                raise DecodeError("field number 0")
+            if w == 4:
+                if f != field:
+                    raise DecodeError("unexpected end group")
+                break
+            i = skip_field(buf, i, w, f, depth + 1)
+    else:  # 4 (end group without start), 6, 7
+        raise DecodeError("invalid wire type %d" % wt)
+    if i > len(buf):
+        raise DecodeError("truncated field")
+    return i
+
+
+# Schema: field number -> (name, kind[, extra]). Kinds: uint32, uint64, int32 (enums),
+# bool, bytes, string, rbytes (repeated bytes), message (a oneof member; extra = the oneof
+# group; the member's type is its name capitalised) and submsg (an embedded message
+# outside any oneof; extra = its type).
+SCHEMAS = {
+    "Envelope": {1: ("version", "uint32"), 2: ("header", "bytes"), 3: ("ciphertext", "bytes"),
+                 4: ("signature", "bytes")},
+    "EnvelopeHeader": {1: ("version", "uint32"), 2: ("sender", "string"),
+                       3: ("sender_device", "bytes"), 4: ("recipient", "string"),
+                       5: ("recipient_device", "bytes"), 6: ("message_id", "bytes"),
+                       7: ("timestamp_ms", "uint64"), 8: ("content_type", "int32"),
+                       9: ("payload_kind", "int32"), 10: ("ephemeral_key", "bytes"),
+                       11: ("session", "bytes")},
+    "DeviceCertificate": {1: ("body", "bytes"), 2: ("identity_signature", "bytes"),
+                          3: ("device_signature", "bytes")},
+    "DeviceCertificateBody": {1: ("version", "uint32"), 2: ("address", "string"),
+                              3: ("identity_key", "bytes"), 4: ("device_id", "bytes"),
+                              5: ("device_signing_key", "bytes"),
+                              6: ("device_agreement_key", "bytes"),
+                              7: ("not_before_ms", "uint64"), 8: ("not_after_ms", "uint64")},
+    "ScannableFingerprint": {1: ("version", "uint32"), 2: ("own", "bytes"), 3: ("peer", "bytes")},
+    "Content": {1: ("text", "message", "body"), 2: ("receipt", "message", "body"),
+                15: ("padding", "bytes")},
+    "Text": {1: ("media_type", "string"), 2: ("body", "string"), 3: ("reply_to", "bytes")},
+    "Receipt": {1: ("kind", "int32"), 2: ("message_ids", "rbytes")},
+    # proto/kogge/v1/session.proto (SPEC.md 15)
+    "SignedPrekey": {1: ("body", "bytes"), 2: ("signature", "bytes")},
+    "PrekeyBody": {1: ("version", "uint32"), 2: ("device_id", "bytes"), 3: ("id", "uint32"),
+                   4: ("kind", "int32"), 5: ("one_time", "bool"), 6: ("public_key", "bytes"),
+                   7: ("created_ms", "uint64")},
+    "PrekeyBundle": {1: ("device_certificate", "bytes"),
+                     2: ("signed_prekey", "submsg", "SignedPrekey"),
+                     3: ("kem_prekey", "submsg", "SignedPrekey"),
+                     4: ("one_time_prekey", "submsg", "SignedPrekey")},
+    "SessionSetup": {1: ("base_key", "bytes"), 2: ("signed_prekey_id", "uint32"),
+                     3: ("one_time_prekey_id", "uint32"), 4: ("kem_prekey_id", "uint32"),
+                     5: ("kem_ciphertext", "bytes")},
+    "SessionHeader": {1: ("ratchet_key", "bytes"), 2: ("previous_chain_length", "uint32"),
+                      3: ("message_number", "uint32"), 4: ("sequence", "uint64"),
+                      5: ("setup", "submsg", "SessionSetup")},
+    # DeviceList in proto/kogge/v1/identity.proto (SPEC.md 15.6)
+    "DeviceList": {1: ("body", "bytes"), 2: ("signature", "bytes")},
+    "DeviceListBody": {1: ("version", "uint32"), 2: ("address", "string"),
+                       3: ("identity_key", "bytes"), 4: ("serial", "uint64"),
+                       5: ("issued_ms", "uint64"), 6: ("devices", "rbytes")},
+}
+DEFAULTS = {"uint32": 0, "uint64": 0, "int32": 0, "bool": False, "bytes": b"", "string": "",
+            "rbytes": None}
+
+
+def decode(name, buf):
+    """Decodes `buf` as message `name`. Unknown fields are skipped; a known field with the
+    wrong wire type, a truncated field or invalid UTF-8 is a DecodeError. Scalars: the last
+    occurrence wins. Message fields: occurrences merge (their bytes are concatenated);
+    a oneof keeps the last member seen. Returns a dict; message fields hold their decoded
+    dict or are absent, and `_oneof_<group>` names the set oneof member."""
+    schema = SCHEMAS[name]
+    out = {}
+    for f, spec in schema.items():
+        if spec[1] == "rbytes":
+            out[spec[0]] = []
+        elif spec[1] not in ("message", "submsg"):
+            out[spec[0]] = DEFAULTS[spec[1]]
+    i = 0
+    buf = bytes(buf)
+    while i < len(buf):
+        key, i = dec_varint(buf, i)
+        if key > 0xFFFFFFFF:
+            raise DecodeError("invalid key")
+        field, wt = key >> 3, key & 7
+        if field == 0:
+            raise DecodeError("field number 0")
+        if field not in schema:
+            i = skip_field(buf, i, wt, field)
+            continue
+        fname, kind = schema[field][0], schema[field][1]
+        if kind in ("uint32", "uint64", "int32", "bool"):
+            if wt != 0:
+                raise DecodeError("wrong wire type for %s" % fname)
+            v, i = dec_varint(buf, i)
+            if kind == "uint32":
+                v &= 0xFFFFFFFF
+            elif kind == "int32":
+                v &= 0xFFFFFFFF
+                v = v - (1 << 32) if v >= 1 << 31 else v
+            elif kind == "bool":
+                v = v != 0
+            out[fname] = v
+            continue
+        if wt != 2:
+            raise DecodeError("wrong wire type for %s" % fname)
+        n, i = dec_varint(buf, i)
+        if i + n > len(buf):
+            raise DecodeError("truncated length-delimited field %s" % fname)
+        val = buf[i:i + n]
+        i += n
+        if kind == "bytes":
+            out[fname] = val
+        elif kind == "rbytes":
+            out[fname].append(val)
+        elif kind == "string":
+            try:
+                out[fname] = val.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecodeError("invalid UTF-8 in %s" % fname)
+        elif kind == "submsg":
+            out[fname] = out.get(fname, b"") + val  # occurrences merge
+        elif kind == "message":
+            group = schema[field][2]
+            if out.get("_oneof_" + group) == fname:
+                out[fname] = out[fname] + val  # same member again: merge
+            else:
+                for other in schema.values():
+                    if other[1] == "message" and other[2] == group:
+                        out.pop(other[0], None)
+                out[fname] = val
+                out["_oneof_" + group] = fname
+    # Decode nested messages (after merging) so that their errors surface too.
+    for f, spec in schema.items():
+        if spec[1] == "message" and spec[0] in out:
+            out[spec[0]] = decode(spec[0].capitalize(), out[spec[0]])
+        elif spec[1] == "submsg" and spec[0] in out:
+            out[spec[0]] = decode(spec[2], out[spec[0]])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Ed25519 (SPEC.md 2.1): point arithmetic in pure Python, the key checks and the
+# cofactored verification equation. (`cryptography` is used for signing only: its
+# verification is cofactorless, which SPEC.md 2.1 does not allow.)
+# ---------------------------------------------------------------------------------------
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493
+D = (-121665 * pow(121666, P - 2, P)) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+# The y-coordinates (bit 255 cleared) of the eight points of small order (SPEC.md 2.1).
+SMALL_ORDER_YS = {
+    int.from_bytes(bytes.fromhex(h), "little") for h in [
+        "0000000000000000000000000000000000000000000000000000000000000000",  # order 4
+        "0100000000000000000000000000000000000000000000000000000000000000",  # identity
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # order 2
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    ]
+}
+
+# Points in extended coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z, x*y = T/Z
+# (RFC 8032 5.1.4).
+IDENTITY = (0, 1, 1, 0)
+
+
+def pt_add(p1, p2):
+    """RFC 8032 5.1.4 addition (complete: also doubles and adds the neutral element)."""
+    x1, y1, z1, t1 = p1
+    x2, y2, z2, t2 = p2
+    a = (y1 - x1) * (y2 - x2) % P
+    b = (y1 + x1) * (y2 + x2) % P
+    c = t1 * 2 * D * t2 % P
+    d = z1 * 2 * z2 % P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def pt_neg(p1):
+    x, y, z, t = p1
+    return ((-x) % P, y, z, (-t) % P)
+
+
+def pt_mul(s, p1):
+    """[s]p1 for s >= 0, double and add."""
+    q = IDENTITY
+    while s > 0:
+        if s & 1:
+            q = pt_add(q, p1)
+        p1 = pt_add(p1, p1)
+        s >>= 1
+    return q
+
+
+def pt_is_identity(p1):
+    x, y, z, _ = p1
+    return x % P == 0 and (y - z) % P == 0
+
+
+def pt_encode(p1):
+    x, y, z, _ = p1
+    zi = pow(z, P - 2, P)
+    x, y = x * zi % P, y * zi % P
+    return (y | (x & 1) << 255).to_bytes(32, "little")
+
+
+def pt_decode(b):
+    """RFC 8032 5.1.3 decoding, with all its failure cases: y >= p, not on the curve,
+    x = 0 with the sign bit set. Returns an extended point or None."""
+    if len(b) != 32:
+        return None
+    n = int.from_bytes(b, "little")
+    sign, y = n >> 255, n & ((1 << 255) - 1)
+    if y >= P:
+        return None
+    u, v = (y * y - 1) % P, (D * y * y + 1) % P
+    x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
+    if (v * x * x - u) % P == 0:
+        pass
+    elif (v * x * x + u) % P == 0:
+        x = x * SQRT_M1 % P
+    else:
+        return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = P - x
+    return (x, y, 1, x * y % P)
+
+
+BASE = pt_decode(bytes.fromhex("5866666666666666666666666666666666666666666666666666666666666666"))
+
+
+def is_small_order(pt):
+    return pt_is_identity(pt_mul(8, pt))
+
+
+def self_test_small_order_table():
+    for y in SMALL_ORDER_YS:
+        for sign in (0, 1):
+            pt = pt_decode((y | sign << 255).to_bytes(32, "little"))
+            if pt is not None:
+                assert is_small_order(pt), "table entry is not small order"
+    # ... and no other decodable y of small order exists: the 8-torsion has exactly 8
+    # points, and the table accounts for all of them (1 + 1 + 2 + 4).
+    count = sum(1 for y in SMALL_ORDER_YS for s in (0, 1)
+                if pt_decode((y | s << 255).to_bytes(32, "little")) is not None)
+    assert count == 8, count
+    # The arithmetic agrees with RFC 8032 key generation (as done by `cryptography`).
+    seed = bytes(range(32))
+    h = hashlib.sha512(seed).digest()
+    a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    assert pt_encode(pt_mul(a, BASE)) == ed25519_public(seed)
+    assert pt_is_identity(pt_mul(L, BASE)) and not pt_is_identity(BASE)
+
+
+def acceptable_point(b):
+    """SPEC.md 2.1: a canonical encoding of a curve point that is not of small order
+    (the rule for R). Returns the point or None."""
+    pt = pt_decode(b)
+    if pt is None or int.from_bytes(b, "little") & ((1 << 255) - 1) in SMALL_ORDER_YS:
+        return None
+    assert not is_small_order(pt)  # the table and the arithmetic agree
+    return pt
+
+
+_KEY_CACHE = {}
+
+
+def public_key_point(b):
+    """SPEC.md 2.1 check 3, the rule for public keys: 32 bytes, canonical, on the curve,
+    not of small order and torsion-free ([L]A is the neutral element). Returns the point
+    or None."""
+    b = bytes(b)
+    if b not in _KEY_CACHE:
+        pt = acceptable_point(b) if len(b) == 32 else None
+        if pt is not None and not pt_is_identity(pt_mul(L, pt)):
+            pt = None
+        _KEY_CACHE[b] = pt
+    return _KEY_CACHE[b]
+
+
+def valid_public_key(b):
+    return public_key_point(b) is not None
+
+
+def strict_verify(public, message, sig):
+    """SPEC.md 2.1 Ed25519 verification: strict encodings and the cofactored equation
+    [8]([S]B - R - [k]A) = 0. True or False."""
+    if len(sig) != 64:
+        return False
+    a = public_key_point(public)
+    if a is None:
+        return False
+    s = int.from_bytes(sig[32:], "little")
+    if s >= L:  # S must be canonical
+        return False
+    r = acceptable_point(sig[:32])  # R canonical and not of small order
+    if r is None:
+        return False
+    k = int.from_bytes(hashlib.sha512(sig[:32] + bytes(public) + message).digest(), "little") % L
+    residual = pt_add(pt_add(pt_mul(s, BASE), pt_neg(r)), pt_neg(pt_mul(k, a)))
+    return pt_is_identity(pt_mul(8, residual))
+
+
+def cofactorless_verify(public, message, sig):
+    """RFC 8032's other equation, [S]B = R + [k]A with R compared as bytes (OpenSSL's):
+    only used to show where it differs from SPEC.md 2.1."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(sig, message)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def ed25519_public(seed):
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+
+
+def ed25519_sign(seed, message):
+    return Ed25519PrivateKey.from_private_bytes(seed).sign(message)
+
+
+def x25519_public(secret):
+    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+
+
+def x25519(secret, public):
+    """SPEC.md 2.1: X25519 with the all-zero check. None for a non-contributory result."""
+    try:
+        out = X25519PrivateKey.from_private_bytes(secret).exchange(
+            X25519PublicKey.from_public_bytes(public))
+    except ValueError:  # OpenSSL refuses an all-zero result itself
+        return None
+    return None if out == bytes(32) else out
+
+
+def hkdf_sha256(salt, ikm, info, length):
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 3: addresses
+# ---------------------------------------------------------------------------------------
+class AddressError(Exception):
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+def _alnum(b):
+    return 0x61 <= b <= 0x7A or 0x30 <= b <= 0x39
+
+
+def _validate_local(local):
+    if not local:
+        raise AddressError("EmptyLocalPart")
+    if len(local) > MAX_LOCAL_PART_LEN:
+        raise AddressError("TooLong")
+    prev_sep = True
+    for b in local:
+        if _alnum(b):
+            prev_sep = False
+        elif b in b"._-":
+            if prev_sep:
+                raise AddressError("MisplacedSeparator")
+            prev_sep = True
+        else:
+            raise AddressError("InvalidChar")
+    if prev_sep:
+        raise AddressError("MisplacedSeparator")
+
+
+def _validate_domain(domain):
+    if not domain:
+        raise AddressError("EmptyDomain")
+    if len(domain) > MAX_DOMAIN_LEN:
+        raise AddressError("TooLong")
+    last_numeric = False
+    for label in domain.split(b"."):
+        if not label:
+            raise AddressError("EmptyLabel")
+        if len(label) > MAX_DOMAIN_LABEL_LEN:
+            raise AddressError("TooLong")
+        for b in label:
+            if not (_alnum(b) or b == 0x2D):
+                raise AddressError("InvalidChar")
+        if label[0] == 0x2D or label[-1] == 0x2D:
+            raise AddressError("LabelHyphen")
+        last_numeric = all(0x30 <= b <= 0x39 for b in label)
+    if last_numeric:
+        raise AddressError("NumericTopLabel")
+
+
+def parse_address(text, canonical_only):
+    """SPEC.md 3.3: returns the canonical address string or raises AddressError."""
+    raw = text.encode("utf-8")
+    if not raw:
+        raise AddressError("Empty")
+    if len(raw) > MAX_ADDRESS_LEN:
+        raise AddressError("TooLong")
+    at = raw.find(b"@")
+    if at < 0:
+        raise AddressError("MissingAt")
+    if canonical_only and any(0x41 <= b <= 0x5A for b in raw):
+        raise AddressError("NotCanonical")
+    folded = bytes(b + 0x20 if 0x41 <= b <= 0x5A else b for b in raw)
+    _validate_local(folded[:at])
+    _validate_domain(folded[at + 1:])
+    return folded.decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 4: device ids and certificates
+# ---------------------------------------------------------------------------------------
+def device_id(signing_public):
+    return sha256(framed(LABELS["DeviceId"], signing_public))[:16]
+
+
+def encode_certificate_body(b):
+    return (enc_uint(1, b["version"]) + enc_bytes(2, b["address"].encode())
+            + enc_bytes(3, b["identity_key"]) + enc_bytes(4, b["device_id"])
+            + enc_bytes(5, b["device_signing_key"]) + enc_bytes(6, b["device_agreement_key"])
+            + enc_uint(7, b["not_before_ms"]) + enc_uint(8, b["not_after_ms"]))
+
+
+def encode_certificate(body, isig, dsig):
+    return enc_bytes(1, body) + enc_bytes(2, isig) + enc_bytes(3, dsig)
+
+
+class CertificateError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def decode_certificate(encoded):
+    """SPEC.md 4.3 verification, in order. Returns the decoded body or raises."""
+    E = CertificateError
+    if len(encoded) > MAX_CERTIFICATE_LEN:
+        raise E("too_large")
+    try:
+        outer = decode("DeviceCertificate", encoded)
+        body = decode("DeviceCertificateBody", outer["body"])
+    except DecodeError:
+        raise E("decode")
+    if body["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    try:
+        parse_address(body["address"], canonical_only=True)
+    except AddressError:
+        raise E("invalid_address")
+    if not valid_public_key(body["identity_key"]):
+        raise E("invalid_field")
+    if len(body["device_id"]) != 16:
+        raise E("invalid_field")
+    if not valid_public_key(body["device_signing_key"]):
+        raise E("invalid_field")
+    if len(body["device_agreement_key"]) != 32:
+        raise E("invalid_field")
+    if device_id(body["device_signing_key"]) != body["device_id"]:
+        raise E("device_id_mismatch")
+    if body["not_before_ms"] > body["not_after_ms"]:
+        raise E("invalid_validity")
+    if len(outer["identity_signature"]) != 64:
+        raise E("bad_identity_signature")
+    if len(outer["device_signature"]) != 64:
+        raise E("bad_device_signature")
+    if not strict_verify(body["identity_key"],
+                         framed(LABELS["DeviceCertIdentitySignature"], outer["body"]),
+                         outer["identity_signature"]):
+        raise E("bad_identity_signature")
+    if not strict_verify(body["device_signing_key"],
+                         framed(LABELS["DeviceCertDeviceSignature"], outer["body"]),
+                         outer["device_signature"]):
+        raise E("bad_device_signature")
+    return body
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 5: fingerprints
+# ---------------------------------------------------------------------------------------
+def fingerprint(identity_key, address):
+    h = framed(LABELS["Fingerprint"], identity_key, address.encode())
+    for _ in range(FINGERPRINT_ITERATIONS):
+        h = hashlib.sha512(h + identity_key).digest()
+    return h[:32]
+
+
+def fingerprint_digits(fp):
+    return "".join("%05d" % (int.from_bytes(fp[i * 5:i * 5 + 5], "big") % 100000)
+                   for i in range(6))
+
+
+def safety_digits(local_fp, remote_fp):
+    a, b = fingerprint_digits(local_fp), fingerprint_digits(remote_fp)
+    return a + b if a <= b else b + a
+
+
+def qr_payload(own_fp, peer_fp):
+    return enc_uint(1, PROTOCOL_VERSION) + enc_bytes(2, own_fp) + enc_bytes(3, peer_fp)
+
+
+def verify_scanned(local_fp, remote_fp, payload):
+    """SPEC.md 5.3: returns None on success or an error name."""
+    if len(payload) > MAX_SCANNABLE_FINGERPRINT_LEN:
+        return "too_large"
+    try:
+        m = decode("ScannableFingerprint", payload)
+    except DecodeError:
+        return "decode"
+    if m["version"] != PROTOCOL_VERSION:
+        return "unsupported_version"
+    if len(m["own"]) != 32 or len(m["peer"]) != 32:
+        return "decode"
+    if m["own"] == remote_fp and m["peer"] == local_fp:
+        return None
+    return "mismatch"
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 7: content
+# ---------------------------------------------------------------------------------------
+RECEIPT_KINDS = {"delivered": 1, "read": 2}
+
+
+def encode_content_unpadded(c):
+    if "text" in c:
+        t = c["text"]
+        mt = t["media_type"]
+        assert len(mt) <= MAX_MEDIA_TYPE_LEN and all(0x20 <= ord(ch) < 0x7F for ch in mt)
+        reply = bytes.fromhex(t["reply_to"]) if t["reply_to"] else b""
+        inner = enc_bytes(1, mt.encode()) + enc_bytes(2, t["body"].encode()) + enc_bytes(3, reply)
+        return enc_bytes_always(1, inner)
+    if "receipt" in c:
+        r = c["receipt"]
+        assert 1 <= len(r["message_ids"]) <= MAX_RECEIPT_IDS
+        inner = enc_uint(1, RECEIPT_KINDS[r["kind"]]) + b"".join(
+            enc_bytes_always(2, bytes.fromhex(i)) for i in r["message_ids"])
+        return enc_bytes_always(2, inner)
+    raise ValueError("cannot encode unknown content")
+
+
+def encode_padded(c):
+    """SPEC.md 7.3: k >= 1 zero bytes in field 15, total a multiple of PADDING_BLOCK."""
+    unpadded = encode_content_unpadded(c)
+    total = -(-(len(unpadded) + 3) // PADDING_BLOCK) * PADDING_BLOCK
+    assert total <= MAX_PLAINTEXT_LEN
+    k = total - len(unpadded) - 2
+    out = unpadded + bytes([15 << 3 | 2, k]) + bytes(k)
+    assert len(out) == total and len(out) % PADDING_BLOCK == 0 and 1 <= k <= PADDING_BLOCK
+    return out
+
+
+class ContentError(Exception):
+    pass
+
+
+def decode_content(plaintext):
+    """SPEC.md 7: returns the JSON form used by the vectors, or raises ContentError."""
+    if len(plaintext) > MAX_PLAINTEXT_LEN:
+        raise ContentError("too_large")
+    try:
+        m = decode("Content", plaintext)
+    except DecodeError:
+        raise ContentError("decode")
+    member = m.get("_oneof_body")
+    if member is None:
+        return {"unknown": {}}
+    if member == "text":
+        t = m["text"]
+        mt = t["media_type"]
+        if len(mt.encode()) > MAX_MEDIA_TYPE_LEN or not all(0x20 <= ord(ch) < 0x7F for ch in mt):
+            raise ContentError("text.media_type")
+        if len(t["reply_to"]) not in (0, 16):
+            raise ContentError("text.reply_to")
+        return {"text": {"media_type": mt, "body": t["body"],
+                         "reply_to": t["reply_to"].hex() if t["reply_to"] else None}}
+    r = m["receipt"]
+    if r["kind"] == 0:
+        raise ContentError("receipt.kind")
+    if r["kind"] not in (1, 2):
+        return {"unknown": {}}  # a receipt kind from a newer version
+    ids = r["message_ids"]
+    if not 1 <= len(ids) <= MAX_RECEIPT_IDS or any(len(i) != 16 for i in ids):
+        raise ContentError("receipt.message_ids")
+    return {"receipt": {"kind": {1: "delivered", 2: "read"}[r["kind"]],
+                        "message_ids": [i.hex() for i in ids]}}
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 6: envelopes
+# ---------------------------------------------------------------------------------------
+def encode_header(h):
+    return (enc_uint(1, h["version"]) + enc_bytes(2, h["sender"].encode())
+            + enc_bytes(3, h["sender_device"]) + enc_bytes(4, h["recipient"].encode())
+            + enc_bytes(5, h["recipient_device"]) + enc_bytes(6, h["message_id"])
+            + enc_uint(7, h["timestamp_ms"]) + enc_uint(8, h["content_type"])
+            + enc_uint(9, h["payload_kind"]) + enc_bytes(10, h.get("ephemeral_key", b""))
+            + enc_bytes(11, h.get("session", b"")))
+
+
+def encode_envelope(header, ciphertext, signature):
+    return (enc_uint(1, PROTOCOL_VERSION) + enc_bytes(2, header) + enc_bytes(3, ciphertext)
+            + enc_bytes(4, signature))
+
+
+def signature_input(header_bytes, ciphertext):
+    return framed(LABELS["EnvelopeSignature"], header_bytes, sha256(ciphertext))
+
+
+def aad(header_bytes):
+    return framed(LABELS["EnvelopeAad"], header_bytes)
+
+
+def one_shot_keys(shared, ephemeral_public, recipient_public):
+    okm = hkdf_sha256(ephemeral_public + recipient_public, shared,
+                      framed(LABELS["OneShotSealKdf"]), 44)
+    return okm[:32], okm[32:]
+
+
+class OpenError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+class ReplayWindow:
+    """SPEC.md 8: one window per receiving device, with a floor and a capacity per sender."""
+
+    def __init__(self, max_age_ms=DEFAULT_MAX_MESSAGE_AGE_MS,
+                 max_skew_ms=DEFAULT_MAX_CLOCK_SKEW_MS, capacity=DEFAULT_REPLAY_CAPACITY):
+        self.max_age_ms, self.max_skew_ms, self.capacity = max_age_ms, max_skew_ms, capacity
+        self.senders = {}  # sender address -> {"floor": ts, "ids": {message_id: ts}}
+
+    def floor(self, sender):
+        return self.senders.get(sender, {"floor": 0})["floor"]
+
+    def size(self):
+        return sum(len(w["ids"]) for w in self.senders.values())
+
+    def state(self):
+        return copy.deepcopy(self.senders)
+
+    def check(self, sender, message_id, ts, now):
+        w = self.senders.get(sender)
+        if ts < max(0, now - self.max_age_ms) or (w is not None and ts < w["floor"]):
+            raise OpenError("too_old")
+        if ts > now + self.max_skew_ms:
+            raise OpenError("from_future")
+        if w is not None and message_id in w["ids"]:
+            raise OpenError("replay")
+
+    def record(self, sender, message_id, ts, now):
+        w = self.senders.setdefault(sender, {"floor": 0, "ids": {}})
+        w["ids"][message_id] = ts
+        horizon = max(0, now - self.max_age_ms)
+        while w["ids"]:
+            mid = min(w["ids"], key=lambda k: (w["ids"][k], k))
+            t = w["ids"][mid]
+            if t < horizon or len(w["ids"]) > self.capacity:
+                del w["ids"][mid]
+                w["floor"] = max(w["floor"], t + 1)
+            else:
+                break
+
+    def accept(self, sender, message_id, ts, now):
+        self.check(sender, message_id, ts, now)
+        self.record(sender, message_id, ts, now)
+
+
+def parse_session_header(b):
+    """SPEC.md 6.6 VAL-ENV-11 for PAYLOAD_KIND_SESSION (SPEC.md 15.4): every failure is
+    `invalid_field`, including a `session` field that does not decode."""
+    E = OpenError
+    try:
+        sh = decode("SessionHeader", b)
+    except DecodeError:
+        raise E("invalid_field")
+    if len(sh["ratchet_key"]) != 32:
+        raise E("invalid_field")
+    if sh["sequence"] == 0:
+        raise E("invalid_field")
+    st = sh.get("setup")
+    if st is not None:
+        if len(st["base_key"]) != 32:
+            raise E("invalid_field")
+        if st["signed_prekey_id"] == 0:
+            raise E("invalid_field")
+        if st["kem_prekey_id"] == 0:
+            raise E("invalid_field")
+        if len(st["kem_ciphertext"]) != KEM_CIPHERTEXT_LEN:
+            raise E("invalid_field")
+    return sh
+
+
+def verify_envelope(data, me, directory):
+    """SPEC.md 6.6 VAL-ENV-01 to VAL-ENV-16, in order, for both payload kinds. `me` is the
+    recipient party (address, device id); `directory` maps (address, device id) to a
+    verified certificate body. Returns (outer, header bytes, header, sender certificate);
+    the header's `session_header` is the decoded SessionHeader or None."""
+    E = OpenError
+    # 1. size, before any parsing
+    if len(data) > MAX_ENVELOPE_LEN:
+        raise E("too_large")
+    # 2. outer structure
+    try:
+        outer = decode("Envelope", data)
+    except DecodeError:
+        raise E("decode")
+    # 3. version
+    if outer["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    # 4. part sizes
+    if len(outer["header"]) > MAX_HEADER_LEN or len(outer["ciphertext"]) > MAX_CIPHERTEXT_LEN:
+        raise E("too_large")
+    if len(outer["ciphertext"]) < AEAD_TAG_LEN or len(outer["signature"]) != 64:
+        raise E("invalid_field")
+    # 5. header structure
+    header_bytes = outer["header"]
+    try:
+        h = decode("EnvelopeHeader", header_bytes)
+    except DecodeError:
+        raise E("decode")
+    if h["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    for f in ("sender_device", "recipient_device", "message_id"):
+        if len(h[f]) != 16:
+            raise E("invalid_field")
+    if h["content_type"] != 1:
+        raise E("unsupported_content_type")
+    if h["payload_kind"] == 1:
+        if len(h["session"]) != 0 or len(h["ephemeral_key"]) != 32:
+            raise E("invalid_field")
+        h["session_header"] = None
+    elif h["payload_kind"] == 2:
+        if len(h["ephemeral_key"]) != 0:
+            raise E("invalid_field")
+        h["session_header"] = parse_session_header(h["session"])
+    else:
+        raise E("unsupported_payload_kind")
+    # 6. addresses, canonical only
+    for f in ("sender", "recipient"):
+        try:
+            parse_address(h[f], canonical_only=True)
+        except AddressError:
+            raise E("invalid_address")
+    # 7. sender certificate: lookup, match, validity at the envelope timestamp
+    cert = directory.get((h["sender"], h["sender_device"]))
+    if cert is None:
+        raise E("unknown_sender")
+    if cert["address"] != h["sender"] or cert["device_id"] != h["sender_device"]:
+        raise E("sender_mismatch")
+    if not cert["not_before_ms"] <= h["timestamp_ms"] <= cert["not_after_ms"]:
+        raise E("sender_certificate_not_valid")
+    # 8. signature over the exact bytes received
+    if not strict_verify(cert["device_signing_key"],
+                         signature_input(header_bytes, outer["ciphertext"]),
+                         outer["signature"]):
+        raise E("bad_signature")
+    # 9. recipient binding
+    if h["recipient"] != me["address"] or h["recipient_device"] != me["device_id"]:
+        raise E("wrong_recipient")
+    return outer, header_bytes, h, cert
+
+
+def open_envelope(data, me, directory, window, now):
+    """SPEC.md 6.6, every check in order, for one-shot envelopes (a session envelope
+    stops after VAL-ENV-16 with `needs_session`: SPEC.md 15.4 opens it). `me` also holds
+    the agreement secret. Returns (header, content json)."""
+    E = OpenError
+    outer, header_bytes, h, _ = verify_envelope(data, me, directory)
+    if h["payload_kind"] != 1:
+        raise E("needs_session")
+    # 10. key agreement
+    shared = x25519(me["agreement_secret"], h["ephemeral_key"])
+    if shared is None:
+        raise E("non_contributory")
+    # 11. AEAD
+    key, nonce = one_shot_keys(shared, h["ephemeral_key"], x25519_public(me["agreement_secret"]))
+    try:
+        plaintext = ChaCha20Poly1305(key).decrypt(nonce, outer["ciphertext"], aad(header_bytes))
+    except InvalidTag:
+        raise E("decrypt_failed")
+    # 12. content
+    try:
+        content = decode_content(plaintext)
+    except ContentError:
+        raise E("invalid_content")
+    # 13. freshness, then record
+    window.accept(h["sender"], h["message_id"], h["timestamp_ms"], now)
+    return h, content
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC.md 15: prekeys, bundles, setup, the Double Ratchet, sessions and device lists
+# ---------------------------------------------------------------------------------------
+PREKEY_KIND_X25519, PREKEY_KIND_ML_KEM_768 = 1, 2
+KEM_Q = 3329
+
+
+class PrekeyError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+class SessionError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+class DeviceListError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def kem_keygen(seed):
+    """SPEC.md 15.1: ML-KEM-768 KeyGen_internal(d, z) from the 64-byte seed d || z.
+    Returns (encapsulation key, decapsulation key)."""
+    assert len(seed) == 64
+    ek, dk = ML_KEM_768._keygen_internal(seed[:32], seed[32:])
+    assert (ek, dk) == ML_KEM_768.key_derive(seed)
+    return ek, dk
+
+
+def kem_encapsulate(ek, m):
+    """FIPS 203 Encaps_internal(ek, m): (ciphertext, shared secret)."""
+    shared, ct = ML_KEM_768._encaps_internal(ek, m)
+    return ct, shared
+
+
+def kem_decapsulate(dk, ct):
+    return ML_KEM_768.decaps(dk, ct)
+
+
+def kem_check_public_key(ek):
+    """SPEC.md 15.1: 1184 bytes, and FIPS 203's modulus check: every 12-bit coefficient
+    of the first 1152 bytes is < q = 3329."""
+    if len(ek) != KEM_PUBLIC_KEY_LEN:
+        return False
+    for i in range(0, 1152, 3):
+        b0, b1, b2 = ek[i], ek[i + 1], ek[i + 2]
+        if (b0 | (b1 & 0x0F) << 8) >= KEM_Q or (b1 >> 4 | b2 << 4) >= KEM_Q:
+            return False
+    return True
+
+
+def encode_prekey_body(device, pid, kind, one_time, public_key, created_ms):
+    return (enc_uint(1, PROTOCOL_VERSION) + enc_bytes(2, device) + enc_uint(3, pid)
+            + enc_uint(4, kind) + enc_uint(5, 1 if one_time else 0) + enc_bytes(6, public_key)
+            + enc_uint(7, created_ms))
+
+
+def encode_signed_prekey(body, signature):
+    return enc_bytes(1, body) + enc_bytes(2, signature)
+
+
+def sign_prekey(signing_seed, body):
+    return encode_signed_prekey(body, ed25519_sign(signing_seed, framed(LABELS["PrekeySignature"], body)))
+
+
+def decode_signed_prekey(encoded, owner):
+    """SPEC.md 15.2 VAL-PREKEY-01..10 against the owner's verified certificate body."""
+    E = PrekeyError
+    if len(encoded) > MAX_SIGNED_PREKEY_LEN:
+        raise E("too_large")
+    try:
+        outer = decode("SignedPrekey", encoded)
+        body = decode("PrekeyBody", outer["body"])
+    except DecodeError:
+        raise E("decode")
+    if body["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    if len(body["device_id"]) != 16:
+        raise E("invalid_field")
+    if body["id"] == 0:
+        raise E("invalid_field")
+    if body["kind"] not in (PREKEY_KIND_X25519, PREKEY_KIND_ML_KEM_768):
+        raise E("invalid_field")
+    if body["kind"] == PREKEY_KIND_X25519 and len(body["public_key"]) != 32:
+        raise E("invalid_field")
+    if body["kind"] == PREKEY_KIND_ML_KEM_768 and not kem_check_public_key(body["public_key"]):
+        raise E("invalid_field")
+    if body["device_id"] != owner["device_id"]:
+        raise E("wrong_device")
+    if len(outer["signature"]) != 64:
+        raise E("bad_prekey_signature")
+    if not strict_verify(owner["device_signing_key"], framed(LABELS["PrekeySignature"], outer["body"]),
+                         outer["signature"]):
+        raise E("bad_prekey_signature")
+    return body
+
+
+def encode_bundle(certificate, signed_prekey, kem_prekey, one_time_prekey):
+    return (enc_bytes(1, certificate) + enc_bytes_always(2, signed_prekey)
+            + enc_bytes_always(3, kem_prekey)
+            + (enc_bytes_always(4, one_time_prekey) if one_time_prekey is not None else b""))
+
+
+def decode_bundle(encoded):
+    """SPEC.md 15.2 VAL-BUNDLE-01..08. Returns the verified parts."""
+    E = PrekeyError
+    if len(encoded) > MAX_PREKEY_BUNDLE_LEN:
+        raise E("too_large")
+    try:
+        b = decode("PrekeyBundle", encoded)
+    except DecodeError:
+        raise E("decode")
+    try:
+        cert = decode_certificate(b["device_certificate"])
+    except CertificateError:
+        raise E("invalid_certificate")
+
+    def prekey(field):
+        if field not in b:
+            raise E("invalid_field")
+        p = b[field]  # checked as if received alone, in its reference encoding
+        return decode_signed_prekey(encode_signed_prekey(p["body"], p["signature"]), cert)
+    spk = prekey("signed_prekey")
+    kem = prekey("kem_prekey")
+    opk = prekey("one_time_prekey") if "one_time_prekey" in b else None
+    if spk["kind"] != PREKEY_KIND_X25519 or spk["one_time"]:
+        raise E("wrong_kind")
+    if kem["kind"] != PREKEY_KIND_ML_KEM_768 or kem["one_time"]:
+        raise E("wrong_kind")
+    if opk is not None and (opk["kind"] != PREKEY_KIND_X25519 or not opk["one_time"]):
+        raise E("wrong_kind")
+    return {"certificate": cert, "certificate_encoded": b["device_certificate"],
+            "signed_prekey": spk, "kem_prekey": kem, "one_time_prekey": opk}
+
+
+def setup_root(dhs, kem_shared, initiator_cert, responder_cert, base_key, signed_prekey,
+               one_time_prekey, kem_public, kem_ciphertext):
+    """SPEC.md 15.3: the session's first root key."""
+    ikm = b"\xff" * 32 + b"".join(dhs) + kem_shared
+    info = framed(LABELS["SessionSetup"], sha256(initiator_cert), sha256(responder_cert),
+                  base_key, signed_prekey, one_time_prekey or b"", sha256(kem_public),
+                  sha256(kem_ciphertext))
+    return hkdf_sha256(bytes(32), ikm, info, 32)
+
+
+def dh_or_fail(secret, public):
+    out = x25519(secret, public)
+    if out is None:
+        raise SessionError("non_contributory")
+    return out
+
+
+def kdf_rk(root, dh_out):
+    """SPEC.md 15.4 KDF_RK: (new root key, chain key)."""
+    okm = hkdf_sha256(root, dh_out, framed(LABELS["RatchetRoot"]), 64)
+    return okm[:32], okm[32:]
+
+
+def kdf_ck(ck):
+    """SPEC.md 15.4 KDF_CK: (message key, next chain key)."""
+    return (hmac.new(ck, b"\x01", hashlib.sha256).digest(),
+            hmac.new(ck, b"\x02", hashlib.sha256).digest())
+
+
+def message_keys(mk, message_id):
+    """SPEC.md 15.4: a message's AEAD key and nonce, salted with its message id."""
+    okm = hkdf_sha256(message_id, mk, framed(LABELS["RatchetMessageKeys"]), 44)
+    return okm[:32], okm[32:]
+
+
+class Ratchet:
+    """SPEC.md 15.4. Fresh ratchet secrets are passed in (they are vector inputs)."""
+
+    def __init__(self, root, dhs, dhr, cks):
+        self.root, self.dhs, self.dhs_pub, self.dhr, self.cks = root, dhs, x25519_public(dhs), dhr, cks
+        self.ns = self.pn = self.nr = 0
+        self.ckr = None
+        self.skipped = {}  # (ratchet key, n) -> [message key, stored at, insertion order]
+        self.next_order = 0
+
+    @classmethod
+    def initiator(cls, root, responder_ratchet_key, own_secret):
+        root, cks = kdf_rk(root, dh_or_fail(own_secret, responder_ratchet_key))
+        return cls(root, own_secret, responder_ratchet_key, cks)
+
+    @classmethod
+    def responder(cls, root, signed_prekey_secret):
+        return cls(root, signed_prekey_secret, None, None)
+
+    def next_send(self):
+        if self.cks is None:
+            raise SessionError("cannot_send_yet")
+        if self.ns == 0xFFFFFFFF:
+            raise SessionError("chain_exhausted")
+        mk, self.cks = kdf_ck(self.cks)
+        header = (self.dhs_pub, self.pn, self.ns)
+        self.ns += 1
+        return header, mk
+
+    @staticmethod
+    def derive(ck, count):
+        keys = []
+        for _ in range(count):
+            mk, ck = kdf_ck(ck)
+            keys.append(mk)
+        return keys, ck
+
+    def receive(self, dh, pn, n, now, new_secret, open_fn):
+        """Returns open_fn(message key); changes nothing unless open_fn succeeds."""
+        E = SessionError
+        if (dh, n) in self.skipped:
+            msg = open_fn(self.skipped[(dh, n)][0])
+            del self.skipped[(dh, n)]
+            self.expire(now)
+            return msg
+        step = None
+        if self.dhr == dh:
+            if self.ckr is None:
+                raise E("decrypt_failed")
+            if n < self.nr:
+                raise E("duplicate")
+            if n - self.nr > MAX_SKIP_PER_CHAIN:
+                raise E("too_far_ahead")
+            keys, ck_after = self.derive(self.ckr, n - self.nr + 1)
+            skipped = [(dh, self.nr + i, k) for i, k in enumerate(keys[:-1])]
+        else:
+            skipped = []
+            if self.ckr is not None and self.dhr is not None:
+                if pn < self.nr:
+                    raise E("decrypt_failed")
+                if pn - self.nr > MAX_SKIP_PER_CHAIN:
+                    raise E("too_far_ahead")
+                keys, _ = self.derive(self.ckr, pn - self.nr)
+                skipped += [(self.dhr, self.nr + i, k) for i, k in enumerate(keys)]
+            if n > MAX_SKIP_PER_CHAIN:
+                raise E("too_far_ahead")
+            root, ckr = kdf_rk(self.root, dh_or_fail(self.dhs, dh))
+            keys, ck_after = self.derive(ckr, n + 1)
+            skipped += [(dh, i, k) for i, k in enumerate(keys[:-1])]
+            root, cks = kdf_rk(root, dh_or_fail(new_secret, dh))
+            step = (root, new_secret, dh, cks)
+        msg = open_fn(keys[-1])
+        # Commit.
+        if step is not None:
+            self.root, self.dhs, self.dhr, self.cks = step
+            self.dhs_pub = x25519_public(self.dhs)
+            self.pn, self.ns = self.ns, 0
+        for d, i, k in skipped:
+            self.skipped[(d, i)] = [k, now, self.next_order]
+            self.next_order += 1
+        self.ckr, self.nr = ck_after, n + 1
+        self.expire(now)
+        return msg
+
+    def expire(self, now):
+        horizon = max(0, now - SKIPPED_KEY_MAX_AGE_MS)
+        self.skipped = {k: v for k, v in self.skipped.items() if v[1] >= horizon}
+        if len(self.skipped) > MAX_SKIPPED_KEYS:
+            keep = sorted(self.skipped.items(), key=lambda kv: kv[1][2])[-MAX_SKIPPED_KEYS:]
+            self.skipped = dict(keep)
+
+
+class SequenceTracker:
+    """SPEC.md 15.4: which of the peer's sequence numbers arrived."""
+
+    def __init__(self):
+        self.highest, self.missing = 0, set()
+
+    def record(self, seq):
+        if seq > self.highest:
+            new = list(range(self.highest + 1, min(seq, self.highest + 1 + MAX_SKIPPED_KEYS)))
+            self.missing |= set(new)
+            self.highest = seq
+            while len(self.missing) > MAX_SKIPPED_KEYS:
+                self.missing.remove(min(self.missing))
+            return new
+        self.missing.discard(seq)
+        return []
+
+
+def encode_session_setup(st):
+    return (enc_bytes(1, st["base_key"]) + enc_uint(2, st["signed_prekey_id"])
+            + enc_uint(3, st["one_time_prekey_id"]) + enc_uint(4, st["kem_prekey_id"])
+            + enc_bytes(5, st["kem_ciphertext"]))
+
+
+def encode_session_header(ratchet_key, pn, n, sequence, setup):
+    return (enc_bytes(1, ratchet_key) + enc_uint(2, pn) + enc_uint(3, n) + enc_uint(4, sequence)
+            + (enc_bytes_always(5, encode_session_setup(setup)) if setup is not None else b""))
+
+
+class SessionDevice:
+    """One device's session layer (SPEC.md 15.2-15.7), enough to receive as the
+    reference does. `directory` maps (address, device id) to (certificate body, encoded
+    certificate) of the devices on the signed lists this device holds."""
+
+    def __init__(self, party, directory):
+        self.me = party
+        self.directory = directory
+        self.signed, self.kem, self.one_time = {}, {}, {}
+        self.sessions = {}  # (address, device id) -> [session], the one to send on first
+        self.window = ReplayWindow()
+
+    def state(self):
+        return copy.deepcopy((self.signed, self.kem, self.one_time,
+                              {k: [(vars(s["ratchet"]), s["base_key"], s["setup"], s["send_seq"],
+                                    vars(s["received"])) for s in v]
+                               for k, v in self.sessions.items()},
+                              self.window.senders))
+
+    def initiate(self, bundle, base_secret, kem_randomness, ratchet_secret):
+        """SPEC.md 15.3, the initiator's side. Returns (session, trace)."""
+        own_cert = self.directory[(self.me["address"], self.me["device_id"])][1]
+        spk = bundle["signed_prekey"]["public_key"]
+        opk = bundle["one_time_prekey"]["public_key"] if bundle["one_time_prekey"] else None
+        base = x25519_public(base_secret)
+        dhs = [dh_or_fail(self.me["agreement_secret"], spk),
+               dh_or_fail(base_secret, bundle["certificate"]["device_agreement_key"]),
+               dh_or_fail(base_secret, spk)]
+        if opk is not None:
+            dhs.append(dh_or_fail(base_secret, opk))
+        kem_public = bundle["kem_prekey"]["public_key"]
+        ct, kem_shared = kem_encapsulate(kem_public, kem_randomness)
+        root = setup_root(dhs, kem_shared, own_cert, bundle["certificate_encoded"], base, spk, opk,
+                          kem_public, ct)
+        setup = {"base_key": base, "signed_prekey_id": bundle["signed_prekey"]["id"],
+                 "one_time_prekey_id": bundle["one_time_prekey"]["id"] if opk else 0,
+                 "kem_prekey_id": bundle["kem_prekey"]["id"], "kem_ciphertext": ct}
+        session = {"ratchet": Ratchet.initiator(root, spk, ratchet_secret), "base_key": base,
+                   "setup": setup, "send_seq": 0, "received": SequenceTracker()}
+        peer = (bundle["certificate"]["address"], bundle["certificate"]["device_id"])
+        self.sessions.setdefault(peer, []).insert(0, session)
+        del self.sessions[peer][MAX_SESSIONS_PER_PEER_DEVICE:]
+        return session, {"dh": dhs, "kem_ciphertext": ct, "kem_shared_secret": kem_shared,
+                         "root_key": root}
+
+    def seal(self, peer, message_id, timestamp, content, plaintext=None):
+        """SPEC.md 15.4 sending on the first session that can send, and 6.4 signing.
+        Returns every intermediate value."""
+        session = next(s for s in self.sessions[peer] if s["ratchet"].cks is not None)
+        r = session["ratchet"]
+        trace = {"sender_ratchet_secret": r.dhs, "root_key": r.root, "chain_key": r.cks,
+                 "message_number": r.ns}
+        (dh, pn, n), mk = r.next_send()
+        session["send_seq"] += 1
+        key, nonce = message_keys(mk, message_id)
+        sh = encode_session_header(dh, pn, n, session["send_seq"], session["setup"])
+        header = encode_header({
+            "version": PROTOCOL_VERSION, "sender": self.me["address"],
+            "sender_device": self.me["device_id"], "recipient": peer[0], "recipient_device": peer[1],
+            "message_id": message_id, "timestamp_ms": timestamp, "content_type": 1,
+            "payload_kind": 2, "session": sh})
+        if plaintext is None:
+            plaintext = encode_padded(content)
+        ct = ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad(header))
+        si = signature_input(header, ct)
+        sig = ed25519_sign(self.me["signing_seed"], si)
+        trace.update({"message_key": mk, "aead_key": key, "nonce": nonce, "session_header": sh,
+                      "header": header, "ciphertext": ct, "signature_input": si, "signature": sig,
+                      "envelope": encode_envelope(header, ct, sig), "sequence": session["send_seq"]})
+        return trace
+
+    def respond(self, cert, cert_encoded, st):
+        """SPEC.md 15.3, the responder's checks in order; reads the prekeys, changes nothing."""
+        E = SessionError
+        spk = self.signed.get(st["signed_prekey_id"])
+        if spk is None:
+            raise E("unknown_prekey")
+        kem = self.kem.get(st["kem_prekey_id"])
+        if kem is None:
+            raise E("unknown_prekey")
+        opk = None
+        if st["one_time_prekey_id"] != 0:
+            opk = self.one_time.get(st["one_time_prekey_id"])
+            if opk is None:
+                raise E("unknown_prekey")
+        if st["base_key"] in spk["base_keys"]:
+            raise E("replayed_setup")
+        if len(spk["base_keys"]) >= MAX_BASE_KEYS_PER_SIGNED_PREKEY:
+            raise E("prekey_exhausted")
+        base = st["base_key"]
+        dhs = [dh_or_fail(spk["secret"], cert["device_agreement_key"]),
+               dh_or_fail(self.me["agreement_secret"], base),
+               dh_or_fail(spk["secret"], base)]
+        if opk is not None:
+            dhs.append(dh_or_fail(opk["secret"], base))
+        kem_shared = kem_decapsulate(kem["dk"], st["kem_ciphertext"])
+        own_cert = self.directory[(self.me["address"], self.me["device_id"])][1]
+        root = setup_root(dhs, kem_shared, cert_encoded, own_cert, base, spk["public"],
+                          opk["public"] if opk else None, kem["public"], st["kem_ciphertext"])
+        return {"ratchet": Ratchet.responder(root, spk["secret"]), "base_key": base, "setup": None,
+                "send_seq": 0, "received": SequenceTracker()}
+
+    def receive(self, data, now, new_ratchet_secret):
+        """SPEC.md 15.4 and 15.5: VAL-ENV-01..16, freshness check, session selection,
+        ratchet, then record. Returns (header, content, missing, new session?)."""
+        directory = {k: v[0] for k, v in self.directory.items()}
+        outer, header_bytes, h, cert = verify_envelope(data, self.me, directory)
+        if h["payload_kind"] == 1:
+            h2, content = open_envelope(data, self.me, directory, self.window, now)
+            return h2, content, [], False
+        sh = h["session_header"]
+        self.window.check(h["sender"], h["message_id"], h["timestamp_ms"], now)
+        peer = (h["sender"], h["sender_device"])
+
+        def open_fn(mk):
+            key, nonce = message_keys(mk, h["message_id"])
+            try:
+                plaintext = ChaCha20Poly1305(key).decrypt(nonce, outer["ciphertext"], aad(header_bytes))
+            except InvalidTag:
+                raise SessionError("decrypt_failed")
+            try:
+                return decode_content(plaintext)
+            except ContentError:
+                raise SessionError("invalid_content")
+        rh = (sh["ratchet_key"], sh["previous_chain_length"], sh["message_number"])
+        sessions = self.sessions.get(peer, [])
+        st = sh.get("setup")
+        by_base = None
+        if st is not None:
+            by_base = next((i for i, s in enumerate(sessions) if s["base_key"] == st["base_key"]), None)
+        new_session = False
+        if st is not None and by_base is None:
+            session = self.respond(cert, self.directory[peer][1], st)
+            content = session["ratchet"].receive(*rh, now, new_ratchet_secret, open_fn)
+            self.signed[st["signed_prekey_id"]]["base_keys"].add(st["base_key"])
+            self.one_time.pop(st["one_time_prekey_id"], None)
+            sessions = [session] + sessions
+            del sessions[MAX_SESSIONS_PER_PEER_DEVICE:]
+            index, new_session = 0, True
+        elif by_base is not None:
+            content = sessions[by_base]["ratchet"].receive(*rh, now, new_ratchet_secret, open_fn)
+            index = by_base
+        else:
+            if not sessions:
+                raise SessionError("no_session")
+            error, index = SessionError("decrypt_failed"), None
+            for i, s in enumerate(sessions):
+                try:
+                    content = s["ratchet"].receive(*rh, now, new_ratchet_secret, open_fn)
+                    index = i
+                    break
+                except SessionError as e:
+                    if e.code == "invalid_content":
+                        raise  # the AEAD accepted it: this is the session, and it is refused
+                    if e.code in ("duplicate", "too_far_ahead") and error.code == "decrypt_failed":
+                        error = e
+            if index is None:
+                raise error
+        session = sessions.pop(index)
+        session["setup"] = None
+        missing = session["received"].record(sh["sequence"])
+        sessions.insert(0, session)
+        self.sessions[peer] = sessions
+        self.window.record(h["sender"], h["message_id"], h["timestamp_ms"], now)
+        return h, content, missing, new_session
+
+
+def encode_device_list_body(address, identity_key, serial, issued_ms, devices):
+    return (enc_uint(1, PROTOCOL_VERSION) + enc_bytes(2, address.encode())
+            + enc_bytes(3, identity_key) + enc_uint(4, serial) + enc_uint(5, issued_ms)
+            + b"".join(enc_bytes_always(6, d) for d in devices))
+
+
+def sign_device_list(identity_seed, body):
+    sig = ed25519_sign(identity_seed, framed(LABELS["DeviceList"], body))
+    return enc_bytes(1, body) + enc_bytes(2, sig)
+
+
+def decode_device_list(encoded):
+    """SPEC.md 15.6 VAL-LIST-01..12. Returns (body, [(certificate body, encoded)])."""
+    E = DeviceListError
+    if len(encoded) > MAX_DEVICE_LIST_LEN:
+        raise E("too_large")
+    try:
+        outer = decode("DeviceList", encoded)
+        body = decode("DeviceListBody", outer["body"])
+    except DecodeError:
+        raise E("decode")
+    if body["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    try:
+        parse_address(body["address"], canonical_only=True)
+    except AddressError:
+        raise E("invalid_address")
+    if not valid_public_key(body["identity_key"]):
+        raise E("invalid_field")
+    if len(body["devices"]) > MAX_DEVICES_PER_USER:
+        raise E("too_many_devices")
+    if not body["devices"]:
+        raise E("empty")
+    if len(outer["signature"]) != 64 or not strict_verify(
+            body["identity_key"], framed(LABELS["DeviceList"], outer["body"]), outer["signature"]):
+        raise E("bad_signature")
+    devices = []
+    for enc in body["devices"]:
+        try:
+            cert = decode_certificate(enc)
+        except CertificateError:
+            raise E("invalid_certificate")
+        if cert["address"] != body["address"] or cert["identity_key"] != body["identity_key"]:
+            raise E("foreign_device")
+        if any(d["device_id"] == cert["device_id"] for d, _ in devices):
+            raise E("duplicate_device")
+        devices.append((cert, enc))
+    return body, devices
+
+
+class DeviceLists:
+    """SPEC.md 15.6: the contacts' current lists; trust on first use, serials increase."""
+
+    def __init__(self):
+        self.lists = {}
+
+    def update(self, encoded):
+        body, devices = decode_device_list(encoded)
+        addr, ids = body["address"], [c["device_id"] for c, _ in devices]
+        cur = self.lists.get(addr)
+        if cur is None:
+            events = [("identity_first_seen", body["identity_key"])] + [("device_added", d) for d in ids]
+        else:
+            events = []
+            if cur[0]["identity_key"] == body["identity_key"]:
+                if body["serial"] <= cur[0]["serial"]:
+                    raise DeviceListError("stale")
+            else:
+                events.append(("identity_changed", body["identity_key"]))
+            old = [c["device_id"] for c, _ in cur[1]]
+            events += [("device_removed", d) for d in old if d not in ids]
+            events += [("device_added", d) for d in ids if d not in old]
+        self.lists[addr] = (body, devices)
+        return events
+
+
+# ---------------------------------------------------------------------------------------
+# The checks
+# ---------------------------------------------------------------------------------------
+class Checker:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, fn):
+        try:
+            fn()
+            self.passed += 1
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            self.failed += 1
+            print("FAIL %s: %s" % (name, e))
+            if os.environ.get("VERBOSE"):
+                traceback.print_exc()
+
+
+def eq(what, got, want):
+    if got != want:
+        raise AssertionError("%s: got %r, want %r" % (what, got, want))
+
+
+def vector_seed(what):
+    """SPEC.md 12: every secret and random value of the vectors."""
+    return sha256(b"kogge test vector: " + what.encode())
+
+
+def unhex(s):
+    return bytes.fromhex(s)
+
+
+def main():
+    load = lambda f: json.load(open(os.path.join(HERE, f), encoding="utf-8"))  # noqa: E731
+    identity, envelopes, addresses = load("identity.json"), load("envelopes.json"), load("addresses.json")
+    sessions = load("sessions.json")
+    c = Checker()
+    c.check("small-order table", self_test_small_order_table)
+
+    # Labels (SPEC.md 2.3). SPEC.md also reserves labels for a later version: the JSON may
+    # list those (the code may already define them) but no label SPEC.md does not name.
+    spec = open(os.path.join(HERE, "..", "..", "SPEC.md"), encoding="utf-8").read()
+    spec_labels = set(re.findall(r"^\| `(kogge/v1/[^`]+)` \|", spec, re.M))
+
+    def labels():
+        in_json = {lab["ascii"] for lab in identity["labels"]}
+        for want in LABELS.values():
+            assert want.decode() in in_json, "label %s missing from identity.json" % want
+        for lab in identity["labels"]:
+            assert lab["ascii"] in spec_labels, "label %s is not in SPEC.md 2.3" % lab["ascii"]
+            eq(lab["name"] + " hex", lab["ascii"].encode("ascii").hex(), lab["hex"])
+            if lab["name"] in LABELS:
+                eq(lab["name"], lab["ascii"].encode("ascii"), LABELS[lab["name"]])
+        for a in spec_labels:
+            assert a.startswith("kogge/v1/")
+            for b in spec_labels:
+                assert a == b or not b.startswith(a), "label %s is a prefix of %s" % (a, b)
+    c.check("labels", labels)
+
+    # SPEC.md's tables say what this checker uses (labels 2.3, small-order points 2.1, limits 9).
+    def spec_tables():
+        for v in LABELS.values():
+            assert v.decode() in spec_labels, "SPEC.md 2.3 lacks %s" % v
+        ys = {int.from_bytes(bytes.fromhex(h), "little")
+              for h in re.findall(r"^\| [^|]+ \| `([0-9a-f]{64})` \|$", spec, re.M)}
+        eq("SPEC.md 2.1 small-order table", ys, SMALL_ORDER_YS)
+        limits = {n: int(v) for n, v in re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \| (\d+)", spec, re.M)}
+        for n in LIMIT_NAMES:
+            eq("SPEC.md 9 " + n, limits.get(n), globals()[n])
+    c.check("SPEC.md tables", spec_tables)
+
+    # Parties: keys, device ids, certificates, fingerprints (SPEC.md 4, 5)
+    parties = {}
+    for p in identity["parties"]:
+        # What the receiver knows, rebuilt from the seeds alone (checked just below).
+        ident = ed25519_public(unhex(p["identity_seed"]))
+        parties[p["name"]] = {
+            "address": p["address"], "device_id": device_id(ed25519_public(unhex(p["device_signing_seed"]))),
+            "agreement_secret": unhex(p["device_agreement_secret"]),
+            "signing_seed": unhex(p["device_signing_seed"]),
+            "identity": ident, "fingerprint": fingerprint(ident, p["address"]),
+            "identity_seed": unhex(p["identity_seed"]),
+            "certificate_encoded": unhex(p["certificate"]["encoded"]),
+            "certificate": decode("DeviceCertificateBody", unhex(p["certificate"]["body"])),
+        }
+
+        def party(p=p):
+            user = p["address"].split("@")[0]
+            eq("identity_seed", p["identity_seed"], vector_seed(user + " identity").hex())
+            eq("device_signing_seed", p["device_signing_seed"],
+               vector_seed(p["name"] + " device signing").hex())
+            eq("device_agreement_secret", p["device_agreement_secret"],
+               vector_seed(p["name"] + " device agreement").hex())
+            ident = ed25519_public(unhex(p["identity_seed"]))
+            eq("identity_public", ident.hex(), p["identity_public"])
+            spk = ed25519_public(unhex(p["device_signing_seed"]))
+            eq("device_signing_public", spk.hex(), p["device_signing_public"])
+            apk = x25519_public(unhex(p["device_agreement_secret"]))
+            eq("device_agreement_public", apk.hex(), p["device_agreement_public"])
+            eq("device_id_input", framed(LABELS["DeviceId"], spk).hex(), p["device_id_input"])
+            did = device_id(spk)
+            eq("device_id", did.hex(), p["device_id"])
+            cj = p["certificate"]
+            body = encode_certificate_body({
+                "version": PROTOCOL_VERSION, "address": p["address"], "identity_key": ident,
+                "device_id": did, "device_signing_key": spk, "device_agreement_key": apk,
+                "not_before_ms": cj["not_before_ms"], "not_after_ms": cj["not_after_ms"]})
+            eq("certificate body", body.hex(), cj["body"])
+            isi = framed(LABELS["DeviceCertIdentitySignature"], body)
+            dsi = framed(LABELS["DeviceCertDeviceSignature"], body)
+            eq("identity_signature_input", isi.hex(), cj["identity_signature_input"])
+            eq("device_signature_input", dsi.hex(), cj["device_signature_input"])
+            isig = ed25519_sign(unhex(p["identity_seed"]), isi)
+            dsig = ed25519_sign(unhex(p["device_signing_seed"]), dsi)
+            eq("identity_signature", isig.hex(), cj["identity_signature"])
+            eq("device_signature", dsig.hex(), cj["device_signature"])
+            enc = encode_certificate(body, isig, dsig)
+            eq("certificate encoding", enc.hex(), cj["encoded"])
+            cert = decode_certificate(enc)
+            eq("certificate address", cert["address"], p["address"])
+            fp = fingerprint(ident, p["address"])
+            eq("fingerprint", fp.hex(), p["fingerprint"])
+            eq("fingerprint_digits", fingerprint_digits(fp), p["fingerprint_digits"])
+            eq("certificate as decoded", cert, parties[p["name"]]["certificate"])
+        c.check("party " + p["name"], party)
+
+    def safety():
+        sn = identity["safety_number"]
+        a, b = parties[sn["local"]], parties[sn["remote"]]
+        digits = safety_digits(a["fingerprint"], b["fingerprint"])
+        eq("safety digits", digits, sn["digits"])
+        eq("safety digits symmetric", safety_digits(b["fingerprint"], a["fingerprint"]), digits)
+        eq("grouped", " ".join(digits[i:i + 5] for i in range(0, 60, 5)), sn["grouped"])
+        pa = qr_payload(a["fingerprint"], b["fingerprint"])
+        pb = qr_payload(b["fingerprint"], a["fingerprint"])
+        eq("qr_payload_alice", pa.hex(), sn["qr_payload_alice"])
+        eq("qr_payload_bob", pb.hex(), sn["qr_payload_bob"])
+        eq("alice scans bob", verify_scanned(a["fingerprint"], b["fingerprint"], pb), None)
+        eq("bob scans alice", verify_scanned(b["fingerprint"], a["fingerprint"], pa), None)
+        eq("alice scans her own", verify_scanned(a["fingerprint"], b["fingerprint"], pa), "mismatch")
+    c.check("safety number", safety)
+
+    for neg in identity["certificate_negative"]:
+        def cert_negative(neg=neg):
+            try:
+                decode_certificate(unhex(neg["encoded"]))
+            except CertificateError as e:
+                eq("error", e.code, neg["expected_error"])
+                return
+            raise AssertionError("certificate was accepted")
+        c.check("certificate negative " + neg["name"], cert_negative)
+
+    directory_all = {(p["address"], p["device_id"]): p["certificate"] for p in parties.values()}
+
+    # Positive envelopes: every intermediate value (SPEC.md 6.3-6.5, 7)
+    for pos in envelopes["positive"]:
+        v = pos["vector"]
+
+        def positive(v=v, now=pos["now_ms"]):
+            snd, rcp = parties[v["sender"]], parties[v["recipient"]]
+            eq("message_id", v["message_id"], vector_seed(v["name"] + " message id")[:16].hex())
+            eq("ephemeral_secret", v["ephemeral_secret"], vector_seed(v["name"] + " ephemeral").hex())
+            plaintext = encode_padded(v["content"])
+            eq("plaintext", plaintext.hex(), v["plaintext"])
+            eph_secret = unhex(v["ephemeral_secret"])
+            eph_public = x25519_public(eph_secret)
+            eq("ephemeral_public", eph_public.hex(), v["ephemeral_public"])
+            rcp_public = rcp["certificate"]["device_agreement_key"]
+            shared = x25519(eph_secret, rcp_public)
+            assert shared is not None
+            eq("shared_secret", shared.hex(), v["shared_secret"])
+            eq("hkdf_salt", (eph_public + rcp_public).hex(), v["hkdf_salt"])
+            eq("hkdf_info", framed(LABELS["OneShotSealKdf"]).hex(), v["hkdf_info"])
+            key, nonce = one_shot_keys(shared, eph_public, rcp_public)
+            eq("key", key.hex(), v["key"])
+            eq("nonce", nonce.hex(), v["nonce"])
+            header = encode_header({
+                "version": PROTOCOL_VERSION, "sender": snd["address"],
+                "sender_device": snd["device_id"], "recipient": rcp["address"],
+                "recipient_device": rcp["device_id"], "message_id": unhex(v["message_id"]),
+                "timestamp_ms": v["timestamp_ms"], "content_type": 1, "payload_kind": 1,
+                "ephemeral_key": eph_public})
+            eq("header", header.hex(), v["header"])
+            eq("aad", aad(header).hex(), v["aad"])
+            ct = ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad(header))
+            eq("ciphertext", ct.hex(), v["ciphertext"])
+            eq("ciphertext_sha256", sha256(ct).hex(), v["ciphertext_sha256"])
+            si = signature_input(header, ct)
+            eq("signature_input", si.hex(), v["signature_input"])
+            sig = ed25519_sign(snd["signing_seed"], si)
+            eq("signature", sig.hex(), v["signature"])
+            assert strict_verify(snd["certificate"]["device_signing_key"], si, sig)
+            env = encode_envelope(header, ct, sig)
+            eq("envelope", env.hex(), v["envelope"])
+            # ... and open it as a receiver would, from the bytes alone.
+            window = ReplayWindow()
+            h, content = open_envelope(env, rcp, directory_all, window, now)
+            eq("content", content, v["content"])
+            eq("header timestamp", h["timestamp_ms"], v["timestamp_ms"])
+            eq("replay window size", window.size(), 1)
+        c.check("positive envelope " + v["name"], positive)
+
+    # Negative envelopes (SPEC.md 6.6, 8, 10)
+    alice_cert = parties["alice"]["certificate"]
+    for neg in envelopes["negative"]:
+        def negative(neg=neg):
+            env = neg["envelope"]
+            if isinstance(env, dict):
+                data = bytes([int(env["fill"]["byte"], 16)]) * env["fill"]["len"]
+            else:
+                data = unhex(env)
+            directory = {}
+            if neg["sender_known"]:
+                directory[(alice_cert["address"], alice_cert["device_id"])] = alice_cert
+            me = parties[neg["opened_by"]]
+            window = ReplayWindow()
+            if neg["open_twice"]:
+                open_envelope(data, me, directory, window, neg["now_ms"])
+            before = window.state()
+            try:
+                open_envelope(data, me, directory, window, neg["now_ms"])
+            except OpenError as e:
+                eq("error", e.code, neg["expected_error"])
+                eq("window unchanged by a failed open", window.state(), before)
+                return
+            raise AssertionError("envelope was accepted")
+        c.check("negative envelope " + neg["name"], negative)
+
+    # Replay window floor (SPEC.md 8): not in the JSON, checked against the rules directly.
+    def floor_rule():
+        w = ReplayWindow(capacity=2)
+        now = 1_750_000_000_000
+        for i in range(3):
+            w.accept("a@x.y", bytes([i]) * 16, now + i, now)
+        eq("remembered", w.size(), 2)
+        eq("floor", w.floor("a@x.y"), now + 1)
+        try:
+            w.accept("a@x.y", bytes([0]) * 16, now, now)
+            raise AssertionError("evicted id accepted")
+        except OpenError as e:
+            eq("evicted id", e.code, "too_old")
+        # Per sender: another sender's floor and capacity are its own, so a's flood did
+        # not make the window forget (or refuse) anything of b's.
+        eq("b's floor", w.floor("b@x.y"), 0)
+        w.accept("b@x.y", bytes([0]) * 16, now, now)
+        w.accept("b@x.y", bytes([1]) * 16, now + 1, now)
+        eq("remembered", w.size(), 4)
+        try:
+            w.accept("b@x.y", bytes([0]) * 16, now, now)
+            raise AssertionError("replay accepted")
+        except OpenError as e:
+            eq("replay of b", e.code, "replay")
+        # Entries older than the maximum age are forgotten too, raising the floor.
+        later = now + DEFAULT_MAX_MESSAGE_AGE_MS + 10
+        w.accept("b@x.y", bytes([2]) * 16, later, later)
+        eq("b after expiry", sorted(w.senders["b@x.y"]["ids"]), [bytes([2]) * 16])
+        eq("b's floor after expiry", w.floor("b@x.y"), now + 2)
+    c.check("replay floor", floor_rule)
+
+    # Rules of SPEC.md 2.1 and 7.4 that the JSON does not exercise, on synthetic input.
+    def strict_rules():
+        v = envelopes["positive"][0]["vector"]
+        seed = parties[v["sender"]]["signing_seed"]
+        pub = parties[v["sender"]]["certificate"]["device_signing_key"]
+        msg, sig = unhex(v["signature_input"]), unhex(v["signature"])
+        assert strict_verify(pub, msg, sig) and cofactorless_verify(pub, msg, sig)
+        s_plus_l = (int.from_bytes(sig[32:], "little") + L).to_bytes(32, "little")
+        assert not strict_verify(pub, msg, sig[:32] + s_plus_l), "S >= L accepted"
+        for y in SMALL_ORDER_YS:
+            enc = y.to_bytes(32, "little")
+            assert not strict_verify(pub, msg, enc + sig[32:]), "small-order R accepted"
+            assert not valid_public_key(enc), "small-order A accepted"
+        non_canonical = (P + 3).to_bytes(32, "little")  # decodes mod p to a valid point
+        assert pt_decode(non_canonical) is None and not valid_public_key(non_canonical)
+        assert not strict_verify(pub, msg + b"x", sig)
+        # Keys must be torsion-free: the honest key plus a point of order 8 is a canonical
+        # encoding of a point that is not of small order, and is still refused.
+        a_pt = public_key_point(pub)
+        torsion = [pt for y in SMALL_ORDER_YS for sg in (0, 1)
+                   for pt in [pt_decode((y | sg << 255).to_bytes(32, "little"))]
+                   if pt is not None and not pt_is_identity(pt)]
+        eq("small-order points other than the neutral element", len(torsion), 7)
+        for t in torsion:
+            mixed = pt_encode(pt_add(a_pt, t))
+            assert acceptable_point(mixed) is not None and not valid_public_key(mixed), \
+                "key with a small-order component accepted"
+        # A signer who adds a small-order component to its own R: the residual is that
+        # component, which the cofactored equation accepts and the cofactorless one
+        # refuses. A residual with a prime-order part (R + B) is refused by both.
+        h = hashlib.sha512(seed).digest()
+        a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+        r = int.from_bytes(hashlib.sha512(h[32:] + msg).digest(), "little") % L
+        assert pt_encode(pt_mul(r, BASE)) == sig[:32]  # RFC 8032 signing, reproduced
+
+        def sign_with_r(r_pt):
+            rb = pt_encode(r_pt)
+            k = int.from_bytes(hashlib.sha512(rb + pub + msg).digest(), "little") % L
+            return rb + ((r + k * a) % L).to_bytes(32, "little")
+        for t in torsion:
+            sig2 = sign_with_r(pt_add(pt_mul(r, BASE), t))
+            assert strict_verify(pub, msg, sig2), "torsion in R refused by the cofactored check"
+            assert not cofactorless_verify(pub, msg, sig2)
+        bad = sign_with_r(pt_add(pt_mul(r, BASE), BASE))
+        assert not strict_verify(pub, msg, bad) and not cofactorless_verify(pub, msg, bad)
+    c.check("strict Ed25519 rules", strict_rules)
+
+    def content_rules():
+        eq("empty plaintext", decode_content(b""), {"unknown": {}})
+        eq("unknown body field 3", decode_content(bytes.fromhex("1a020801")), {"unknown": {}})
+        future_kind = enc_bytes_always(2, enc_uint(1, 9) + enc_bytes_always(2, bytes(16)))
+        eq("unknown receipt kind", decode_content(future_kind), {"unknown": {}})
+        for bad in [enc_bytes_always(2, enc_bytes_always(2, bytes(16))),  # kind 0
+                    enc_bytes_always(2, enc_uint(1, 1)),  # no ids
+                    enc_bytes_always(2, enc_uint(1, 1) + enc_bytes_always(2, bytes(15))),
+                    enc_bytes_always(1, enc_bytes(3, bytes(15))),  # reply_to of 15 bytes
+                    enc_bytes_always(1, enc_bytes(1, b"text/plain\n")),  # media type
+                    bytes.fromhex("0a04120 2fffe".replace(" ", "")),  # invalid UTF-8
+                    bytes.fromhex("0a0912"), bytes([0xFF, 0xFF])]:  # truncated, bad tag
+            try:
+                decode_content(bad)
+                raise AssertionError("content %s accepted" % bad.hex())
+            except ContentError:
+                pass
+        for n in range(0, 300):
+            p = encode_padded({"text": {"media_type": "", "body": "x" * n, "reply_to": None}})
+            assert len(p) % PADDING_BLOCK == 0 and len(p) >= n + 3
+    c.check("content rules", content_rules)
+
+    # Sessions (SPEC.md 15, vectors of SPEC.md 12): prekeys, bundle, setup, messages.
+    not_before, t0 = 1_700_000_000_000, 1_750_000_000_000
+
+    def session_directory():
+        """Both users' signed device lists (serial 1, SPEC.md 12), checked as SPEC.md 15.6
+        says; the directory holds exactly the devices listed."""
+        lists = DeviceLists()
+        for n in ("alice", "bob"):
+            p = parties[n]
+            body = encode_device_list_body(p["address"], p["identity"], 1, not_before,
+                                           [p["certificate_encoded"]])
+            events = lists.update(sign_device_list(p["identity_seed"], body))
+            eq("events", events, [("identity_first_seen", p["identity"]), ("device_added", p["device_id"])])
+        return {(c["address"], c["device_id"]): (c, enc)
+                for _, devices in lists.lists.values() for c, enc in devices}
+
+    def run_session_case(case):
+        name, alice, bob = case["name"], parties["alice"], parties["bob"]
+        pk = case["bob_prekeys"]
+        eq("created_ms", pk["created_ms"], not_before)
+        # SPEC.md 15.2: prekeys from their secrets, signed by Bob's device key.
+        spk_secret = unhex(pk["signed_prekey"]["secret"])
+        eq("signed prekey secret", spk_secret, vector_seed("bob signed prekey"))
+        kem_seed = unhex(pk["kem_prekey"]["seed"])
+        eq("kem seed", kem_seed, vector_seed("bob kem prekey d") + vector_seed("bob kem prekey z"))
+        spk_pub = x25519_public(spk_secret)
+        eq("signed prekey public", spk_pub.hex(), pk["signed_prekey"]["public"])
+        ek, dk = kem_keygen(kem_seed)
+        eq("kem public", ek.hex(), pk["kem_prekey"]["public"])
+        eq("prekey ids", (pk["signed_prekey"]["id"], pk["kem_prekey"]["id"]), (1, 2))
+        spk_enc = sign_prekey(bob["signing_seed"], encode_prekey_body(
+            bob["device_id"], 1, PREKEY_KIND_X25519, False, spk_pub, not_before))
+        eq("signed prekey encoded", spk_enc.hex(), pk["signed_prekey"]["encoded"])
+        kem_enc = sign_prekey(bob["signing_seed"], encode_prekey_body(
+            bob["device_id"], 2, PREKEY_KIND_ML_KEM_768, False, ek, not_before))
+        eq("kem prekey encoded", kem_enc.hex(), pk["kem_prekey"]["encoded"])
+        opk_enc = opk_secret = None
+        if pk["one_time_prekey"] is not None:
+            opk_secret = unhex(pk["one_time_prekey"]["secret"])
+            eq("one-time prekey secret", opk_secret, vector_seed("bob one-time prekey"))
+            opk_pub = x25519_public(opk_secret)
+            eq("one-time prekey public", opk_pub.hex(), pk["one_time_prekey"]["public"])
+            eq("one-time prekey id", pk["one_time_prekey"]["id"], 3)
+            opk_enc = sign_prekey(bob["signing_seed"], encode_prekey_body(
+                bob["device_id"], 3, PREKEY_KIND_X25519, True, opk_pub, not_before))
+            eq("one-time prekey encoded", opk_enc.hex(), pk["one_time_prekey"]["encoded"])
+        for enc in (spk_enc, kem_enc, opk_enc):
+            if enc is not None:
+                decode_signed_prekey(enc, bob["certificate"])
+        st = case["setup"]
+        bundle_enc = encode_bundle(bob["certificate_encoded"], spk_enc, kem_enc, opk_enc)
+        eq("bundle", bundle_enc.hex(), st["bundle"])
+        bundle = decode_bundle(bundle_enc)
+        # The devices, Bob holding his prekey secrets.
+        directory = session_directory()
+        A, B = SessionDevice(alice, directory), SessionDevice(bob, directory)
+        B.signed[1] = {"secret": spk_secret, "public": spk_pub, "base_keys": set()}
+        B.kem[2] = {"dk": dk, "public": ek}
+        if opk_secret is not None:
+            B.one_time[3] = {"secret": opk_secret, "public": x25519_public(opk_secret)}
+        # SPEC.md 15.3: setup.
+        base_secret = vector_seed(name + " alice base key")
+        eq("base_secret", st["base_secret"], base_secret.hex())
+        eq("base_public", st["base_public"], x25519_public(base_secret).hex())
+        kem_m = vector_seed(name + " alice kem randomness")
+        eq("kem_randomness", st["kem_randomness"], kem_m.hex())
+        r0 = vector_seed(name + " alice ratchet key 0")
+        eq("initiator_ratchet_secret", st["initiator_ratchet_secret"], r0.hex())
+        _, tr = A.initiate(bundle, base_secret, kem_m, r0)
+        eq("dh", [d.hex() for d in tr["dh"]], st["dh"])
+        eq("dh count", len(tr["dh"]), 4 if opk_secret else 3)
+        eq("kem_ciphertext", tr["kem_ciphertext"].hex(), st["kem_ciphertext"])
+        eq("kem_shared_secret", tr["kem_shared_secret"].hex(), st["kem_shared_secret"])
+        eq("decapsulated", kem_decapsulate(dk, tr["kem_ciphertext"]), tr["kem_shared_secret"])
+        eq("root_key", tr["root_key"].hex(), st["root_key"])
+        # SPEC.md 15.4: the messages, each sealed by one side and received by the other.
+        devices = {"alice": A, "bob": B}
+        steps = {"alice": 0, "bob": 0}
+        envs = []
+        for i, m in enumerate(case["messages"], 1):
+            frm = m["from"]
+            to = "bob" if frm == "alice" else "alice"
+            peer = (parties[to]["address"], parties[to]["device_id"])
+            mid = vector_seed("%s m%d id" % (name, i))[:16]
+            eq("message_id", m["message_id"], mid.hex())
+            eq("timestamp_ms", m["timestamp_ms"], t0)
+            t = devices[frm].seal(peer, mid, t0, m["content"])
+            for f in ("sender_ratchet_secret", "root_key", "chain_key", "message_key", "aead_key",
+                      "nonce", "session_header", "header", "ciphertext", "signature", "envelope"):
+                eq("m%d %s" % (i, f), t[f].hex(), m[f])
+            eq("m%d message_number" % i, t["message_number"], m["message_number"])
+            eq("m%d sequence" % i, t["sequence"], m["sequence"])
+            assert strict_verify(parties[frm]["certificate"]["device_signing_key"],
+                                 t["signature_input"], t["signature"])
+            sh = decode("SessionHeader", t["session_header"])
+            eq("m%d carries the setup" % i, "setup" in sh, i == 1)
+            steps[to] += 1
+            new_secret = vector_seed("%s %s ratchet key %d" % (name, to, steps[to]))
+            eq("m%d receiver_new_ratchet_secret" % i, m["receiver_new_ratchet_secret"], new_secret.hex())
+            h, content, missing, new = devices[to].receive(t["envelope"], t0, new_secret)
+            eq("m%d content" % i, content, m["content"])
+            eq("m%d missing" % i, missing, [])
+            eq("m%d starts a session" % i, new, i == 1)
+            eq("m%d receiver's ratchet secret" % i, devices[to].sessions[
+                (parties[frm]["address"], parties[frm]["device_id"])][0]["ratchet"].dhs, new_secret)
+            envs.append(t["envelope"])
+        if opk_secret is not None:
+            eq("one-time prekey deleted on use", B.one_time, {})
+        eq("base key remembered", B.signed[1]["base_keys"], {x25519_public(base_secret)})
+        return A, B, envs, directory
+
+    for case in sessions["cases"]:
+        c.check("session " + case["name"], lambda case=case: run_session_case(case))
+
+    def refused(dev, data, now, code, secret=b"\x07" * 32):
+        before = dev.state()
+        try:
+            dev.receive(data, now, secret)
+        except (OpenError, SessionError) as e:
+            eq("error", e.code, code)
+            eq("state unchanged by a failed receive", dev.state(), before)
+            return
+        raise AssertionError("accepted; wanted %s" % code)
+
+    # Rules of SPEC.md 15 that the JSON does not exercise, on the vector sessions.
+    def session_rules():
+        for case in sessions["cases"]:
+            A, B, envs, directory = run_session_case(case)
+            a_peer = (parties["bob"]["address"], parties["bob"]["device_id"])
+            b_peer = (parties["alice"]["address"], parties["alice"]["device_id"])
+            refused(B, envs[0], t0, "replay")  # the replay window, checked before the ratchet
+            saved = B.window
+            B.window = ReplayWindow()  # a window that forgot: the ratchet refuses it too
+            refused(B, envs[2], t0, "duplicate")
+            sessions_saved = B.sessions
+            B.sessions = {}  # ... and with the session gone, the setup is not accepted again
+            refused(B, envs[0], t0, "unknown_prekey" if B.signed[1]["base_keys"] and
+                    case["bob_prekeys"]["one_time_prekey"] else "replayed_setup")
+            refused(B, envs[2], t0, "no_session")
+            B.window, B.sessions = saved, sessions_saved
+            # Out of order within a chain: m6 first (m4, m5 reported missing), then m4, m5.
+            out = [A.seal(a_peer, bytes([0x40 + i]) * 16, t0, {"text": {
+                "media_type": "", "body": "m%d" % i, "reply_to": None}}) for i in (4, 5, 6)]
+            _, content, missing, _ = B.receive(out[2]["envelope"], t0, None)
+            eq("m6", content["text"]["body"], "m6")
+            eq("missing", missing, [out[0]["sequence"], out[1]["sequence"]])
+            eq("skipped keys", len(B.sessions[b_peer][0]["ratchet"].skipped), 2)
+            for t in out[:2]:
+                _, _, missing, _ = B.receive(t["envelope"], t0, None)
+                eq("missing", missing, [])
+            eq("skipped keys used up", B.sessions[b_peer][0]["ratchet"].skipped, {})
+            # A validly signed message that the AEAD refuses, and one whose content is not
+            # a Content: refused, nothing changes.
+            bad = A.seal(a_peer, b"\x50" * 16, t0, None, plaintext=b"\xff\xff")
+            refused(B, bad["envelope"], t0, "invalid_content")
+            sealed = A.seal(a_peer, b"\x51" * 16, t0, {"unknown": {}}, plaintext=b"")
+            forged = bytearray(sealed["ciphertext"])
+            forged[0] ^= 1
+            hdr = sealed["header"]
+            sig = ed25519_sign(parties["alice"]["signing_seed"], signature_input(hdr, bytes(forged)))
+            refused(B, encode_envelope(hdr, bytes(forged), sig), t0, "decrypt_failed")
+            # Gaps: MAX_SKIP_PER_CHAIN + 1 ahead is refused, MAX_SKIP_PER_CHAIN is fine.
+            r, nr = A.sessions[a_peer][0]["ratchet"], B.sessions[b_peer][0]["ratchet"].nr
+            saved = copy.deepcopy(r)
+            for gap, mid in ((MAX_SKIP_PER_CHAIN + 1, b"\x52"), (MAX_SKIP_PER_CHAIN, b"\x53")):
+                A.sessions[a_peer][0]["ratchet"] = r = copy.deepcopy(saved)
+                while r.ns < nr + gap:
+                    r.next_send()
+                t = A.seal(a_peer, mid * 16, t0, {"text": {"media_type": "", "body": "far",
+                                                            "reply_to": None}})
+                if gap > MAX_SKIP_PER_CHAIN:
+                    refused(B, t["envelope"], t0, "too_far_ahead")
+                else:
+                    _, content, _, _ = B.receive(t["envelope"], t0, None)
+                    eq("1000 ahead", content["text"]["body"], "far")
+            eq("skipped keys kept", len(B.sessions[b_peer][0]["ratchet"].skipped), MAX_SKIP_PER_CHAIN)
+            # Bob answers; the reply carries no setup, and Alice's later messages neither.
+            rep = B.seal(b_peer, b"\x54" * 16, t0, {"text": {"media_type": "", "body": "re",
+                                                              "reply_to": None}})
+            assert "setup" not in decode("SessionHeader", rep["session_header"])
+            A.receive(rep["envelope"], t0, b"\x09" * 32)
+            # Skipped keys expire after SKIPPED_KEY_MAX_AGE_MS (at the next receive).
+            later = t0 + SKIPPED_KEY_MAX_AGE_MS + 1
+            late = A.seal(a_peer, b"\x55" * 16, later, {"text": {"media_type": "", "body": "late",
+                                                                  "reply_to": None}})
+            B.receive(late["envelope"], later, b"\x0a" * 32)
+            eq("skipped keys expired", B.sessions[b_peer][0]["ratchet"].skipped, {})
+    c.check("session rules", session_rules)
+
+    # Bundles and prekeys (SPEC.md 15.2) that must be refused, with their codes.
+    def prekey_rules():
+        case = sessions["cases"][0]
+        bob, bob2 = parties["bob"], parties["bob2"]
+        pk = case["bob_prekeys"]
+        spk, kem, opk = (unhex(pk[k]["encoded"]) for k in ("signed_prekey", "kem_prekey",
+                                                           "one_time_prekey"))
+        cert = bob["certificate_encoded"]
+        decode_bundle(encode_bundle(cert, spk, kem, opk))
+
+        def bundle_error(enc, code):
+            try:
+                decode_bundle(enc)
+            except PrekeyError as e:
+                eq("error", e.code, code)
+                return
+            raise AssertionError("bundle accepted; wanted %s" % code)
+        bundle_error(encode_bundle(cert, spk, kem, opk) + bytes(MAX_PREKEY_BUNDLE_LEN), "too_large")
+        bundle_error(b"\x0a\x05", "decode")
+        bundle_error(encode_bundle(cert[:-1], spk, kem, opk), "invalid_certificate")
+        bundle_error(enc_bytes(1, cert) + enc_bytes_always(3, kem), "invalid_field")
+        bundle_error(encode_bundle(cert, kem, spk, opk), "wrong_kind")
+        bundle_error(encode_bundle(cert, opk, kem, None), "wrong_kind")
+        bundle_error(encode_bundle(cert, spk, kem, spk), "wrong_kind")
+        bundle_error(encode_bundle(bob2["certificate_encoded"], spk, kem, opk), "wrong_device")
+        tampered = decode("SignedPrekey", opk)
+        bad_sig = encode_signed_prekey(tampered["body"], bytes([tampered["signature"][0] ^ 1])
+                                       + tampered["signature"][1:])
+        bundle_error(encode_bundle(cert, spk, kem, bad_sig), "bad_prekey_signature")
+
+        def body_error(body, code):
+            try:
+                decode_signed_prekey(sign_prekey(bob["signing_seed"], body), bob["certificate"])
+            except PrekeyError as e:
+                eq("error", e.code, code)
+                return
+            raise AssertionError("prekey accepted; wanted %s" % code)
+        key = bytes(32)
+        body_error(enc_uint(1, 2), "unsupported_version")
+        body_error(encode_prekey_body(bob["device_id"][:15], 5, 1, True, key, 0), "invalid_field")
+        body_error(encode_prekey_body(bob["device_id"], 0, 1, True, key, 0), "invalid_field")
+        body_error(encode_prekey_body(bob["device_id"], 5, 3, True, key, 0), "invalid_field")
+        body_error(encode_prekey_body(bob["device_id"], 5, 1, True, key[:31], 0), "invalid_field")
+        body_error(encode_prekey_body(bob["device_id"], 5, 2, False, b"\xff" * KEM_PUBLIC_KEY_LEN, 0),
+                   "invalid_field")
+        body_error(encode_prekey_body(bob2["device_id"], 5, 1, True, key, 0), "wrong_device")
+    c.check("prekey rules", prekey_rules)
+
+    # Device lists (SPEC.md 15.6) that must be refused, and the tracker's rules.
+    def device_list_rules():
+        bob, bob2, alice = parties["bob"], parties["bob2"], parties["alice"]
+
+        def signed(serial, devices, seed=bob["identity_seed"], ident=bob["identity"],
+                   address=bob["address"]):
+            return sign_device_list(seed, encode_device_list_body(address, ident, serial,
+                                                                  not_before, devices))
+
+        def list_error(enc, code):
+            try:
+                decode_device_list(enc)
+            except DeviceListError as e:
+                eq("error", e.code, code)
+                return
+            raise AssertionError("list accepted; wanted %s" % code)
+        c1, c2 = bob["certificate_encoded"], bob2["certificate_encoded"]
+        list_error(bytes(MAX_DEVICE_LIST_LEN + 1), "too_large")
+        list_error(b"\x0a\x05", "decode")
+        list_error(signed(1, []), "empty")
+        list_error(signed(1, [c1] * (MAX_DEVICES_PER_USER + 1)), "too_many_devices")
+        list_error(signed(1, [c1, c1]), "duplicate_device")
+        list_error(signed(1, [c1, alice["certificate_encoded"]]), "foreign_device")
+        list_error(signed(1, [c1, c2[:-1]]), "invalid_certificate")
+        list_error(signed(1, [c1], seed=alice["identity_seed"]), "bad_signature")
+        list_error(signed(1, [c1], address="Bob@two.example"), "invalid_address")
+        list_error(signed(1, [c1], ident=bytes(32)), "invalid_field")
+        lists = DeviceLists()
+        lists.update(signed(2, [c1]))
+        for serial in (1, 2):
+            try:
+                lists.update(signed(serial, [c1, c2]))
+                raise AssertionError("stale list accepted")
+            except DeviceListError as e:
+                eq("error", e.code, "stale")
+        eq("added", lists.update(signed(3, [c2, c1])), [("device_added", bob2["device_id"])])
+        eq("removed", lists.update(signed(4, [c2])), [("device_removed", bob["device_id"])])
+        # Another identity key (a reset, or a provider lying): accepted whatever the serial,
+        # and reported. (Its certificates must carry the new key: Alice's key stands in.)
+        eq("identity change", lists.update(signed(1, [alice["certificate_encoded"]],
+                                                  seed=alice["identity_seed"], ident=alice["identity"],
+                                                  address=alice["address"])),
+           [("identity_first_seen", alice["identity"]), ("device_added", alice["device_id"])])
+    c.check("device list rules", device_list_rules)
+
+    # Addresses (SPEC.md 3)
+    for v in addresses["valid"]:
+        def valid(v=v):
+            canon = parse_address(v["input"], canonical_only=False)
+            eq("canonical", canon, v["canonical"])
+            eq("canonical re-parse", parse_address(canon, canonical_only=True), canon)
+        c.check("address valid %r" % v["input"], valid)
+    for v in addresses["invalid"]:
+        def invalid(v=v):
+            try:
+                parse_address(v["input"], canonical_only=False)
+            except AddressError as e:
+                eq("error", e.name, v["error"])
+                return
+            raise AssertionError("address was accepted")
+        c.check("address invalid %r" % v["input"][:40], invalid)
+
+    print("vectors: %d passed, %d failed" % (c.passed, c.failed))
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
