@@ -310,6 +310,13 @@ impl Account {
         Ok(certs.into_iter().cloned().collect())
     }
 
+    /// Whether a session with this peer device can send.
+    fn can_send_to(&self, peer: &(Address, DeviceId)) -> bool {
+        self.sessions
+            .get(peer)
+            .is_some_and(|v| v.iter().any(|s| s.ratchet.can_send()))
+    }
+
     /// Devices among the recipients of `to` with which no session can send yet: fetch
     /// their prekey bundles and pass them to [`add_bundle`](Self::add_bundle).
     pub fn missing_sessions(&self, to: &Address) -> Result<Vec<(Address, DeviceId)>, SessionError> {
@@ -317,12 +324,7 @@ impl Account {
             .recipients(to)?
             .iter()
             .map(|c| (c.address().clone(), c.device_id()))
-            .filter(|k| {
-                !self
-                    .sessions
-                    .get(k)
-                    .is_some_and(|v| v.iter().any(|s| s.ratchet.can_send()))
-            })
+            .filter(|k| !self.can_send_to(k))
             .collect())
     }
 
@@ -381,12 +383,7 @@ impl Account {
         let missing: Vec<_> = recipients
             .iter()
             .map(|c| (c.address().clone(), c.device_id()))
-            .filter(|k| {
-                !self
-                    .sessions
-                    .get(k)
-                    .is_some_and(|v| v.iter().any(|s| s.ratchet.can_send()))
-            })
+            .filter(|k| !self.can_send_to(k))
             .collect();
         if !missing.is_empty() {
             return Err(SessionError::NeedBundles(missing));

@@ -418,4 +418,4 @@ pub(crate) fn respond(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -753,7 +753,7 @@ mod tests {
     use super::*;
     use crate::envelope::{Content, PayloadHeader, Text, UnverifiedEnvelope};
     use crate::session::tests::{User, World, world};
-    use crate::session::{PrekeyBundle, Received, Sent};
+    use crate::session::{Received, Sent};
 
     /// The time `world()` made its certificates and accounts at.
     const NOW: UnixMillis = UnixMillis(1_760_000_000_000);
@@ -786,37 +786,8 @@ mod tests {
             .clone()
     }
 
-    /// Gives `from` sessions with every device it must send to (copied from the session
-    /// tests, where it is private).
     fn connect(w: &mut World, from_alice: bool, from_idx: usize, one_time: bool) {
-        let (from, to) = if from_alice {
-            (&mut w.alice, &mut w.bob)
-        } else {
-            (&mut w.bob, &mut w.alice)
-        };
-        let to_addr = addr(to);
-        let missing = from.accounts[from_idx].missing_sessions(&to_addr).unwrap();
-        for (a, d) in missing {
-            let owner = if a == to_addr {
-                &to.accounts
-            } else {
-                &from.accounts
-            };
-            let acc = owner.iter().find(|x| x.device().id() == d).unwrap();
-            let otk = if one_time {
-                acc.prekeys()
-                    .published()
-                    .one_time_prekeys
-                    .first()
-                    .map(SignedPrekey::id)
-            } else {
-                None
-            };
-            let bundle = PrekeyBundle::decode(acc.prekey_bundle(otk).unwrap().encode()).unwrap();
-            from.accounts[from_idx]
-                .add_bundle(&bundle, NOW, &mut w.rng)
-                .unwrap();
-        }
+        crate::session::tests::connect_with(w, from_alice, from_idx, one_time);
     }
 
     /// Saves and restores, checking that the restored state is the saved one.

@@ -69,7 +69,7 @@ pub(crate) fn world() -> World {
     World { rng, alice, bob }
 }
 
-fn addr(u: &User) -> Address {
+pub(crate) fn addr(u: &User) -> Address {
     u.list.address().clone()
 }
 
@@ -80,6 +80,11 @@ fn text(s: &str) -> Content {
 /// Gives `from` sessions with every device it must send to, using fresh bundles with a
 /// one-time prekey each.
 fn connect(w: &mut World, from_alice: bool, from_idx: usize) {
+    connect_with(w, from_alice, from_idx, true);
+}
+
+/// [`connect`], choosing whether the bundles carry a one-time prekey.
+pub(crate) fn connect_with(w: &mut World, from_alice: bool, from_idx: usize, one_time: bool) {
     let (from, to) = if from_alice {
         (&mut w.alice, &mut w.bob)
     } else {
@@ -94,12 +99,15 @@ fn connect(w: &mut World, from_alice: bool, from_idx: usize) {
             &from.accounts
         };
         let acc = owner.iter().find(|x| x.device().id() == d).unwrap();
-        let otk = acc
-            .prekeys()
-            .published()
-            .one_time_prekeys
-            .first()
-            .map(SignedPrekey::id);
+        let otk = one_time
+            .then(|| {
+                acc.prekeys()
+                    .published()
+                    .one_time_prekeys
+                    .first()
+                    .map(SignedPrekey::id)
+            })
+            .flatten();
         let bundle = acc.prekey_bundle(otk).unwrap();
         let bundle = PrekeyBundle::decode(bundle.encode()).unwrap();
         from.accounts[from_idx]
@@ -717,49 +725,31 @@ fn expired_devices_are_skipped_not_fatal() {
 
 #[test]
 fn retired_prekeys_stop_after_the_grace_period() {
-    let mut w = world();
-    let bundle = w.bob.accounts[0].prekey_bundle(None).unwrap();
-    w.bob.accounts[0].rotate_prekeys(NOW, &mut w.rng);
-    w.alice.accounts[0]
-        .add_bundle(&bundle, NOW, &mut w.rng)
-        .unwrap();
-    let b2 = w.bob.accounts[1].prekey_bundle(None).unwrap();
-    w.alice.accounts[0]
-        .add_bundle(&b2, NOW, &mut w.rng)
-        .unwrap();
-    let bob_addr = addr(&w.bob);
+    // Alice fetched Bob's bundles, then Bob rotated; Alice's first message arrives `at`.
+    let first_message_after_rotation = |at: UnixMillis| {
+        let mut w = world();
+        let bundle = w.bob.accounts[0].prekey_bundle(None).unwrap();
+        w.bob.accounts[0].rotate_prekeys(NOW, &mut w.rng);
+        let b2 = w.bob.accounts[1].prekey_bundle(None).unwrap();
+        for b in [&bundle, &b2] {
+            w.alice.accounts[0].add_bundle(b, NOW, &mut w.rng).unwrap();
+        }
+        let bob_addr = addr(&w.bob);
+        // Certificates are valid for a year, the grace period is 30 days.
+        let sent = w.alice.accounts[0]
+            .encrypt(&bob_addr, &text("setup"), at, &mut w.rng)
+            .unwrap();
+        let id = w.bob.accounts[0].device().id();
+        w.bob.accounts[0].decrypt(envelope_for(&sent, id), at, &mut w.rng)
+    };
     let late = NOW.saturating_add(crate::limits::SIGNED_PREKEY_GRACE_MS + 1);
-    // Certificates are valid for a year, the grace period is 30 days: still valid.
-    let sent = w.alice.accounts[0]
-        .encrypt(&bob_addr, &text("late setup"), late, &mut w.rng)
-        .unwrap();
-    let id = w.bob.accounts[0].device().id();
-    let e = w.bob.accounts[0]
-        .decrypt(envelope_for(&sent, id), late, &mut w.rng)
-        .unwrap_err();
+    let e = first_message_after_rotation(late).unwrap_err();
     assert!(
         matches!(e, SessionError::UnknownPrekey { kind: "signed", .. }),
         "{e:?}"
     );
-    // Within the grace period it would have worked.
-    let mut w = world();
-    let bundle = w.bob.accounts[0].prekey_bundle(None).unwrap();
-    w.bob.accounts[0].rotate_prekeys(NOW, &mut w.rng);
-    w.alice.accounts[0]
-        .add_bundle(&bundle, NOW, &mut w.rng)
-        .unwrap();
-    let b2 = w.bob.accounts[1].prekey_bundle(None).unwrap();
-    w.alice.accounts[0]
-        .add_bundle(&b2, NOW, &mut w.rng)
-        .unwrap();
-    let sent = w.alice.accounts[0]
-        .encrypt(&bob_addr, &text("in time"), NOW, &mut w.rng)
-        .unwrap();
-    assert!(
-        w.bob.accounts[0]
-            .decrypt(envelope_for(&sent, id), NOW, &mut w.rng)
-            .is_ok()
-    );
+    let in_grace = NOW.saturating_add(crate::limits::SIGNED_PREKEY_GRACE_MS);
+    assert!(first_message_after_rotation(in_grace).is_ok());
 }
 
 #[test]
