@@ -22,12 +22,43 @@ fn encapsulation_key(public: &[u8]) -> Result<Ek, CryptoError> {
     Ek::new(&key).map_err(|_| CryptoError::InvalidPublicKey)
 }
 
+/// An ML-KEM-768 decapsulation key, expanded from its seed once (expansion costs about
+/// as much as a decapsulation). Boxed, wiped on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct KemDecapsulationKey(Box<Dk>);
+
+impl KemDecapsulationKey {
+    /// Expands the key pair with this 64-byte seed (FIPS 203 `d ‖ z`).
+    pub fn from_seed(seed: &Secret<64>) -> Self {
+        Self(Box::new(decapsulation_key(seed)))
+    }
+
+    /// The encapsulation (public) key.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.0.encapsulation_key().to_bytes().to_vec()
+    }
+
+    /// Decapsulates `ciphertext`. A malformed-but-well-sized ciphertext yields an
+    /// unrelated secret (implicit rejection), never an error.
+    pub fn decapsulate(&self, ciphertext: &[u8]) -> Result<Secret<32>, CryptoError> {
+        let ct = ml_kem::Ciphertext::<MlKem768>::try_from(ciphertext)
+            .map_err(|_| CryptoError::Length)?;
+        let shared = self.0.decapsulate(&ct);
+        let mut out = Secret::<32>::zeroed();
+        out.expose_mut().copy_from_slice(&shared);
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for KemDecapsulationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KemDecapsulationKey([REDACTED])")
+    }
+}
+
 /// The encapsulation key of the key pair with this 64-byte seed (FIPS 203 `d ‖ z`).
 pub fn kem_public_key(seed: &Secret<64>) -> Vec<u8> {
-    decapsulation_key(seed)
-        .encapsulation_key()
-        .to_bytes()
-        .to_vec()
+    KemDecapsulationKey::from_seed(seed).public_key()
 }
 
 /// Checks that bytes are a valid encapsulation key (length and the FIPS 203 modulus check).
@@ -61,12 +92,7 @@ pub fn kem_encapsulate_deterministic(
 /// Decapsulates `ciphertext` with the key pair of `seed`. A malformed-but-well-sized
 /// ciphertext yields an unrelated secret (implicit rejection), never an error.
 pub fn kem_decapsulate(seed: &Secret<64>, ciphertext: &[u8]) -> Result<Secret<32>, CryptoError> {
-    let ct =
-        ml_kem::Ciphertext::<MlKem768>::try_from(ciphertext).map_err(|_| CryptoError::Length)?;
-    let shared = decapsulation_key(seed).decapsulate(&ct);
-    let mut out = Secret::<32>::zeroed();
-    out.expose_mut().copy_from_slice(&shared);
-    Ok(out)
+    KemDecapsulationKey::from_seed(seed).decapsulate(ciphertext)
 }
 
 #[cfg(test)]

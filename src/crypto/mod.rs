@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 pub use kem::{
-    KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, kem_check_public_key, kem_decapsulate, kem_encapsulate,
-    kem_encapsulate_deterministic, kem_public_key,
+    KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemDecapsulationKey, kem_check_public_key,
+    kem_decapsulate, kem_encapsulate, kem_encapsulate_deterministic, kem_public_key,
 };
 pub use labels::Label;
 

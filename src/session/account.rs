@@ -392,7 +392,11 @@ impl Account {
         // learn whom it was for (SPEC.md 15.7).
         let plaintext =
             zeroize::Zeroizing::new(content.encode_padded().map_err(envelope::SealError::from)?);
-        let own_copy = if to == self.device.address() {
+        let own_copy = if to == self.device.address()
+            || !recipients
+                .iter()
+                .any(|c| c.address() == self.device.address())
+        {
             None
         } else {
             Some(zeroize::Zeroizing::new(

@@ -390,7 +390,9 @@ pub(crate) fn respond(
     let dh4 = opk
         .map(|o| x_secret(&o.secret, &setup.base_key))
         .transpose()?;
-    let kem_shared = crypto::kem_decapsulate(&kem.seed, &setup.kem_ciphertext)
+    let kem_shared = kem
+        .expanded
+        .decapsulate(&setup.kem_ciphertext)
         .map_err(|_| SessionError::DecryptFailed)?;
     let root = setup_secret(&SetupInputs {
         dh1,
@@ -407,7 +409,7 @@ pub(crate) fn respond(
         kem_ciphertext: &setup.kem_ciphertext,
     });
     Ok(Session {
-        ratchet: Ratchet::responder(&root, spk.secret.clone()),
+        ratchet: Ratchet::responder(&root, spk.secret.clone(), spk.public.x25519()),
         base_key: setup.base_key,
         setup: None,
         send_seq: 0,

@@ -502,7 +502,8 @@ fn prekeys_from_state(
             ));
         }
         let seed = secret::<64>(&k.seed, "prekeys.kem_prekeys: a seed is not 64 bytes")?;
-        if crypto::kem_public_key(&seed).as_slice() != public.public_key().as_ref() {
+        let expanded = crypto::KemDecapsulationKey::from_seed(&seed);
+        if expanded.public_key().as_slice() != public.public_key().as_ref() {
             return Err(err(
                 "prekeys.kem_prekeys: a seed does not match its public key",
             ));
@@ -510,6 +511,7 @@ fn prekeys_from_state(
         let id = public.id();
         let entry = KemSecret {
             seed,
+            expanded,
             public,
             retired_at: k.retired_at_ms.map(UnixMillis),
         };

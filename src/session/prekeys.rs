@@ -374,10 +374,11 @@ pub(crate) struct SignedSecret {
     pub(crate) base_keys: HashSet<[u8; 32]>,
 }
 
-/// An ML-KEM-768 prekey's seed.
+/// An ML-KEM-768 prekey's seed (what is persisted) and its expanded key.
 #[derive(Clone)]
 pub(crate) struct KemSecret {
     pub(crate) seed: Secret<64>,
+    pub(crate) expanded: crypto::KemDecapsulationKey,
     pub(crate) public: SignedPrekey,
     pub(crate) retired_at: Option<UnixMillis>,
 }
@@ -471,7 +472,8 @@ impl PrekeyStore {
         );
         let mut seed = Secret::<64>::zeroed();
         rng.fill_bytes(seed.expose_mut());
-        let kem_public = crypto::kem_public_key(&seed);
+        let expanded = crypto::KemDecapsulationKey::from_seed(&seed);
+        let kem_public = expanded.public_key();
         let id = id.saturating_add(1);
         let kpk = SignedPrekey::sign(device, id, PrekeyKind::MlKem768, false, &kem_public, now);
         kem.insert(
@@ -479,6 +481,7 @@ impl PrekeyStore {
             KemSecret {
                 public: kpk.clone(),
                 seed,
+                expanded,
                 retired_at: None,
             },
         );

@@ -185,10 +185,8 @@ impl Ratchet {
 
     /// The responder's state: the shared secret and its own ratchet key pair (the signed
     /// prekey the initiator used). It can send after its first receive.
-    pub(crate) fn responder(sk: &Secret<32>, own_secret: Secret<32>) -> Self {
-        let dhs_pub =
-            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*own_secret.expose()))
-                .to_bytes();
+    pub(crate) fn responder(sk: &Secret<32>, own_secret: Secret<32>, own_public: [u8; 32]) -> Self {
+        let dhs_pub = own_public;
         Self {
             root: sk.clone(),
             dhs: own_secret,
