@@ -10,7 +10,7 @@ SPEC.md 3 on the address vectors, and the whole session layer of SPEC.md 15 (pre
 bundles, setup, Double Ratchet, receiving) on the session vectors. It never calls the
 Rust code.
 
-    pip install cryptography kyber-py
+    pip install cryptography "kyber-py==1.2.0"
     python3 tests/vectors/check_vectors.py
 
 Prints `vectors: N passed, M failed` and exits non-zero if anything failed.
@@ -1198,6 +1198,8 @@ class Ratchet:
         """Returns open_fn(message key); changes nothing unless open_fn succeeds."""
         E = SessionError
         if (dh, n) in self.skipped:
+            if self.skipped[(dh, n)][1] < max(0, now - SKIPPED_KEY_MAX_AGE_MS):
+                raise E("key_expired")
             msg = open_fn(self.skipped[(dh, n)][0])
             del self.skipped[(dh, n)]
             self.expire(now)
@@ -1432,7 +1434,8 @@ class SessionDevice:
                 except SessionError as e:
                     if e.code == "invalid_content":
                         raise  # the AEAD accepted it: this is the session, and it is refused
-                    if e.code in ("duplicate", "too_far_ahead") and error.code == "decrypt_failed":
+                    if (e.code in ("duplicate", "too_far_ahead", "key_expired")
+                            and error.code == "decrypt_failed"):
                         error = e
             if index is None:
                 raise error
@@ -1456,8 +1459,9 @@ def sign_device_list(identity_seed, body):
     return enc_bytes(1, body) + enc_bytes(2, sig)
 
 
-def decode_device_list(encoded):
-    """SPEC.md 15.6 VAL-LIST-01..12. Returns (body, [(certificate body, encoded)])."""
+def decode_device_list(encoded, fetched_for=None):
+    """SPEC.md 15.6 VAL-LIST-01..12 (-12 only for a list fetched for an address).
+    Returns (body, [(certificate body, encoded)])."""
     E = DeviceListError
     if len(encoded) > MAX_DEVICE_LIST_LEN:
         raise E("too_large")
@@ -1492,7 +1496,14 @@ def decode_device_list(encoded):
         if any(d["device_id"] == cert["device_id"] for d, _ in devices):
             raise E("duplicate_device")
         devices.append((cert, enc))
+    if fetched_for is not None and body["address"] != fetched_for:
+        raise E("address_mismatch")
     return body, devices
+
+
+def device_event(event, address, **keys):
+    """A tracker event as device_lists.json writes it (keys and ids in hex)."""
+    return dict(event=event, address=address, **{k: v.hex() for k, v in keys.items()})
 
 
 class DeviceLists:
@@ -1506,17 +1517,20 @@ class DeviceLists:
         addr, ids = body["address"], [c["device_id"] for c, _ in devices]
         cur = self.lists.get(addr)
         if cur is None:
-            events = [("identity_first_seen", body["identity_key"])] + [("device_added", d) for d in ids]
+            events = [device_event("identity_first_seen", addr, identity_key=body["identity_key"])]
+            events += [device_event("device_added", addr, device_id=d) for d in ids]
         else:
             events = []
             if cur[0]["identity_key"] == body["identity_key"]:
                 if body["serial"] <= cur[0]["serial"]:
                     raise DeviceListError("stale")
             else:
-                events.append(("identity_changed", body["identity_key"]))
+                events.append(device_event("identity_changed", addr,
+                                           old_identity_key=cur[0]["identity_key"],
+                                           new_identity_key=body["identity_key"]))
             old = [c["device_id"] for c, _ in cur[1]]
-            events += [("device_removed", d) for d in old if d not in ids]
-            events += [("device_added", d) for d in ids if d not in old]
+            events += [device_event("device_removed", addr, device_id=d) for d in old if d not in ids]
+            events += [device_event("device_added", addr, device_id=d) for d in ids if d not in old]
         self.lists[addr] = (body, devices)
         return events
 
@@ -1862,11 +1876,14 @@ def main():
             body = encode_device_list_body(p["address"], p["identity"], 1, not_before,
                                            [p["certificate_encoded"]])
             events = lists.update(sign_device_list(p["identity_seed"], body))
-            eq("events", events, [("identity_first_seen", p["identity"]), ("device_added", p["device_id"])])
+            eq("events", events, [device_event("identity_first_seen", p["address"], identity_key=p["identity"]),
+                                  device_event("device_added", p["address"], device_id=p["device_id"])])
         return {(c["address"], c["device_id"]): (c, enc)
                 for _, devices in lists.lists.values() for c, enc in devices}
 
-    def run_session_case(case):
+    def run_session_case(case, upto=None):
+        """Replays a case: both devices, the setup, then its messages (the first `upto`
+        only, if given). Returns (alice, bob, envelopes, directory)."""
         name, alice, bob = case["name"], parties["alice"], parties["bob"]
         pk = case["bob_prekeys"]
         eq("created_ms", pk["created_ms"], not_before)
@@ -1929,7 +1946,7 @@ def main():
         devices = {"alice": A, "bob": B}
         steps = {"alice": 0, "bob": 0}
         envs = []
-        for i, m in enumerate(case["messages"], 1):
+        for i, m in enumerate(case["messages"][:upto], 1):
             frm = m["from"]
             to = "bob" if frm == "alice" else "alice"
             peer = (parties[to]["address"], parties[to]["device_id"])
@@ -1956,9 +1973,9 @@ def main():
             eq("m%d receiver's ratchet secret" % i, devices[to].sessions[
                 (parties[frm]["address"], parties[frm]["device_id"])][0]["ratchet"].dhs, new_secret)
             envs.append(t["envelope"])
-        if opk_secret is not None:
+        if envs and opk_secret is not None:
             eq("one-time prekey deleted on use", B.one_time, {})
-        eq("base key remembered", B.signed[1]["base_keys"], {x25519_public(base_secret)})
+        eq("base key remembered", B.signed[1]["base_keys"], {x25519_public(base_secret)} if envs else set())
         return A, B, envs, directory
 
     for case in sessions["cases"]:
@@ -2122,15 +2139,143 @@ def main():
                 raise AssertionError("stale list accepted")
             except DeviceListError as e:
                 eq("error", e.code, "stale")
-        eq("added", lists.update(signed(3, [c2, c1])), [("device_added", bob2["device_id"])])
-        eq("removed", lists.update(signed(4, [c2])), [("device_removed", bob["device_id"])])
-        # Another identity key (a reset, or a provider lying): accepted whatever the serial,
-        # and reported. (Its certificates must carry the new key: Alice's key stands in.)
-        eq("identity change", lists.update(signed(1, [alice["certificate_encoded"]],
+        eq("added", lists.update(signed(3, [c2, c1])),
+           [device_event("device_added", bob["address"], device_id=bob2["device_id"])])
+        eq("removed", lists.update(signed(4, [c2])),
+           [device_event("device_removed", bob["address"], device_id=bob["device_id"])])
+        # Lists are tracked per address: another user's list is trusted on first use. (A
+        # change of identity key for one address is in device_lists.json's tracker vectors.)
+        eq("another address", lists.update(signed(1, [alice["certificate_encoded"]],
                                                   seed=alice["identity_seed"], ident=alice["identity"],
                                                   address=alice["address"])),
-           [("identity_first_seen", alice["identity"]), ("device_added", alice["device_id"])])
+           [device_event("identity_first_seen", alice["address"], identity_key=alice["identity"]),
+            device_event("device_added", alice["address"], device_id=alice["device_id"])])
     c.check("device list rules", device_list_rules)
+
+    def hex_or_fill(v):
+        """A byte string of the vectors: hex, or {"fill": {"byte", "len"}}."""
+        if isinstance(v, dict):
+            return bytes([int(v["fill"]["byte"], 16)]) * v["fill"]["len"]
+        return unhex(v)
+
+    # device_lists.json (SPEC.md 15.6): lists rebuilt from the seeds, refused lists, and
+    # tracker sequences.
+    device_lists = load("device_lists.json")
+    new_id = device_lists["new_identity"]
+
+    def new_identity():
+        """Bob after an identity reset: keys from their seeds (SPEC.md 12), certificate (4.3)."""
+        for field, what in (("identity_seed", "bob new identity"),
+                            ("device_signing_seed", "bob new device signing"),
+                            ("device_agreement_secret", "bob new device agreement")):
+            eq(field, new_id[field], vector_seed(what).hex())
+        ident = ed25519_public(unhex(new_id["identity_seed"]))
+        eq("identity_public", ident.hex(), new_id["identity_public"])
+        spk = ed25519_public(unhex(new_id["device_signing_seed"]))
+        eq("device_id", device_id(spk).hex(), new_id["device_id"])
+        validity = parties["bob"]["certificate"]
+        body = encode_certificate_body({
+            "version": PROTOCOL_VERSION, "address": new_id["address"], "identity_key": ident,
+            "device_id": device_id(spk), "device_signing_key": spk,
+            "device_agreement_key": x25519_public(unhex(new_id["device_agreement_secret"])),
+            "not_before_ms": validity["not_before_ms"], "not_after_ms": validity["not_after_ms"]})
+        isig = ed25519_sign(unhex(new_id["identity_seed"]),
+                            framed(LABELS["DeviceCertIdentitySignature"], body))
+        dsig = ed25519_sign(unhex(new_id["device_signing_seed"]),
+                            framed(LABELS["DeviceCertDeviceSignature"], body))
+        enc = encode_certificate(body, isig, dsig)
+        eq("certificate", enc.hex(), new_id["certificate"])
+        eq("address", decode_certificate(enc)["address"], new_id["address"])
+    c.check("device list new identity", new_identity)
+
+    list_certs = {n: p["certificate_encoded"] for n, p in parties.items()}
+    list_certs[new_id["name"]] = unhex(new_id["certificate"])
+    list_seeds = {n: p["identity_seed"] for n, p in parties.items()}
+    list_seeds[new_id["name"]] = unhex(new_id["identity_seed"])
+    for pos in device_lists["positive"]:
+        def list_positive(pos=pos):
+            seed = list_seeds[pos["identity"]]
+            ident = ed25519_public(seed)
+            eq("identity_public", ident.hex(), pos["identity_public"])
+            eq("issued_ms", pos["issued_ms"], not_before)
+            certs = [list_certs[d] for d in pos["devices"]]
+            body = encode_device_list_body(pos["address"], ident, pos["serial"], pos["issued_ms"], certs)
+            eq("body", body.hex(), pos["body"])
+            si = framed(LABELS["DeviceList"], body)
+            eq("signature_input", si.hex(), pos["signature_input"])
+            eq("signature", ed25519_sign(seed, si).hex(), pos["signature"])
+            enc = sign_device_list(seed, body)
+            eq("encoded", enc.hex(), pos["encoded"])
+            b, devices = decode_device_list(enc, fetched_for=pos["address"])
+            eq("serial", b["serial"], pos["serial"])
+            eq("devices", [e for _, e in devices], certs)
+            if pos["name"] in ("alice", "bob"):
+                # The lists the session vectors use (serial 1, the party's one device).
+                p = parties[pos["name"]]
+                eq("session list", sign_device_list(p["identity_seed"], encode_device_list_body(
+                    p["address"], p["identity"], 1, not_before, [p["certificate_encoded"]])), enc)
+        c.check("device list " + pos["name"], list_positive)
+
+    for neg in device_lists["negative"]:
+        def list_negative(neg=neg):
+            try:
+                decode_device_list(hex_or_fill(neg["encoded"]), fetched_for=neg["fetched_for"])
+            except DeviceListError as e:
+                eq("error", e.code, neg["expected_error"])
+                return
+            raise AssertionError("device list was accepted")
+        c.check("device list negative " + neg["name"], list_negative)
+
+    list_bytes = {p["name"]: unhex(p["encoded"]) for p in device_lists["positive"]}
+    for seq in device_lists["tracker"]:
+        def tracker(seq=seq):
+            lists = DeviceLists()
+            for i, step in enumerate(seq["steps"], 1):
+                before = copy.deepcopy(lists.lists)
+                try:
+                    events = lists.update(list_bytes[step["list"]])
+                except DeviceListError as e:
+                    eq("step %d error" % i, e.code, step["expected_error"])
+                    eq("step %d events" % i, step["events"], [])
+                    eq("step %d: a refused list changes nothing" % i, lists.lists, before)
+                    continue
+                eq("step %d error" % i, None, step["expected_error"])
+                eq("step %d events" % i, events, step["events"])
+        c.check("device list tracker " + seq["name"], tracker)
+
+    # sessions.json "negative": refused prekeys (SPEC.md 15.2 VAL-PREKEY), bundles
+    # (VAL-BUNDLE) and messages, each received by Bob in the state the vector names
+    # (SPEC.md 15.3-15.5); a refused message must change nothing.
+    session_negative = sessions["negative"]
+    for neg in session_negative["prekeys"]:
+        def prekey_negative(neg=neg):
+            try:
+                decode_signed_prekey(hex_or_fill(neg["encoded"]), parties[neg["owner"]]["certificate"])
+            except PrekeyError as e:
+                eq("error", e.code, neg["expected_error"])
+                return
+            raise AssertionError("prekey was accepted")
+        c.check("prekey negative " + neg["name"], prekey_negative)
+    for neg in session_negative["bundles"]:
+        def bundle_negative(neg=neg):
+            try:
+                decode_bundle(hex_or_fill(neg["encoded"]))
+            except PrekeyError as e:
+                eq("error", e.code, neg["expected_error"])
+                return
+            raise AssertionError("bundle was accepted")
+        c.check("bundle negative " + neg["name"], bundle_negative)
+    for neg in session_negative["receive"]:
+        def receive_negative(neg=neg):
+            eq("receiver", neg["receiver"], "bob")
+            case = next(cs for cs in sessions["cases"] if cs["name"] == neg["case"])
+            _, B, _, _ = run_session_case(case, upto=neg["after_messages"])
+            if neg["forget_sessions"]:
+                del B.sessions[(parties["alice"]["address"], parties["alice"]["device_id"])]
+            if neg["forget_replay_window"]:
+                B.window = ReplayWindow()
+            refused(B, hex_or_fill(neg["envelope"]), neg["now_ms"], neg["expected_error"])
+        c.check("session negative " + neg["name"], receive_negative)
 
     # Addresses (SPEC.md 3)
     for v in addresses["valid"]:
