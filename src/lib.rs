@@ -13,18 +13,32 @@
 //! run is reproducible from its inputs.
 //!
 //! ```text
-//!  address ── identity ── envelope            (this release: the foundation)
+//!                     session  (prekeys, PQ-hybrid setup, Double Ratchet, Account, persistence)
+//!                        │
+//!  address ── identity ── envelope   (certificates, device lists; signed sealed envelopes)
 //!     │          │           │
 //!     └──────────┴── crypto ─┴── wire (prost types from proto/, crate-private)
 //! ```
 //!
 //! * [`address`]: `user@provider` addresses and provider domains, one parser each.
-//! * [`identity`]: identity, device and provider keys; device certificates; fingerprints.
-//! * [`envelope`]: sealing and opening signed, encrypted envelopes; content; replay window.
+//! * [`identity`]: identity, device and provider keys; device certificates; signed device
+//!   lists; fingerprints.
+//! * [`envelope`]: sealing and opening signed, encrypted envelopes; content; replay
+//!   window; batch verification.
+//! * [`session`]: end-to-end sessions. [`session::Account`] is what an app holds per
+//!   device: it sets up sessions from prekey bundles (X25519 + ML-KEM-768), encrypts to
+//!   every device on a user's signed device list, decrypts (also in batches), and saves
+//!   and restores its state encrypted under an app key.
 //! * [`crypto`]: the primitives wrapped once, with domain-separation [`crypto::Label`]s.
 //! * [`limits`]: every bound, by name, as SPEC.md lists them.
 //!
+//! Every input that comes from a peer gets a typed error with a stable code (SPEC.md 10)
+//! and leaves state unchanged; nothing here panics on input.
+//!
 //! ## Sending and receiving
+//!
+//! The smallest complete exchange, with one-shot sealing. Conversations use
+//! [`session::Account`] the same way (see `examples/federation.rs`).
 //!
 //! ```
 //! use bytes::Bytes;
