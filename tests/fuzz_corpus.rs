@@ -89,6 +89,8 @@ corpus_tests!(
     fingerprint_qr,
     open,
     open_batch,
+    device_list_decode,
+    prekey_decode,
 );
 
 /// The generated seeds (what `gen_corpus` writes) pass their checks too, so the

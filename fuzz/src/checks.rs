@@ -22,14 +22,15 @@ use kogge::envelope::{
     ReceiptKind, ReplayWindow, SealError, Text, UnverifiedEnvelope,
 };
 use kogge::identity::{
-    Device, DeviceCertificate, DeviceId, DeviceKeyPair, Fingerprint, IdentityKey, IdentityKeyPair,
-    SafetyNumber, decode_scannable,
+    Device, DeviceCertificate, DeviceEvent, DeviceId, DeviceKeyPair, DeviceList, DeviceListError,
+    DeviceLists, Fingerprint, IdentityKey, IdentityKeyPair, SafetyNumber, decode_scannable,
 };
 use kogge::limits::{
-    AEAD_TAG_LEN, MAX_ADDRESS_LEN, MAX_CIPHERTEXT_LEN, MAX_DOMAIN_LEN, MAX_ENVELOPE_LEN,
-    MAX_HEADER_LEN, MAX_LOCAL_PART_LEN, MAX_PLAINTEXT_LEN, MAX_RECEIPT_IDS, PADDING_BLOCK,
-    PROTOCOL_VERSION,
+    AEAD_TAG_LEN, MAX_ADDRESS_LEN, MAX_CIPHERTEXT_LEN, MAX_DEVICES_PER_USER, MAX_DOMAIN_LEN,
+    MAX_ENVELOPE_LEN, MAX_HEADER_LEN, MAX_LOCAL_PART_LEN, MAX_PLAINTEXT_LEN, MAX_RECEIPT_IDS,
+    PADDING_BLOCK, PROTOCOL_VERSION,
 };
+use kogge::session::{PrekeyBundle, PrekeyKind, PrekeyStore, SignedPrekey};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -46,6 +47,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("fingerprint_qr", fingerprint_qr),
     ("open", open),
     ("open_batch", open_batch),
+    ("device_list_decode", device_list_decode),
+    ("prekey_decode", prekey_decode),
 ];
 
 /// The receiver's clock in every `open` and `open_batch` run.
@@ -75,6 +78,10 @@ pub struct Honest {
 
 /// Everything the `open` targets need, built once.
 pub struct World {
+    /// Alice's identity key.
+    pub alice_identity: IdentityKeyPair,
+    /// Bob's identity key.
+    pub bob_identity: IdentityKeyPair,
     /// The sender, in `known`.
     pub alice: Device,
     /// The recipient: every envelope is opened as this device.
@@ -326,6 +333,8 @@ fn build_world() -> World {
             .expect("honest envelope 0 opens");
     }
     World {
+        alice_identity,
+        bob_identity,
         alice,
         bob,
         alice_old,
@@ -615,11 +624,21 @@ fn check_opened_is_honest(bytes: &Bytes, opened: &Opened, derived: bool) {
     }
 }
 
+/// What can be observed of a replay window: its size and the floor of every sender.
+fn window_state(replay: &ReplayWindow) -> (usize, Vec<UnixMillis>) {
+    let w = world();
+    let floors = [&w.alice, &w.bob, &w.carol]
+        .iter()
+        .map(|d| replay.floor(d.address()))
+        .collect();
+    (replay.len(), floors)
+}
+
 /// Opens `bytes` as Bob with a copy of the world's replay window, and checks the result.
 fn open_and_check(bytes: Bytes, derived: bool) {
     let w = world();
     let mut replay = w.replay.clone();
-    let before = (replay.len(), replay.floor(w.alice.address()));
+    let before = window_state(&replay);
     let decoded = UnverifiedEnvelope::decode(bytes.clone());
     let result = envelope::open(bytes.clone(), &w.bob, &w.known, &mut replay, NOW);
     if let Err(e) = &decoded {
@@ -629,7 +648,7 @@ fn open_and_check(bytes: Bytes, derived: bool) {
         Err(e) => {
             assert!(!e.code().is_empty() && !e.to_string().is_empty());
             assert_eq!(
-                (replay.len(), replay.floor(w.alice.address())),
+                window_state(&replay),
                 before,
                 "a failed open changed the replay window"
             );
@@ -982,10 +1001,130 @@ pub fn open_batch(data: &[u8]) {
         }
     }
     assert_eq!(batch_window.len(), single_window.len());
+    assert_eq!(window_state(&batch_window), window_state(&single_window));
+}
+
+/// `device_list_decode`: `DeviceList::decode` and `decode_for`; a decoded list decodes
+/// again from its `encoded()`, lists only its owner's devices, each once, and a fresh
+/// `DeviceLists` tracker takes it once (then refuses it as stale, unchanged).
+pub fn device_list_decode(data: &[u8]) {
+    let w = world();
+    let input = Bytes::copy_from_slice(data);
+    let list = match DeviceList::decode(input.clone()) {
+        Ok(list) => list,
+        Err(e) => {
+            assert!(!e.code().is_empty() && !e.to_string().is_empty());
+            assert_eq!(
+                DeviceList::decode_for(input, w.alice.address()).err(),
+                Some(e)
+            );
+            return;
+        }
+    };
+    assert_eq!(list.encoded(), &input);
+    assert_eq!(DeviceList::decode(input.clone()).as_ref(), Ok(&list));
+    let devices = list.devices();
+    assert!(!devices.is_empty() && devices.len() <= MAX_DEVICES_PER_USER);
+    for (i, cert) in devices.iter().enumerate() {
+        assert_eq!(cert.address(), list.address());
+        assert_eq!(cert.identity_key(), list.identity_key());
+        assert!(
+            devices[..i]
+                .iter()
+                .all(|c| c.device_id() != cert.device_id())
+        );
+        assert!(list.contains(cert.device_id()));
+        assert_eq!(list.get(cert.device_id()), Some(cert));
+    }
+    assert_eq!(list.device_ids().count(), devices.len());
     assert_eq!(
-        batch_window.floor(world().alice.address()),
-        single_window.floor(world().alice.address())
+        DeviceList::decode_for(input.clone(), list.address()).as_ref(),
+        Ok(&list)
     );
+    let other = if list.address() == w.carol.address() {
+        w.bob.address()
+    } else {
+        w.carol.address()
+    };
+    assert!(matches!(
+        DeviceList::decode_for(input, other),
+        Err(DeviceListError::AddressMismatch { .. })
+    ));
+    let mut tracker = DeviceLists::new();
+    let events = tracker
+        .update(list.clone())
+        .expect("a fresh tracker takes any list");
+    assert_eq!(events.len(), 1 + devices.len());
+    assert!(matches!(
+        events.first(),
+        Some(DeviceEvent::IdentityFirstSeen { .. })
+    ));
+    assert!(matches!(
+        tracker.update(list.clone()),
+        Err(DeviceListError::Stale { .. })
+    ));
+    assert_eq!(tracker.get(list.address()), Some(&list));
+    assert_eq!(tracker.len(), 1);
+}
+
+/// Bob's prekeys: a store and the one-time prekeys it published.
+struct Prekeys {
+    store: PrekeyStore,
+    one_time: Vec<SignedPrekey>,
+}
+
+fn prekeys() -> &'static Prekeys {
+    static PREKEYS: LazyLock<Prekeys> = LazyLock::new(|| {
+        let w = world();
+        let mut rng = seeded(11);
+        let mut store = PrekeyStore::new(&w.bob, NOW, &mut rng);
+        let one_time = store.replenish(&w.bob, NOW, &mut rng);
+        Prekeys { store, one_time }
+    });
+    &PREKEYS
+}
+
+/// `prekey_decode`: `PrekeyBundle::decode`, and `SignedPrekey::decode` against Bob's
+/// certificate, on the same input. Whatever decodes re-encodes to an equal value, with
+/// the kinds and roles a bundle requires, all from the certified device.
+pub fn prekey_decode(data: &[u8]) {
+    let w = world();
+    let input = Bytes::copy_from_slice(data);
+    match PrekeyBundle::decode(input.clone()) {
+        Ok(bundle) => {
+            assert_eq!(PrekeyBundle::decode(bundle.encode()).as_ref(), Ok(&bundle));
+            let device = bundle.certificate().device_id();
+            let (spk, kpk) = (bundle.signed_prekey(), bundle.kem_prekey());
+            assert_eq!(spk.kind(), PrekeyKind::X25519);
+            assert!(!spk.is_one_time());
+            assert_eq!(kpk.kind(), PrekeyKind::MlKem768);
+            assert!(!kpk.is_one_time());
+            if let Some(otk) = bundle.one_time_prekey() {
+                assert_eq!(otk.kind(), PrekeyKind::X25519);
+                assert!(otk.is_one_time());
+            }
+            for p in [Some(spk), Some(kpk), bundle.one_time_prekey()]
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(p.device_id(), device);
+                let again = SignedPrekey::decode(p.encoded().clone(), bundle.certificate());
+                assert_eq!(again.as_ref(), Ok(p));
+            }
+        }
+        Err(e) => assert!(!e.code().is_empty() && !e.to_string().is_empty()),
+    }
+    match SignedPrekey::decode(input.clone(), w.bob.certificate()) {
+        Ok(p) => {
+            assert_eq!(p.encoded(), &input);
+            assert_eq!(p.device_id(), w.bob.id());
+            let again = SignedPrekey::decode(input.clone(), w.bob.certificate());
+            assert_eq!(again.as_ref(), Ok(&p));
+            // Bob's prekey is not his phone's.
+            assert!(SignedPrekey::decode(input, w.bob_phone.certificate()).is_err());
+        }
+        Err(e) => assert!(!e.code().is_empty() && !e.to_string().is_empty()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1228,9 +1367,54 @@ fn open_batch_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+fn device_list_seeds() -> Vec<Vec<u8>> {
+    let w = world();
+    let sign = |identity, of: &Device, serial, devices: &[&Device]| {
+        let certs: Vec<DeviceCertificate> =
+            devices.iter().map(|d| d.certificate().clone()).collect();
+        DeviceList::sign(identity, of.address(), serial, NOW, &certs)
+            .map(|l| l.encoded().to_vec())
+            .expect("device list signs")
+    };
+    let alice = sign(&w.alice_identity, &w.alice, 1, &[&w.alice, &w.alice_old]);
+    let bob = sign(&w.bob_identity, &w.bob, 7, &[&w.bob_phone, &w.bob]);
+    let mut flipped = alice.clone();
+    if let Some(b) = flipped.last_mut() {
+        *b ^= 1;
+    }
+    vec![
+        alice.clone(),
+        bob,
+        sign(&w.alice_identity, &w.alice, u64::MAX, &[&w.alice]),
+        alice[..alice.len() / 2].to_vec(),
+        flipped,
+        Vec::new(),
+    ]
+}
+
+fn prekey_seeds() -> Vec<Vec<u8>> {
+    let w = world();
+    let p = prekeys();
+    let mut seeds = Vec::new();
+    for one_time in [None, p.one_time.first().map(|k| k.id())] {
+        if let Ok(bundle) = p.store.bundle(&w.bob, one_time) {
+            seeds.push(bundle.encode().to_vec());
+        }
+    }
+    let published = p.store.published();
+    seeds.push(published.signed_prekey.encoded().to_vec());
+    seeds.push(published.kem_prekey.encoded().to_vec());
+    seeds.extend(p.one_time.iter().take(2).map(|k| k.encoded().to_vec()));
+    if let Some(bundle) = seeds.first().cloned() {
+        seeds.push(bundle[..bundle.len() - 1].to_vec());
+    }
+    seeds.push(Vec::new());
+    seeds
+}
+
 /// All seeds of all targets.
 pub fn seeds() -> Vec<Seed> {
-    let groups: [(&'static str, Vec<Vec<u8>>); 7] = [
+    let groups: [(&'static str, Vec<Vec<u8>>); 9] = [
         ("address", address_seeds()),
         ("envelope_decode", envelope_seeds()),
         ("certificate_decode", certificate_seeds()),
@@ -1238,6 +1422,8 @@ pub fn seeds() -> Vec<Seed> {
         ("fingerprint_qr", fingerprint_seeds()),
         ("open", open_seeds()),
         ("open_batch", open_batch_seeds()),
+        ("device_list_decode", device_list_seeds()),
+        ("prekey_decode", prekey_seeds()),
     ];
     let mut out = Vec::new();
     for (target, group) in groups {
