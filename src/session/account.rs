@@ -414,8 +414,11 @@ impl Account {
                 .get_mut(&key)
                 .and_then(|v| v.iter_mut().find(|s| s.ratchet.can_send()))
                 .ok_or_else(|| SessionError::NeedBundles(vec![key.clone()]))?;
+            let Some(seq) = session.send_seq.checked_add(1) else {
+                return Err(SessionError::ChainExhausted);
+            };
             let (rh, mk) = session.ratchet.next_send()?;
-            session.send_seq += 1;
+            session.send_seq = seq;
             let header = SessionHeader {
                 ratchet_key: rh.dh,
                 previous_chain_length: rh.pn,

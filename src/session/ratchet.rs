@@ -351,8 +351,7 @@ impl Ratchet {
             self.cks = Some(step.cks);
         }
         for (dh, n, mk) in p.skipped {
-            let order = self.next_order;
-            self.next_order += 1;
+            let order = self.take_order();
             self.skipped.insert(
                 (dh, n),
                 SkippedKey {
@@ -365,6 +364,25 @@ impl Ratchet {
         self.ckr = Some(p.ckr);
         self.nr = p.nr;
         self.expire(now);
+    }
+
+    /// The next insertion order. Orders only rank skipped keys by age; if the counter
+    /// would overflow (only a restored, crafted state can get there), the keys are
+    /// renumbered 0..n in their current order first.
+    fn take_order(&mut self) -> u64 {
+        if self.next_order == u64::MAX {
+            let mut keys: Vec<_> = self.skipped.iter().map(|(k, v)| (v.order, *k)).collect();
+            keys.sort_unstable();
+            for (i, (_, k)) in keys.into_iter().enumerate() {
+                if let Some(v) = self.skipped.get_mut(&k) {
+                    v.order = i as u64;
+                }
+            }
+            self.next_order = self.skipped.len() as u64;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        order
     }
 
     /// Deletes skipped keys that are too old, then the oldest beyond the total bound.
