@@ -1,7 +1,7 @@
 //! Replays the checked-in corpora of the session fuzz targets
 //! (`fuzz/corpus/{prekey_bundle_decode,device_list_update,session_receive,state_restore}/*`)
 //! through the same checks the cargo-fuzz targets run (STYLE.md C12), without libFuzzer,
-//! and keeps the reproducers of known session-layer bugs as (ignored) tests.
+//! and pins the three session-layer bugs `state_restore` found as regression tests.
 //!
 //! The checks live in `fuzz/src/session_checks.rs`, shared with the fuzz targets.
 
@@ -160,11 +160,10 @@ fn restore_input(input: &[u8]) -> Account {
     Account::restore(&blob, &session_checks::storage_key()).expect("the reproducer restores")
 }
 
-/// Known bug 1 (src/session/prekeys.rs, `PrekeyStore::replenish`): once the prekey id
-/// counter saturates at `u32::MAX` before the one-time pool is full, `replenish` keeps
-/// re-inserting id `u32::MAX` and never returns. `Account::restore` accepts such a
-/// counter (state.proto allows `next_id = 2^32 - 1`). The `state_restore` check steps
-/// around it; this test asserts the fixed behaviour and is ignored until the fix.
+/// Regression 1 (src/session/prekeys.rs, `PrekeyStore::replenish`): once the prekey id
+/// counter saturated at `u32::MAX` before the one-time pool was full, `replenish` kept
+/// re-inserting id `u32::MAX` and never returned. `Account::restore` accepts such a
+/// counter (state.proto allows `next_id = 2^32 - 1`); prekey ids are now checked.
 #[test]
 fn replenish_with_saturated_counter_returns() {
     let mut account = restore_input(&session_checks::saturated_counter_input());
@@ -180,10 +179,10 @@ fn replenish_with_saturated_counter_returns() {
     assert!(count <= kogge::limits::MAX_ONE_TIME_PREKEYS);
 }
 
-/// Known bug 2 (src/session/account.rs, `Account::encrypt`: `session.send_seq += 1`): a
-/// restored session whose `send_seq` is `u64::MAX` overflows on the next send (a panic
-/// with overflow checks; otherwise the message carries sequence 0, which its receiver
-/// refuses). `Account::restore` does not bound `send_seq`. Ignored until the fix.
+/// Regression 2 (src/session/account.rs, `Account::encrypt`: `session.send_seq += 1`):
+/// a restored session whose `send_seq` was `u64::MAX` overflowed on the next send (a
+/// panic with overflow checks; otherwise the message carried sequence 0, which its
+/// receiver refuses). Now `chain_exhausted`.
 #[test]
 fn encrypt_after_restoring_a_maximal_send_seq_does_not_overflow() {
     let mut account = restore_input(&session_checks::send_seq_max_input());
@@ -206,11 +205,11 @@ fn encrypt_after_restoring_a_maximal_send_seq_does_not_overflow() {
     }
 }
 
-/// Known bug 3 (src/session/ratchet.rs, `Ratchet::commit`: `self.next_order += 1`): a
-/// restored ratchet whose `next_order` is `u64::MAX` overflows when a receive stores a
-/// skipped key (a panic with overflow checks; otherwise the counter wraps to 0, below
-/// the stored key's order, and the next save no longer restores). `Account::restore`
-/// does not bound `next_order`. Ignored until the fix.
+/// Regression 3 (src/session/ratchet.rs, `Ratchet::commit`: `self.next_order += 1`): a
+/// restored ratchet whose `next_order` was `u64::MAX` overflowed when a receive stored
+/// a skipped key (a panic with overflow checks; otherwise the counter wrapped to 0,
+/// below the stored key's order, and the next save no longer restored). Now the orders
+/// are renumbered.
 #[test]
 fn receive_after_restoring_a_maximal_next_order_does_not_overflow() {
     let mut account = restore_input(&session_checks::next_order_max_input());

@@ -13,6 +13,19 @@
 //! saved states) is built once per process in a [`LazyLock`]. `Account` is not `Clone`,
 //! so every check that changes an account starts from one restored from a saved blob
 //! (or reused, if an earlier check left it byte-identical to that blob).
+//!
+//! Regressions: `state_restore` found three bugs, each reachable from a state that
+//! `Account::restore` accepted (fixed in commit d7c30b0 and just before it); each has a
+//! reproducer in `fuzz/corpus/state_restore/seed-*-regression-*` and a test in
+//! `tests/fuzz_corpus_session.rs`:
+//!
+//! 1. `PrekeyStore::replenish` (src/session/prekeys.rs) never returned once the prekey
+//!    id counter `next_id` saturated at `u32::MAX` before the pool was full.
+//! 2. `Account::encrypt` (src/session/account.rs, `session.send_seq += 1`) overflowed
+//!    when a restored session's `send_seq` was `u64::MAX`.
+//! 3. `Ratchet::commit` (src/session/ratchet.rs, `self.next_order += 1`) overflowed when
+//!    a restored ratchet's `next_order` was `u64::MAX` and a receive stored a skipped
+//!    key.
 
 // A failed check must panic: that is how libFuzzer and the test report a finding.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -62,23 +75,6 @@ const MAX_OPS: usize = 8;
 /// One-time prekeys kept in the receiver's base state (the rest are cut out of the
 /// saved plaintext so that restoring it is cheap).
 const BASE_ONE_TIME_PREKEYS: usize = 4;
-
-/// Known library bugs the checks step around (so that fuzzing can go on past them).
-/// Set `KOGGE_FUZZ_KNOWN_BUGS=1` to run the buggy calls anyway and reproduce them. All
-/// three need a state that `Account::restore` accepts; each has a reproducer in
-/// `fuzz/corpus/state_restore/seed-*-known-bug-*` and an ignored test in
-/// `tests/fuzz_corpus_session.rs`.
-///
-/// 1. `PrekeyStore::replenish` (src/session/prekeys.rs, its `while` loop) never returns
-///    once the id counter `next_id` saturates at `u32::MAX` before the pool is full: it
-///    keeps re-inserting id `u32::MAX`.
-/// 2. `Account::encrypt` (src/session/account.rs, `session.send_seq += 1`) overflows
-///    when a restored session's `send_seq` is `u64::MAX`.
-/// 3. `Ratchet::commit` (src/session/ratchet.rs, `self.next_order += 1`) overflows when
-///    a restored ratchet's `next_order` is `u64::MAX` and a receive stores a skipped key.
-fn known_bugs_enabled() -> bool {
-    std::env::var_os("KOGGE_FUZZ_KNOWN_BUGS").is_some()
-}
 
 // ---------------------------------------------------------------------------------------
 // Deterministic randomness and storage.
@@ -302,40 +298,6 @@ pub fn set_prekey_counter(plaintext: &[u8], counter: u32) -> Option<Vec<u8>> {
     })
 }
 
-/// `AccountState.prekeys.next_id` of a state plaintext: the last occurrence wins, as in
-/// protobuf (uint32: truncated); absent is 0. `None` if this reader cannot tell.
-fn prekey_counter(plaintext: &[u8]) -> Option<u32> {
-    let mut counter = 0;
-    for (number, value) in parse_fields(plaintext)? {
-        if let (3, Field::Bytes(prekeys)) = (number, value) {
-            for (n, v) in parse_fields(&prekeys)? {
-                match (n, v) {
-                    (6, Field::Varint(v)) => counter = v as u32,
-                    (6, Field::Bytes(_)) => return None,
-                    _ => {}
-                }
-            }
-        }
-    }
-    Some(counter)
-}
-
-/// The `SessionState`s of a state plaintext (`AccountState.sessions[*].sessions[*]`,
-/// fields 6 → 3), each as its fields; `None` if this reader cannot tell.
-fn session_states(plaintext: &[u8]) -> Option<Vec<Fields>> {
-    let mut out = Vec::new();
-    for (number, value) in parse_fields(plaintext)? {
-        if let (6, Field::Bytes(peer)) = (number, value) {
-            for (n, v) in parse_fields(&peer)? {
-                if let (3, Field::Bytes(session)) = (n, v) {
-                    out.push(parse_fields(&session)?);
-                }
-            }
-        }
-    }
-    Some(out)
-}
-
 /// Rewrites every `SessionState` of a state plaintext with `f`.
 fn map_session_states(plaintext: &[u8], f: &dyn Fn(&mut Fields)) -> Option<Vec<u8>> {
     let mut top = parse_fields(plaintext)?;
@@ -381,36 +343,6 @@ pub fn set_session_varint(
             set(s);
         }
     })
-}
-
-/// The largest value of varint field `field` over every `SessionState` (or its
-/// `RatchetState`) of a state plaintext, each occurrence counted; `None` if this reader
-/// cannot tell.
-fn max_session_varint(plaintext: &[u8], in_ratchet: bool, field: u32) -> Option<u64> {
-    let max_of = |fields: &[(u32, Field)]| -> Option<u64> {
-        let mut max = 0;
-        for (n, f) in fields {
-            match (n, f) {
-                (n, Field::Varint(x)) if *n == field => max = max.max(*x),
-                (n, Field::Bytes(_)) if *n == field => return None,
-                _ => {}
-            }
-        }
-        Some(max)
-    };
-    let mut max = 0;
-    for s in session_states(plaintext)? {
-        if in_ratchet {
-            for (n, f) in &s {
-                if let (1, Field::Bytes(ratchet)) = (n, f) {
-                    max = max.max(max_of(&parse_fields(ratchet)?)?);
-                }
-            }
-        } else {
-            max = max.max(max_of(&s)?);
-        }
-    }
-    Some(max)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1237,51 +1169,14 @@ fn round_trip(account: &Account, what: &str) -> Account {
     restored
 }
 
-/// Which known bugs (see [`known_bugs_enabled`]) a restored state could trigger, as far
-/// as its plaintext tells (an unreadable plaintext counts as hazardous).
-#[derive(Clone, Copy, Debug)]
-struct Hazards {
-    /// Bug 1: the prekey counter is too close to saturation for a rotation and a
-    /// replenish.
-    counter: bool,
-    /// Bug 2: a session's `send_seq` is `u64::MAX`.
-    send_seq: bool,
-    /// Bug 3: a ratchet's `next_order` is too close to `u64::MAX` for the skipped keys
-    /// that decrypting every honest envelope may store.
-    next_order: bool,
-}
-
-impl Hazards {
-    fn of(plaintext: Option<&[u8]>) -> Self {
-        if known_bugs_enabled() {
-            return Self {
-                counter: false,
-                send_seq: false,
-                next_order: false,
-            };
-        }
-        let room = u32::MAX - MAX_ONE_TIME_PREKEYS as u32 - 2;
-        Self {
-            counter: plaintext.and_then(prekey_counter).is_none_or(|c| c >= room),
-            send_seq: plaintext
-                .and_then(|p| max_session_varint(p, false, 4))
-                .is_none_or(|v| v == u64::MAX),
-            next_order: plaintext
-                .and_then(|p| max_session_varint(p, true, 10))
-                .is_none_or(|v| v > u64::MAX - 1_000_000),
-        }
-    }
-}
-
 /// Uses a restored account; `flags` picks what: bit 0 decrypts every honest envelope
 /// (with the receive invariants; bit 3: in reverse order), bit 1 encrypts to every user
 /// of the world, bit 2 makes a bundle, rotates and replenishes prekeys, bit 4 offers
 /// every device list of the world (a refused one must change nothing). Nothing may
-/// panic, and the state still round-trips after. Calls that would run into a known bug
-/// (`hazards`) are left out.
-fn exercise(mut account: Account, flags: u8, hazards: Hazards) {
+/// panic, and the state still round-trips after.
+fn exercise(mut account: Account, flags: u8) {
     let w = world();
-    if flags & 1 != 0 && !hazards.next_order {
+    if flags & 1 != 0 {
         let mut rng = receive_rng();
         let mut accepted = Vec::new();
         let mut order: Vec<&Honest> = w.honest.iter().collect();
@@ -1299,7 +1194,7 @@ fn exercise(mut account: Account, flags: u8, hazards: Hazards) {
             );
         }
     }
-    if flags & 2 != 0 && !hazards.send_seq {
+    if flags & 2 != 0 {
         let own = account.device().address().clone();
         let mut to: Vec<Address> = w.lists.iter().map(|(_, l)| l.address().clone()).collect();
         to.sort();
@@ -1331,10 +1226,8 @@ fn exercise(mut account: Account, flags: u8, hazards: Hazards) {
             "a restored account's bundle does not decode"
         );
         account.rotate_prekeys(NOW, &mut ScriptedRng(7));
-        if !hazards.counter {
-            account.replenish_prekeys(NOW, &mut ScriptedRng(8));
-            assert!(account.prekeys().one_time_count() <= MAX_ONE_TIME_PREKEYS);
-        }
+        account.replenish_prekeys(NOW, &mut ScriptedRng(8));
+        assert!(account.prekeys().one_time_count() <= MAX_ONE_TIME_PREKEYS);
     }
     if flags & 16 != 0 {
         for (name, list) in &w.lists {
@@ -1391,8 +1284,7 @@ pub fn state_restore(data: &[u8]) {
     let restored = round_trip(&account, "restored");
     drop(account);
     if flags != 0 {
-        let plaintext = open_blob(&blob);
-        exercise(restored, flags, Hazards::of(plaintext.as_deref()));
+        exercise(restored, flags);
     }
 }
 
@@ -1548,24 +1440,23 @@ fn restore_seeds() -> Vec<Named> {
     s.extend_from_slice(&base[2..]);
     seeds.push(("plaintext-format-2".into(), s));
     seeds.push(("plaintext-empty".into(), vec![1, 7]));
-    // Reproducers of the known bugs (they restore; `exercise` steps around the calls
-    // that would hang or overflow).
+    // Reproducers of the regressions (see the module documentation).
     seeds.push((
-        "known-bug-replenish-saturated-counter".into(),
+        "regression-replenish-saturated-counter".into(),
         saturated_counter_input(),
     ));
     seeds.push((
-        "known-bug-encrypt-send-seq-max".into(),
+        "regression-encrypt-send-seq-max".into(),
         send_seq_max_input(),
     ));
     seeds.push((
-        "known-bug-receive-next-order-max".into(),
+        "regression-receive-next-order-max".into(),
         next_order_max_input(),
     ));
     seeds
 }
 
-/// `state_restore` input reproducing known bug 1: Bob's fresh state with
+/// `state_restore` input reproducing regression 1: Bob's fresh state with
 /// `prekeys.next_id = u32::MAX - 3`, flags 4 (bundle, rotate, replenish).
 pub fn saturated_counter_input() -> Vec<u8> {
     let w = world();
@@ -1580,7 +1471,7 @@ pub fn saturated_counter_input() -> Vec<u8> {
     s
 }
 
-/// `state_restore` input reproducing known bug 2: Bob's base state with every session's
+/// `state_restore` input reproducing regression 2: Bob's base state with every session's
 /// `send_seq = u64::MAX`, flags 2 (encrypt to everyone).
 pub fn send_seq_max_input() -> Vec<u8> {
     let base = open_blob(&world().bob_blob).expect("bob's base state opens");
@@ -1589,7 +1480,7 @@ pub fn send_seq_max_input() -> Vec<u8> {
     s
 }
 
-/// `state_restore` input reproducing known bug 3: Bob's base state with every ratchet's
+/// `state_restore` input reproducing regression 3: Bob's base state with every ratchet's
 /// `next_order = u64::MAX`, flags 1 | 8 (decrypt every honest envelope, last first, so
 /// that a5 arrives before a4 and a4's key is stored as skipped).
 pub fn next_order_max_input() -> Vec<u8> {

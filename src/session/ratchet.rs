@@ -283,7 +283,10 @@ impl Ratchet {
                     step: None,
                     skipped,
                     ckr: ck_after,
-                    nr: header.n + 1,
+                    nr: header.n.checked_add(1).ok_or(SessionError::TooFarAhead {
+                        gap: u32::MAX,
+                        max: MAX_SKIP_PER_CHAIN,
+                    })?,
                 },
             )
         } else {
@@ -330,7 +333,10 @@ impl Ratchet {
                     step: Some(step),
                     skipped,
                     ckr: ck_after,
-                    nr: header.n + 1,
+                    nr: header.n.checked_add(1).ok_or(SessionError::TooFarAhead {
+                        gap: u32::MAX,
+                        max: MAX_SKIP_PER_CHAIN,
+                    })?,
                 },
             )
         };
