@@ -1,7 +1,8 @@
 //! Replays the checked-in corpora of the session fuzz targets
 //! (`fuzz/corpus/{prekey_bundle_decode,device_list_update,session_receive,state_restore}/*`)
 //! through the same checks the cargo-fuzz targets run (STYLE.md C12), without libFuzzer,
-//! and pins the three session-layer bugs `state_restore` found as regression tests.
+//! and pins as regression tests the three session-layer bugs found (by reading the code)
+//! while writing `state_restore`.
 //!
 //! The checks live in `fuzz/src/session_checks.rs`, shared with the fuzz targets.
 
@@ -11,79 +12,21 @@
 #[path = "../fuzz/src/session_checks.rs"]
 mod session_checks;
 
+#[macro_use]
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 
 use kogge::envelope::{Content, Text, UnverifiedEnvelope};
 use kogge::session::{Account, SessionError};
 
-fn corpus_files(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Runs `check` on every input, and reports every input that panics, by name.
 fn run_all<'a>(target: &str, inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> usize {
-    let check = session_checks::TARGETS
-        .iter()
-        .find(|(name, _)| *name == target)
-        .map(|(_, check)| *check)
-        .unwrap();
-    let mut count = 0;
-    let mut failures = Vec::new();
-    for (name, data) in inputs {
-        count += 1;
-        if catch_unwind(AssertUnwindSafe(|| check(data))).is_err() {
-            failures.push(name.to_owned());
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{target}: these inputs fail their checks: {failures:?}"
-    );
-    count
-}
-
-fn replay(target: &str) {
-    let files = corpus_files(target);
-    let count = run_all(
-        target,
-        files.iter().map(|(n, d)| (n.as_str(), d.as_slice())),
-    );
-    assert!(count > 0, "fuzz/corpus/{target} is empty");
-}
-
-macro_rules! corpus_tests {
-    ($($target:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $target() {
-                replay(stringify!($target));
-            }
-        )*
-
-        #[test]
-        fn every_target_has_a_test() {
-            let tested = [$(stringify!($target)),*];
-            for (target, _) in session_checks::TARGETS {
-                assert!(tested.contains(target), "no corpus test for {target}");
-            }
-        }
-    };
+    corpus::run_all(session_checks::TARGETS, target, inputs)
 }
 
 corpus_tests!(
+    session_checks::TARGETS;
     prekey_bundle_decode,
     device_list_update,
     session_receive,
