@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/kogge/v1/content.proto",
     "proto/kogge/v1/session.proto",
     "proto/kogge/v1/state.proto",
+    "proto/kogge/v1/protocol.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

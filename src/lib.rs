@@ -85,6 +85,7 @@ pub mod envelope;
 mod error;
 pub mod identity;
 pub mod limits;
+pub mod protocol;
 pub mod session;
 mod time;
 #[cfg(test)]

@@ -102,3 +102,131 @@ pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Largest encrypted state blob that `restore` accepts, in bytes.
 pub const MAX_STATE_LEN: usize = 64 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------
+// The client-provider and provider-provider protocol (SPEC.md section 16).
+
+/// Largest frame a transport may deliver, in bytes. Checked before decoding: a frame
+/// this size holds a submit of [`MAX_SUBMIT_ENVELOPES`] envelopes of the largest size.
+pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
+
+/// Most envelopes in one `Submit`: one message to a user with the most devices, copied
+/// to the sender's own other devices.
+pub const MAX_SUBMIT_ENVELOPES: usize = 2 * MAX_DEVICES_PER_USER;
+
+/// Most envelopes in one `Relay` batch between providers.
+pub const MAX_RELAY_ENVELOPES: usize = 256;
+
+/// Most mailbox items in one `Deliver` frame.
+pub const MAX_DELIVER_ITEMS: usize = 64;
+
+/// Most sequence numbers in one `DeliverAck`.
+pub const MAX_ACK_SEQS: usize = 1024;
+
+/// Most one-time prekeys in one `PublishPrekeys`.
+pub const MAX_PUBLISH_ONE_TIME: usize = MAX_ONE_TIME_PREKEYS;
+
+/// Most one-time prekeys a provider holds for one device; a publish beyond it is
+/// refused with `too_many`.
+pub const MAX_PROVIDER_ONE_TIME_PREKEYS: usize = 1000;
+
+/// Below this many one-time prekeys the provider tells the device (`PrekeysLow`).
+pub const PROVIDER_PREKEY_LOW_WATERMARK: usize = 20;
+
+/// Most device ids named in one `FetchBundles`.
+pub const MAX_FETCH_DEVICES: usize = MAX_DEVICES_PER_USER;
+
+/// Length of the authentication nonces in `Hello` and `Challenge`.
+pub const AUTH_NONCE_LEN: usize = 32;
+
+/// Longest connection binding a transport may supply (a TLS exporter value is 32).
+pub const MAX_BINDING_LEN: usize = 64;
+
+/// Longest `Error.message`, in bytes; longer messages are refused by the decoder.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 256;
+
+/// Longest `Error.code`, in bytes.
+pub const MAX_ERROR_CODE_LEN: usize = 32;
+
+/// Most items queued in one device's mailbox. A submit or relay that would exceed it
+/// is refused with the retryable `mailbox_full`.
+pub const MAX_MAILBOX_DEPTH: usize = 10_000;
+
+/// Most envelopes a provider queues for one remote provider. A submit that would
+/// exceed it is refused with the retryable `queue_full`.
+pub const MAX_REMOTE_QUEUE_DEPTH: usize = 100_000;
+
+/// Most mailbox items sent to a device and not yet acknowledged.
+pub const MAX_DELIVER_IN_FLIGHT: usize = 256;
+
+/// Most relayed envelopes sent to one remote provider and not yet acknowledged.
+pub const MAX_RELAY_IN_FLIGHT: usize = 4 * MAX_RELAY_ENVELOPES;
+
+/// Requests a device may make: bucket size (burst).
+pub const CLIENT_REQUEST_BURST: u32 = 1000;
+
+/// Requests a device may make: sustained rate per second.
+pub const CLIENT_REQUESTS_PER_SECOND: u32 = 500;
+
+/// Requests a remote provider may make: bucket size (burst).
+pub const PROVIDER_REQUEST_BURST: u32 = 20_000;
+
+/// Requests a remote provider may make: sustained rate per second.
+pub const PROVIDER_REQUESTS_PER_SECOND: u32 = 10_000;
+
+/// Bundle and device-list fetches one requesting user may make: bucket size.
+pub const FETCH_BURST: u32 = 60;
+
+/// Bundle and device-list fetches one requesting user may make: per minute.
+pub const FETCHES_PER_MINUTE: u32 = 60;
+
+/// One-time prekeys one requesting user may take from one provider: bucket size.
+/// Beyond it bundles come without a one-time prekey (the ML-KEM last-resort prekey
+/// still gives a post-quantum setup), so no one can drain a user's pool.
+pub const ONE_TIME_PREKEY_BURST: u32 = 20;
+
+/// One-time prekeys one requesting user may take from one provider: per hour.
+pub const ONE_TIME_PREKEYS_PER_HOUR: u32 = 20;
+
+/// Most requesters whose rate buckets a provider remembers; the least recently used
+/// is forgotten (a forgotten bucket restarts full).
+pub const MAX_RATE_BUCKETS: usize = 100_000;
+
+/// First retry delay for requests and relays.
+pub const RETRY_INITIAL_MS: u64 = 250;
+
+/// Longest retry delay (the exponential backoff stops growing here).
+pub const RETRY_MAX_MS: u64 = 30_000;
+
+/// How long a device keeps retrying a submit before reporting the message
+/// undeliverable.
+pub const SUBMIT_EXPIRY_MS: u64 = 3 * 24 * 60 * 60 * 1000;
+
+/// How long a provider keeps retrying a relay before reporting the envelope
+/// undeliverable to its sender.
+pub const RELAY_EXPIRY_MS: u64 = 3 * 24 * 60 * 60 * 1000;
+
+/// How long an unacknowledged request, relay or delivery waits before it is sent again.
+pub const RESEND_AFTER_MS: u64 = 2_000;
+
+/// How long a connection may take to authenticate before it is closed.
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+
+/// How long a provider remembers the id of a stored envelope to drop a resubmission
+/// or re-relay: covers the longest submit and relay retries.
+pub const DEDUP_RETENTION_MS: u64 = SUBMIT_EXPIRY_MS + RELAY_EXPIRY_MS;
+
+/// Most envelope ids a provider remembers for deduplication; the oldest is forgotten
+/// first. Forgetting only costs a redundant copy: devices drop duplicates end to end.
+pub const MAX_DEDUP_ENTRIES: usize = 1_000_000;
+
+/// Most requests a device keeps outstanding (queued sends, fetches); a command beyond
+/// it is refused with `ClientError::Busy`.
+pub const MAX_CLIENT_PENDING: usize = 10_000;
+
+/// Most received envelopes a device holds while it fetches their senders' device lists.
+pub const MAX_HELD_ENVELOPES: usize = 1_000;
+
+/// Most bundle or device-list fetches a provider forwards to remote providers and
+/// waits on at once.
+pub const MAX_PENDING_REMOTE_FETCHES: usize = 10_000;

@@ -34,6 +34,10 @@ pub enum Label {
     RatchetMessageKeys,
     /// Encryption of persisted state (SPEC.md 15.8).
     StateEncryption,
+    /// A provider's answer to a connection's `Hello`, by its provider key (SPEC.md 16.3).
+    ChallengeSignature,
+    /// A connector's proof of its device or provider key (SPEC.md 16.3).
+    AuthSignature,
 }
 
 impl Label {
@@ -52,6 +56,8 @@ impl Label {
         Label::RatchetRoot,
         Label::RatchetMessageKeys,
         Label::StateEncryption,
+        Label::ChallengeSignature,
+        Label::AuthSignature,
     ];
 
     /// The label's bytes (ASCII).
@@ -70,6 +76,8 @@ impl Label {
             Label::RatchetRoot => b"kogge/v1/kdf/ratchet-root",
             Label::RatchetMessageKeys => b"kogge/v1/kdf/ratchet-message",
             Label::StateEncryption => b"kogge/v1/aad/state",
+            Label::ChallengeSignature => b"kogge/v1/sig/challenge",
+            Label::AuthSignature => b"kogge/v1/sig/auth",
         }
     }
 }
@@ -113,9 +121,11 @@ mod tests {
                 Label::RatchetRoot => 10,
                 Label::RatchetMessageKeys => 11,
                 Label::StateEncryption => 12,
+                Label::ChallengeSignature => 13,
+                Label::AuthSignature => 14,
             }
         }
-        let mut seen = [false; 13];
+        let mut seen = [false; 15];
         for l in Label::ALL {
             seen[index(*l)] = true;
         }

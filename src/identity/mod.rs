@@ -105,6 +105,11 @@ macro_rules! secret_ed25519_key {
             pub fn public(&self) -> $public {
                 $public(self.0.verifying_key())
             }
+
+            #[allow(dead_code)]
+            pub(crate) fn signing_key(&self) -> &SigningKey {
+                &self.0
+            }
         }
 
         impl fmt::Debug for $name {
