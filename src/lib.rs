@@ -86,7 +86,10 @@ mod error;
 pub mod identity;
 pub mod limits;
 pub mod protocol;
+pub mod provider;
+pub mod resolve;
 pub mod session;
+pub mod store;
 mod time;
 #[cfg(test)]
 mod vectors;

@@ -230,3 +230,7 @@ pub const MAX_HELD_ENVELOPES: usize = 1_000;
 /// Most bundle or device-list fetches a provider forwards to remote providers and
 /// waits on at once.
 pub const MAX_PENDING_REMOTE_FETCHES: usize = 10_000;
+
+/// How long a provider waits for a remote provider to answer a forwarded fetch before
+/// answering its device with the retryable `unreachable`.
+pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
