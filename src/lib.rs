@@ -80,16 +80,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod address;
+pub mod client;
 pub mod crypto;
 pub mod envelope;
 mod error;
 pub mod identity;
 pub mod limits;
 pub mod protocol;
-pub mod provider;
-pub mod resolve;
 pub mod session;
-pub mod store;
 mod time;
 #[cfg(test)]
 mod vectors;

@@ -231,6 +231,19 @@ pub const MAX_HELD_ENVELOPES: usize = 1_000;
 /// waits on at once.
 pub const MAX_PENDING_REMOTE_FETCHES: usize = 10_000;
 
-/// How long a provider waits for a remote provider to answer a forwarded fetch before
-/// answering its device with the retryable `unreachable`.
-pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
+/// Most requests a device has sent and not had answered at once; the rest wait their
+/// turn (so a reconnect with a long backlog does not trip the provider's rate limit).
+pub const MAX_CLIENT_IN_FLIGHT: usize = 64;
+
+/// One-time prekeys a device makes and publishes when its provider reports
+/// `PrekeysLow`. The local pool stays within [`MAX_ONE_TIME_PREKEYS`]: the oldest are
+/// deleted to make room.
+pub const CLIENT_PREKEY_REFILL: usize = MAX_ONE_TIME_PREKEYS / 2;
+
+/// Rounds of bundle fetches a device makes for one message before it seals the message
+/// to the devices it has sessions with and reports the others undeliverable.
+pub const CLIENT_FETCH_ROUNDS: u8 = 2;
+
+/// Provider `Undeliverable` notices a device remembers to report each one once, even
+/// if the provider delivers it again.
+pub const MAX_CLIENT_RECENT_NOTICES: usize = 1024;

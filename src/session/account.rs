@@ -213,6 +213,18 @@ impl Account {
         self.prekeys.replenish(&self.device, now, rng)
     }
 
+    /// Makes `count` new one-time prekeys even if the local pool is full, deleting the
+    /// oldest beyond [`MAX_ONE_TIME_PREKEYS`](crate::limits::MAX_ONE_TIME_PREKEYS); returns
+    /// the new ones to publish. See [`PrekeyStore::mint_one_time`].
+    pub fn mint_one_time_prekeys<R: CryptoRng + ?Sized>(
+        &mut self,
+        count: usize,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Vec<super::SignedPrekey> {
+        self.prekeys.mint_one_time(&self.device, count, now, rng)
+    }
+
     /// Rotates the signed and ML-KEM prekeys and purges expired ones.
     pub fn rotate_prekeys<R: CryptoRng + ?Sized>(&mut self, now: UnixMillis, rng: &mut R) {
         self.prekeys.rotate(&self.device, now, rng);
@@ -368,15 +380,48 @@ impl Account {
         now: UnixMillis,
         rng: &mut R,
     ) -> Result<Sent, SessionError> {
+        self.encrypt_inner(to, content, None, &[], now, rng)
+    }
+
+    /// Like [`encrypt`](Self::encrypt), but with a message id the caller chose (a client
+    /// hands it to its app before the message can be sealed), and leaving out the
+    /// devices in `skip` (those it could not get a prekey bundle for): they are reported
+    /// in [`Sent::skipped`] with the devices whose certificates are not valid now. If
+    /// every device of `to` is left out, nothing is sent
+    /// ([`SealError::RecipientCertificateNotValid`](envelope::SealError::RecipientCertificateNotValid)).
+    pub fn encrypt_with_id<R: CryptoRng + ?Sized>(
+        &mut self,
+        to: &Address,
+        content: &Content,
+        message_id: MessageId,
+        skip: &[(Address, DeviceId)],
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<Sent, SessionError> {
+        self.encrypt_inner(to, content, Some(message_id), skip, now, rng)
+    }
+
+    fn encrypt_inner<R: CryptoRng + ?Sized>(
+        &mut self,
+        to: &Address,
+        content: &Content,
+        message_id: Option<MessageId>,
+        skip: &[(Address, DeviceId)],
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<Sent, SessionError> {
         if !self.device.certificate().is_valid_at(now) {
             return Err(envelope::SealError::SenderCertificateNotValid(now).into());
         }
         // Devices whose certificates are not valid now are skipped (and reported), not
         // sent to; if none of the recipient's devices is valid, nothing is sent.
-        let (recipients, skipped): (Vec<_>, Vec<_>) = self
-            .recipients(to)?
-            .into_iter()
-            .partition(|c| c.is_valid_at(now));
+        let (recipients, skipped): (Vec<_>, Vec<_>) =
+            self.recipients(to)?.into_iter().partition(|c| {
+                c.is_valid_at(now)
+                    && !skip
+                        .iter()
+                        .any(|(a, d)| a == c.address() && *d == c.device_id())
+            });
         if to != self.device.address() && !recipients.iter().any(|c| c.address() == to) {
             return Err(envelope::SealError::RecipientCertificateNotValid(now).into());
         }
@@ -405,7 +450,7 @@ impl Account {
                     .map_err(envelope::SealError::from)?,
             ))
         };
-        let message_id = MessageId::random(rng);
+        let message_id = message_id.unwrap_or_else(|| MessageId::random(rng));
         let mut envelopes = Vec::with_capacity(recipients.len());
         for cert in &recipients {
             let key = (cert.address().clone(), cert.device_id());

@@ -549,6 +549,44 @@ impl PrekeyStore {
         new
     }
 
+    /// Makes `count` new one-time prekeys (at most [`MAX_ONE_TIME_PREKEYS`]) even if the
+    /// pool is full, then deletes the oldest ones (lowest ids) until the pool holds at
+    /// most [`MAX_ONE_TIME_PREKEYS`]; returns the new prekeys, to be published.
+    ///
+    /// This is what a device does when its provider reports that its pool there runs
+    /// low: the local pool may still look full, because prekeys the provider handed out
+    /// stay here until an initiator uses them. The provider hands out the oldest first,
+    /// so the ones deleted here are the ones most likely handed out and abandoned; a
+    /// first message that names a deleted one is refused (`unknown_prekey`).
+    pub fn mint_one_time<R: CryptoRng + ?Sized>(
+        &mut self,
+        device: &Device,
+        count: usize,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Vec<SignedPrekey> {
+        let mut new = Vec::new();
+        for _ in 0..count.min(MAX_ONE_TIME_PREKEYS) {
+            let secret = x25519_dalek::StaticSecret::random_from_rng(rng);
+            let public = x25519_dalek::PublicKey::from(&secret);
+            let Some(id) = self.take_id() else { break };
+            let signed =
+                SignedPrekey::sign(device, id, PrekeyKind::X25519, true, public.as_bytes(), now);
+            new.push(signed.clone());
+            self.one_time.insert(
+                id,
+                OneTimeSecret {
+                    secret: Secret::new(secret.to_bytes()),
+                    public: signed,
+                },
+            );
+        }
+        while self.one_time.len() > MAX_ONE_TIME_PREKEYS {
+            self.one_time.pop_first();
+        }
+        new
+    }
+
     /// Deletes rotated-out prekeys whose grace period is over.
     pub fn purge(&mut self, now: UnixMillis) {
         let expired = |r: Option<UnixMillis>| {
