@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/kogge/v1/session.proto",
     "proto/kogge/v1/state.proto",
     "proto/kogge/v1/protocol.proto",
+    "proto/kogge/v1/provider_store.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -87,7 +87,11 @@ mod error;
 pub mod identity;
 pub mod limits;
 pub mod protocol;
+pub mod provider;
+pub mod resolve;
 pub mod session;
+pub mod sim;
+pub mod store;
 mod time;
 #[cfg(test)]
 mod vectors;

@@ -247,3 +247,7 @@ pub const CLIENT_FETCH_ROUNDS: u8 = 2;
 /// Provider `Undeliverable` notices a device remembers to report each one once, even
 /// if the provider delivers it again.
 pub const MAX_CLIENT_RECENT_NOTICES: usize = 1024;
+
+/// How long a provider waits for a remote provider to answer a forwarded fetch before
+/// answering its device with the retryable `unreachable`.
+pub const FORWARD_TIMEOUT_MS: u64 = 30_000;

@@ -1,0 +1,594 @@
+//! The provider's durable state: users, devices, prekeys, mailboxes, outbound queues
+//! and dedup entries, kept in memory and mirrored to the [`Store`] as [`StoreOp`]s.
+//! Every mutation here pushes the ops that make it durable; [`Durable::load`] rebuilds
+//! the same state from a store's contents.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::address::{Address, Domain};
+use crate::envelope::{MessageId, UnverifiedEnvelope};
+use crate::identity::{DeviceCertificate, DeviceId, DeviceList};
+use crate::session::SignedPrekey;
+use crate::store::{Contents, StoreOp, Table};
+use crate::time::UnixMillis;
+use crate::wire;
+
+/// One item in a device's mailbox.
+#[derive(Clone, Debug)]
+pub(super) struct MailItem {
+    pub(super) received: UnixMillis,
+    pub(super) body: MailBody,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum MailBody {
+    Envelope(Bytes),
+    Notice(wire::Notice),
+}
+
+impl MailItem {
+    pub(super) fn size(&self) -> usize {
+        match &self.body {
+            MailBody::Envelope(e) => e.len() + 16,
+            MailBody::Notice(_) => 128,
+        }
+    }
+
+    fn encode(&self) -> Bytes {
+        let item = match &self.body {
+            MailBody::Envelope(e) => wire::stored_mail_item::Item::Envelope(e.clone()),
+            MailBody::Notice(n) => wire::stored_mail_item::Item::Notice(n.clone()),
+        };
+        Bytes::from(
+            wire::StoredMailItem {
+                received_ms: self.received.0,
+                item: Some(item),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    fn decode(bytes: &Bytes) -> Option<Self> {
+        let w = wire::StoredMailItem::decode(bytes.clone()).ok()?;
+        let body = match w.item? {
+            wire::stored_mail_item::Item::Envelope(e) => MailBody::Envelope(e),
+            wire::stored_mail_item::Item::Notice(n) => MailBody::Notice(n),
+        };
+        Some(Self {
+            received: UnixMillis(w.received_ms),
+            body,
+        })
+    }
+}
+
+/// One envelope queued for a remote provider, with its routing header parsed.
+#[derive(Clone, Debug)]
+pub(super) struct OutItem {
+    pub(super) accepted: UnixMillis,
+    pub(super) envelope: Bytes,
+    pub(super) sender: Address,
+    pub(super) sender_device: DeviceId,
+    pub(super) recipient: Address,
+    pub(super) recipient_device: DeviceId,
+    pub(super) message_id: MessageId,
+}
+
+impl OutItem {
+    pub(super) fn new(envelope: Bytes, accepted: UnixMillis) -> Option<Self> {
+        let env = UnverifiedEnvelope::decode(envelope.clone()).ok()?;
+        let h = env.claimed_header();
+        Some(Self {
+            accepted,
+            sender: h.sender.clone(),
+            sender_device: h.sender_device,
+            recipient: h.recipient.clone(),
+            recipient_device: h.recipient_device,
+            message_id: h.message_id,
+            envelope,
+        })
+    }
+}
+
+/// A device the provider serves.
+#[derive(Debug)]
+pub(super) struct DeviceState {
+    pub(super) cert: DeviceCertificate,
+    pub(super) signed: Option<SignedPrekey>,
+    pub(super) kem: Option<SignedPrekey>,
+    pub(super) one_time: BTreeMap<u32, SignedPrekey>,
+    pub(super) mailbox: BTreeMap<u64, MailItem>,
+    pub(super) next_seq: u64,
+    /// Whether a `PrekeysLow` notice went out since the pool was last above the mark.
+    pub(super) low_notified: bool,
+}
+
+impl DeviceState {
+    fn new(cert: DeviceCertificate) -> Self {
+        Self {
+            cert,
+            signed: None,
+            kem: None,
+            one_time: BTreeMap::new(),
+            mailbox: BTreeMap::new(),
+            next_seq: 1,
+            low_notified: false,
+        }
+    }
+}
+
+/// A user the provider serves.
+#[derive(Debug)]
+pub(super) struct User {
+    pub(super) list: DeviceList,
+    pub(super) devices: HashMap<DeviceId, DeviceState>,
+}
+
+/// Everything the provider must not lose.
+#[derive(Debug, Default)]
+pub(super) struct Durable {
+    pub(super) users: HashMap<Address, User>,
+    pub(super) outbound: BTreeMap<Domain, BTreeMap<u64, OutItem>>,
+    pub(super) next_out_seq: u64,
+    pub(super) dedup: HashMap<[u8; 16], UnixMillis>,
+    pub(super) dedup_by_expiry: BTreeSet<(UnixMillis, [u8; 16])>,
+    /// Records in the store that did not decode (reported, then ignored).
+    pub(super) corrupt: usize,
+}
+
+fn key_device(address: &Address, device: DeviceId) -> BytesMut {
+    let a = address.as_str().as_bytes();
+    let mut k = BytesMut::with_capacity(1 + a.len() + 16 + 8);
+    // Addresses are at most 318 bytes: a u16 length prefix keeps keys prefix-free.
+    k.put_u16(u16::try_from(a.len()).unwrap_or(u16::MAX));
+    k.put_slice(a);
+    k.put_slice(device.as_bytes());
+    k
+}
+
+pub(super) fn key_prekeys(address: &Address, device: DeviceId) -> Bytes {
+    key_device(address, device).freeze()
+}
+
+pub(super) fn key_one_time(address: &Address, device: DeviceId, id: u32) -> Bytes {
+    let mut k = key_device(address, device);
+    k.put_u32(id);
+    k.freeze()
+}
+
+pub(super) fn key_mail(address: &Address, device: DeviceId, seq: u64) -> Bytes {
+    let mut k = key_device(address, device);
+    k.put_u64(seq);
+    k.freeze()
+}
+
+fn key_seq(address: &Address, device: DeviceId) -> Bytes {
+    let mut k = BytesMut::from(&b"seq/"[..]);
+    k.put_slice(&key_device(address, device));
+    k.freeze()
+}
+
+fn key_out(domain: &Domain, seq: u64) -> Bytes {
+    let d = domain.as_str().as_bytes();
+    let mut k = BytesMut::with_capacity(2 + d.len() + 8);
+    k.put_u16(u16::try_from(d.len()).unwrap_or(u16::MAX));
+    k.put_slice(d);
+    k.put_u64(seq);
+    k.freeze()
+}
+
+const KEY_OUT_SEQ: &[u8] = b"out_seq";
+
+/// Splits `u16 len ‖ text ‖ rest`.
+fn split_text(key: &[u8]) -> Option<(&str, &[u8])> {
+    let (len, rest) = key.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let text = std::str::from_utf8(rest.get(..len)?).ok()?;
+    Some((text, rest.get(len..)?))
+}
+
+fn split_device(key: &[u8]) -> Option<(Address, DeviceId, &[u8])> {
+    let (addr, rest) = split_text(key)?;
+    let address = Address::parse_canonical(addr).ok()?;
+    let device = DeviceId::from_slice(rest.get(..16)?)?;
+    Some((address, device, rest.get(16..)?))
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The dedup key of one envelope copy: who sent which message to which device.
+pub(super) fn dedup_key(
+    sender: &Address,
+    sender_device: DeviceId,
+    message_id: MessageId,
+    recipient: &Address,
+    recipient_device: DeviceId,
+) -> [u8; 16] {
+    let parts: [&[u8]; 5] = [
+        sender.as_str().as_bytes(),
+        sender_device.as_bytes(),
+        message_id.as_bytes(),
+        recipient.as_str().as_bytes(),
+        recipient_device.as_bytes(),
+    ];
+    let mut buf = Vec::with_capacity(128);
+    for p in parts {
+        buf.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+        buf.extend_from_slice(p);
+    }
+    let h = crate::crypto::sha256(&buf);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h[..16]);
+    out
+}
+
+impl Durable {
+    /// Rebuilds the state from a store's contents. Records that do not decode are
+    /// counted in `corrupt` and skipped.
+    pub(super) fn load(contents: &Contents) -> Self {
+        let mut d = Durable {
+            next_out_seq: 1,
+            ..Durable::default()
+        };
+        let empty = BTreeMap::new();
+        let table = |t: Table| contents.get(&t).unwrap_or(&empty);
+        for (k, v) in table(Table::Users) {
+            let list = std::str::from_utf8(k)
+                .ok()
+                .and_then(|a| Address::parse_canonical(a).ok())
+                .and_then(|a| DeviceList::decode_for(v.clone(), &a).ok());
+            let Some(list) = list else {
+                d.corrupt += 1;
+                continue;
+            };
+            let devices = list
+                .devices()
+                .iter()
+                .map(|c| (c.device_id(), DeviceState::new(c.clone())))
+                .collect();
+            d.users
+                .insert(list.address().clone(), User { list, devices });
+        }
+        for (k, v) in table(Table::Prekeys) {
+            let ok = split_device(k).and_then(|(a, dev, _)| {
+                let st = d.device_mut(&a, dev)?;
+                let w = wire::StoredPrekeys::decode(v.clone()).ok()?;
+                st.signed = Some(SignedPrekey::decode(w.signed_prekey, &st.cert).ok()?);
+                st.kem = Some(SignedPrekey::decode(w.kem_prekey, &st.cert).ok()?);
+                Some(())
+            });
+            d.corrupt += usize::from(ok.is_none());
+        }
+        for (k, v) in table(Table::OneTime) {
+            let ok = split_device(k).and_then(|(a, dev, rest)| {
+                let id = u32::from_be_bytes(rest.try_into().ok()?);
+                let st = d.device_mut(&a, dev)?;
+                let p = SignedPrekey::decode(v.clone(), &st.cert).ok()?;
+                (p.id() == id).then(|| st.one_time.insert(id, p))
+            });
+            d.corrupt += usize::from(ok.is_none());
+        }
+        for (k, v) in table(Table::Mailbox) {
+            let ok = split_device(k).and_then(|(a, dev, rest)| {
+                let seq = be_u64(rest)?;
+                let item = MailItem::decode(v)?;
+                let st = d.device_mut(&a, dev)?;
+                st.mailbox.insert(seq, item);
+                st.next_seq = st.next_seq.max(seq.saturating_add(1));
+                Some(())
+            });
+            d.corrupt += usize::from(ok.is_none());
+        }
+        for (k, v) in table(Table::Outbound) {
+            let ok = split_text(k).and_then(|(domain, rest)| {
+                let domain = Domain::parse_canonical(domain).ok()?;
+                let seq = be_u64(rest)?;
+                let w = wire::StoredOutbound::decode(v.clone()).ok()?;
+                let item = OutItem::new(w.envelope, UnixMillis(w.accepted_ms))?;
+                d.outbound.entry(domain).or_default().insert(seq, item);
+                d.next_out_seq = d.next_out_seq.max(seq.saturating_add(1));
+                Some(())
+            });
+            d.corrupt += usize::from(ok.is_none());
+        }
+        for (k, v) in table(Table::Dedup) {
+            let ok = <[u8; 16]>::try_from(k.as_ref())
+                .ok()
+                .zip(be_u64(v))
+                .map(|(key, exp)| {
+                    d.dedup.insert(key, UnixMillis(exp));
+                    d.dedup_by_expiry.insert((UnixMillis(exp), key));
+                });
+            d.corrupt += usize::from(ok.is_none());
+        }
+        for (k, v) in table(Table::Meta) {
+            if k.as_ref() == KEY_OUT_SEQ {
+                if let Some(n) = be_u64(v) {
+                    d.next_out_seq = d.next_out_seq.max(n);
+                }
+            } else if let Some(rest) = k.strip_prefix(b"seq/") {
+                let ok = split_device(rest).zip(be_u64(v)).map(|((a, dev, _), n)| {
+                    if let Some(st) = d.device_mut(&a, dev) {
+                        st.next_seq = st.next_seq.max(n);
+                    }
+                });
+                d.corrupt += usize::from(ok.is_none());
+            } else {
+                d.corrupt += 1;
+            }
+        }
+        d
+    }
+
+    pub(super) fn device(&self, address: &Address, device: DeviceId) -> Option<&DeviceState> {
+        self.users.get(address)?.devices.get(&device)
+    }
+
+    pub(super) fn device_mut(
+        &mut self,
+        address: &Address,
+        device: DeviceId,
+    ) -> Option<&mut DeviceState> {
+        self.users.get_mut(address)?.devices.get_mut(&device)
+    }
+
+    /// Stores a (new or replacing) device list, adding and removing devices to match.
+    /// Returns the devices removed.
+    pub(super) fn put_list(&mut self, list: DeviceList, ops: &mut Vec<StoreOp>) -> Vec<DeviceId> {
+        let address = list.address().clone();
+        ops.push(StoreOp::Put {
+            table: Table::Users,
+            key: Bytes::copy_from_slice(address.as_str().as_bytes()),
+            value: list.encoded().clone(),
+        });
+        let user = self.users.entry(address.clone()).or_insert_with(|| User {
+            list: list.clone(),
+            devices: HashMap::new(),
+        });
+        let removed: Vec<DeviceId> = user
+            .devices
+            .keys()
+            .filter(|d| list.get(**d).is_none())
+            .copied()
+            .collect();
+        for dev in &removed {
+            if let Some(st) = user.devices.remove(dev) {
+                ops.push(StoreOp::Delete {
+                    table: Table::Prekeys,
+                    key: key_prekeys(&address, *dev),
+                });
+                for id in st.one_time.keys() {
+                    ops.push(StoreOp::Delete {
+                        table: Table::OneTime,
+                        key: key_one_time(&address, *dev, *id),
+                    });
+                }
+                for seq in st.mailbox.keys() {
+                    ops.push(StoreOp::Delete {
+                        table: Table::Mailbox,
+                        key: key_mail(&address, *dev, *seq),
+                    });
+                }
+            }
+        }
+        for cert in list.devices() {
+            match user.devices.get_mut(&cert.device_id()) {
+                Some(st) => st.cert = cert.clone(),
+                None => {
+                    user.devices
+                        .insert(cert.device_id(), DeviceState::new(cert.clone()));
+                }
+            }
+        }
+        user.list = list;
+        removed
+    }
+
+    pub(super) fn put_prekeys(
+        &mut self,
+        address: &Address,
+        device: DeviceId,
+        signed: SignedPrekey,
+        kem: SignedPrekey,
+        ops: &mut Vec<StoreOp>,
+    ) {
+        if let Some(st) = self.device_mut(address, device) {
+            ops.push(StoreOp::Put {
+                table: Table::Prekeys,
+                key: key_prekeys(address, device),
+                value: Bytes::from(
+                    wire::StoredPrekeys {
+                        signed_prekey: signed.encoded().clone(),
+                        kem_prekey: kem.encoded().clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+            });
+            st.signed = Some(signed);
+            st.kem = Some(kem);
+        }
+    }
+
+    pub(super) fn add_one_time(
+        &mut self,
+        address: &Address,
+        device: DeviceId,
+        prekey: SignedPrekey,
+        ops: &mut Vec<StoreOp>,
+    ) {
+        if let Some(st) = self.device_mut(address, device)
+            && !st.one_time.contains_key(&prekey.id())
+        {
+            ops.push(StoreOp::Put {
+                table: Table::OneTime,
+                key: key_one_time(address, device, prekey.id()),
+                value: prekey.encoded().clone(),
+            });
+            st.one_time.insert(prekey.id(), prekey);
+        }
+    }
+
+    /// Takes the oldest one-time prekey of a device (durably deleted in the same batch).
+    pub(super) fn take_one_time(
+        &mut self,
+        address: &Address,
+        device: DeviceId,
+        ops: &mut Vec<StoreOp>,
+    ) -> Option<SignedPrekey> {
+        let st = self.device_mut(address, device)?;
+        let (id, p) = st.one_time.pop_first()?;
+        ops.push(StoreOp::Delete {
+            table: Table::OneTime,
+            key: key_one_time(address, device, id),
+        });
+        Some(p)
+    }
+
+    /// Appends an item to a device's mailbox; returns its sequence number.
+    pub(super) fn enqueue_mail(
+        &mut self,
+        address: &Address,
+        device: DeviceId,
+        item: MailItem,
+        ops: &mut Vec<StoreOp>,
+    ) -> Option<u64> {
+        let st = self.device_mut(address, device)?;
+        let seq = st.next_seq;
+        st.next_seq = seq.saturating_add(1);
+        ops.push(StoreOp::Put {
+            table: Table::Mailbox,
+            key: key_mail(address, device, seq),
+            value: item.encode(),
+        });
+        ops.push(StoreOp::Put {
+            table: Table::Meta,
+            key: key_seq(address, device),
+            value: Bytes::copy_from_slice(&st.next_seq.to_be_bytes()),
+        });
+        st.mailbox.insert(seq, item);
+        Some(seq)
+    }
+
+    /// Deletes a mailbox item (acknowledged by its device). Returns whether it existed.
+    pub(super) fn remove_mail(
+        &mut self,
+        address: &Address,
+        device: DeviceId,
+        seq: u64,
+        ops: &mut Vec<StoreOp>,
+    ) -> bool {
+        let Some(st) = self.device_mut(address, device) else {
+            return false;
+        };
+        if st.mailbox.remove(&seq).is_none() {
+            return false;
+        }
+        ops.push(StoreOp::Delete {
+            table: Table::Mailbox,
+            key: key_mail(address, device, seq),
+        });
+        true
+    }
+
+    /// Queues an envelope for a remote provider; returns its sequence number.
+    pub(super) fn enqueue_out(
+        &mut self,
+        domain: &Domain,
+        item: OutItem,
+        ops: &mut Vec<StoreOp>,
+    ) -> u64 {
+        let seq = self.next_out_seq;
+        self.next_out_seq = seq.saturating_add(1);
+        ops.push(StoreOp::Put {
+            table: Table::Outbound,
+            key: key_out(domain, seq),
+            value: Bytes::from(
+                wire::StoredOutbound {
+                    accepted_ms: item.accepted.0,
+                    envelope: item.envelope.clone(),
+                }
+                .encode_to_vec(),
+            ),
+        });
+        ops.push(StoreOp::Put {
+            table: Table::Meta,
+            key: Bytes::from_static(KEY_OUT_SEQ),
+            value: Bytes::copy_from_slice(&self.next_out_seq.to_be_bytes()),
+        });
+        self.outbound
+            .entry(domain.clone())
+            .or_default()
+            .insert(seq, item);
+        seq
+    }
+
+    pub(super) fn remove_out(
+        &mut self,
+        domain: &Domain,
+        seq: u64,
+        ops: &mut Vec<StoreOp>,
+    ) -> Option<OutItem> {
+        let q = self.outbound.get_mut(domain)?;
+        let item = q.remove(&seq)?;
+        if q.is_empty() {
+            self.outbound.remove(domain);
+        }
+        ops.push(StoreOp::Delete {
+            table: Table::Outbound,
+            key: key_out(domain, seq),
+        });
+        Some(item)
+    }
+
+    pub(super) fn seen(&self, key: &[u8; 16]) -> bool {
+        self.dedup.contains_key(key)
+    }
+
+    /// Remembers a stored envelope copy; forgets the oldest beyond `max`.
+    pub(super) fn remember(
+        &mut self,
+        key: [u8; 16],
+        expiry: UnixMillis,
+        max: usize,
+        ops: &mut Vec<StoreOp>,
+    ) {
+        if self.dedup.insert(key, expiry).is_some() {
+            return;
+        }
+        self.dedup_by_expiry.insert((expiry, key));
+        ops.push(StoreOp::Put {
+            table: Table::Dedup,
+            key: Bytes::copy_from_slice(&key),
+            value: Bytes::copy_from_slice(&expiry.0.to_be_bytes()),
+        });
+        while self.dedup.len() > max {
+            let Some((_, old)) = self.dedup_by_expiry.pop_first() else {
+                break;
+            };
+            self.forget(old, ops);
+        }
+    }
+
+    fn forget(&mut self, key: [u8; 16], ops: &mut Vec<StoreOp>) {
+        self.dedup.remove(&key);
+        ops.push(StoreOp::Delete {
+            table: Table::Dedup,
+            key: Bytes::copy_from_slice(&key),
+        });
+    }
+
+    /// Forgets dedup entries past their expiry.
+    pub(super) fn expire_dedup(&mut self, now: UnixMillis, ops: &mut Vec<StoreOp>) {
+        while let Some(&(exp, key)) = self.dedup_by_expiry.first() {
+            if exp > now {
+                break;
+            }
+            self.dedup_by_expiry.pop_first();
+            self.forget(key, ops);
+        }
+    }
+}

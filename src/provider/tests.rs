@@ -1,0 +1,737 @@
+//! Provider state machine tests, driven frame by frame by a raw test device.
+
+use bytes::Bytes;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::envelope::{Content, Text};
+use crate::identity::ProviderKeyPair;
+use crate::session::Account;
+use crate::session::tests::{User, user};
+use crate::store::{MemoryStore, Table};
+
+const NOW: UnixMillis = UnixMillis(1_760_000_000_000);
+
+type P = Provider<MemoryStore, ChaCha20Rng>;
+
+fn provider(rng: &mut ChaCha20Rng, domain: &str, open: bool) -> P {
+    let mut config = ProviderConfig::new(
+        Domain::parse(domain).unwrap(),
+        ProviderKeyPair::generate(rng),
+    );
+    config.open_registration = open;
+    Provider::new(
+        config,
+        MemoryStore::new(),
+        ChaCha20Rng::from_seed([9; 32]),
+        NOW,
+    )
+    .unwrap()
+}
+
+fn drain(p: &mut P, now: UnixMillis) -> Vec<ProviderOutput> {
+    let mut out = Vec::new();
+    loop {
+        match p.poll_output(now) {
+            ProviderOutput::Timeout(_) => return out,
+            o => out.push(o),
+        }
+    }
+}
+
+fn frames(outs: &[ProviderOutput], conn: ConnectionId) -> Vec<Body> {
+    outs.iter()
+        .filter_map(|o| match o {
+            ProviderOutput::Transmit { conn: c, bytes } if *c == conn => {
+                Some(protocol::decode(bytes).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(outs: &[ProviderOutput], conn: ConnectionId) -> bool {
+    outs.iter()
+        .any(|o| matches!(o, ProviderOutput::Close { conn: c } if *c == conn))
+}
+
+fn goodbye_code(outs: &[ProviderOutput], conn: ConnectionId) -> Option<String> {
+    frames(outs, conn).into_iter().find_map(|b| match b {
+        Body::Goodbye(g) => g.error.map(|e| e.code),
+        _ => None,
+    })
+}
+
+fn send(p: &mut P, conn: ConnectionId, body: Body) -> Vec<ProviderOutput> {
+    p.handle_input(
+        NOW,
+        ProviderInput::Received {
+            conn,
+            bytes: protocol::encode(body),
+        },
+    );
+    drain(p, NOW)
+}
+
+/// Runs the device handshake on `conn`; returns the outputs after `Auth`.
+fn login(
+    p: &mut P,
+    conn: ConnectionId,
+    account: &Account,
+    list: Option<&DeviceList>,
+) -> Vec<ProviderOutput> {
+    p.handle_input(
+        NOW,
+        ProviderInput::Connected {
+            conn,
+            direction: Direction::Inbound,
+            binding: Bytes::from_static(b"binding"),
+        },
+    );
+    let hello_nonce = [7u8; 32];
+    let outs = send(
+        p,
+        conn,
+        Body::Hello(wire::Hello {
+            version: 1,
+            nonce: Bytes::copy_from_slice(&hello_nonce),
+            role: wire::Role::Device as i32,
+            acceptor: p.domain().as_str().to_owned(),
+        }),
+    );
+    let Some(Body::Challenge(ch)) = frames(&outs, conn).into_iter().next() else {
+        panic!("no challenge: {outs:?}");
+    };
+    assert!(protocol::verify_challenge(
+        p.public_key().as_verifying_key(),
+        &hello_nonce,
+        &ch.nonce,
+        &ch.domain,
+        b"binding",
+        &ch.signature
+    ));
+    let cert = account.device().certificate().encoded().clone();
+    let sig = protocol::sign_auth(
+        account.device().keys().signing(),
+        &ch.nonce,
+        &hello_nonce,
+        p.domain().as_str(),
+        b"binding",
+        &cert,
+    );
+    send(
+        p,
+        conn,
+        Body::Auth(wire::Auth {
+            who: Some(wire::auth::Who::Device(wire::DeviceAuth {
+                certificate: cert,
+                device_list: list.map(|l| l.encoded().clone()).unwrap_or_default(),
+            })),
+            signature: Bytes::copy_from_slice(&sig.to_bytes()),
+        }),
+    )
+}
+
+fn welcomed(outs: &[ProviderOutput], conn: ConnectionId) -> bool {
+    frames(outs, conn)
+        .iter()
+        .any(|b| matches!(b, Body::Welcome(_)))
+}
+
+fn request(
+    p: &mut P,
+    conn: ConnectionId,
+    id: u64,
+    body: wire::request::Body,
+) -> Vec<ProviderOutput> {
+    send(
+        p,
+        conn,
+        Body::Request(wire::Request {
+            id,
+            body: Some(body),
+        }),
+    )
+}
+
+fn response_to(outs: &[ProviderOutput], conn: ConnectionId, id: u64) -> wire::response::Body {
+    frames(outs, conn)
+        .into_iter()
+        .find_map(|b| match b {
+            Body::Response(r) if r.id == id => r.body,
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no response {id}: {outs:?}"))
+}
+
+fn error_code(body: &wire::response::Body) -> Option<&str> {
+    match body {
+        wire::response::Body::Error(e) => Some(&e.code),
+        _ => None,
+    }
+}
+
+fn publish(p: &mut P, conn: ConnectionId, account: &Account) {
+    let pk = account.prekeys().published();
+    let outs = request(
+        p,
+        conn,
+        1,
+        wire::request::Body::PublishPrekeys(wire::PublishPrekeys {
+            signed_prekey: pk.signed_prekey.encoded().clone(),
+            kem_prekey: pk.kem_prekey.encoded().clone(),
+            one_time: pk.one_time_prekeys.iter().map(|k| k.encoded().clone()).collect(),
+        }),
+    );
+    assert!(matches!(
+        response_to(&outs, conn, 1),
+        wire::response::Body::Done(_)
+    ));
+}
+
+struct Setup {
+    rng: ChaCha20Rng,
+    p: P,
+    alice: User,
+    bob: User,
+}
+
+/// One provider with alice (1 device, conn 1) and bob (2 devices, conns 2 and 3)
+/// registered, prekeys published.
+fn setup() -> Setup {
+    let mut rng = ChaCha20Rng::from_seed([5; 32]);
+    let mut p = provider(&mut rng, "one.example", true);
+    let alice = user(&mut rng, "alice@one.example", 1);
+    let mut bob = user(&mut rng, "bob@one.example", 2);
+    for b in &mut bob.accounts {
+        b.update_device_list(alice.list.clone()).unwrap();
+    }
+    let outs = login(
+        &mut p,
+        ConnectionId(1),
+        &alice.accounts[0],
+        Some(&alice.list),
+    );
+    assert!(welcomed(&outs, ConnectionId(1)), "{outs:?}");
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, ProviderOutput::Event(ProviderEvent::Registered { .. })))
+    );
+    publish(&mut p, ConnectionId(1), &alice.accounts[0]);
+    for (i, acc) in bob.accounts.iter().enumerate() {
+        let conn = ConnectionId(2 + i as u64);
+        let outs = login(&mut p, conn, acc, Some(&bob.list));
+        assert!(welcomed(&outs, conn));
+        publish(&mut p, conn, acc);
+    }
+    Setup { rng, p, alice, bob }
+}
+
+fn text(s: &str) -> Content {
+    Content::Text(Text::plain(s))
+}
+
+/// Alice fetches Bob's bundles through the provider and encrypts a message.
+fn alice_encrypts(s: &mut Setup, body: &str) -> crate::session::Sent {
+    let to = s.bob.list.address().clone();
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        50,
+        wire::request::Body::FetchBundles(wire::FetchBundles {
+            address: to.as_str().to_owned(),
+            devices: vec![],
+            requester: String::new(),
+        }),
+    );
+    let wire::response::Body::Bundles(b) = response_to(&outs, ConnectionId(1), 50) else {
+        panic!("no bundles");
+    };
+    let alice = &mut s.alice.accounts[0];
+    let list = DeviceList::decode_for(b.device_list, &to).unwrap();
+    let _ = alice.update_device_list(list);
+    for bundle in b.bundles {
+        let bundle = PrekeyBundle::decode(bundle).unwrap();
+        if alice.session_count(
+            bundle.certificate().address(),
+            bundle.certificate().device_id(),
+        ) == 0
+        {
+            alice.add_bundle(&bundle, NOW, &mut s.rng).unwrap();
+        }
+    }
+    alice.encrypt(&to, &text(body), NOW, &mut s.rng).unwrap()
+}
+
+fn submit(
+    p: &mut P,
+    conn: ConnectionId,
+    id: u64,
+    sent: &crate::session::Sent,
+) -> wire::response::Body {
+    let outs = request(
+        p,
+        conn,
+        id,
+        wire::request::Body::Submit(wire::Submit {
+            envelopes: sent.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+        }),
+    );
+    response_to(&outs, conn, id)
+}
+
+fn delivered(outs: &[ProviderOutput], conn: ConnectionId) -> Vec<wire::MailboxItem> {
+    frames(outs, conn)
+        .into_iter()
+        .flat_map(|b| match b {
+            Body::Deliver(d) => d.items,
+            _ => vec![],
+        })
+        .collect()
+}
+
+#[test]
+fn registration_and_authentication() {
+    let s = setup();
+    assert_eq!(s.p.stats().users, 2);
+    assert_eq!(s.p.store().len(Table::Users), 2);
+    // One-time prekeys are durable.
+    assert!(s.p.store().len(Table::OneTime) >= 3 * crate::limits::MAX_ONE_TIME_PREKEYS);
+}
+
+#[test]
+fn handshake_refusals_close_the_connection() {
+    let mut rng = ChaCha20Rng::from_seed([6; 32]);
+    let mut closed_p = provider(&mut rng, "one.example", false);
+    let carol = user(&mut rng, "carol@one.example", 1);
+    let outs = login(
+        &mut closed_p,
+        ConnectionId(1),
+        &carol.accounts[0],
+        Some(&carol.list),
+    );
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(1)).as_deref(),
+        Some("registration_closed")
+    );
+    assert!(closed(&outs, ConnectionId(1)));
+    assert_eq!(closed_p.stats().users, 0);
+
+    // A device of another provider.
+    let mut p = provider(&mut rng, "one.example", true);
+    let dave = user(&mut rng, "dave@two.example", 1);
+    let outs = login(&mut p, ConnectionId(2), &dave.accounts[0], Some(&dave.list));
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(2)).as_deref(),
+        Some("not_yours")
+    );
+
+    // Not registered, no list.
+    let outs = login(&mut p, ConnectionId(3), &carol.accounts[0], None);
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(3)).as_deref(),
+        Some("unknown_device")
+    );
+
+    // Wrong acceptor domain in Hello.
+    p.handle_input(
+        NOW,
+        ProviderInput::Connected {
+            conn: ConnectionId(4),
+            direction: Direction::Inbound,
+            binding: Bytes::new(),
+        },
+    );
+    let outs = send(
+        &mut p,
+        ConnectionId(4),
+        Body::Hello(wire::Hello {
+            version: 1,
+            nonce: Bytes::from_static(&[1; 32]),
+            role: wire::Role::Device as i32,
+            acceptor: "two.example".into(),
+        }),
+    );
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(4)).as_deref(),
+        Some("wrong_provider")
+    );
+
+    // A request before authentication.
+    p.handle_input(
+        NOW,
+        ProviderInput::Connected {
+            conn: ConnectionId(5),
+            direction: Direction::Inbound,
+            binding: Bytes::new(),
+        },
+    );
+    let outs = request(
+        &mut p,
+        ConnectionId(5),
+        1,
+        wire::request::Body::FetchDeviceList(wire::FetchDeviceList {
+            address: "carol@one.example".into(),
+            requester: String::new(),
+        }),
+    );
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(5)).as_deref(),
+        Some("unexpected")
+    );
+    assert_eq!(p.stats().connections, 0);
+}
+
+#[test]
+fn auth_signature_must_cover_this_connection() {
+    let mut rng = ChaCha20Rng::from_seed([8; 32]);
+    let mut p = provider(&mut rng, "one.example", true);
+    let carol = user(&mut rng, "carol@one.example", 1);
+    p.handle_input(
+        NOW,
+        ProviderInput::Connected {
+            conn: ConnectionId(1),
+            direction: Direction::Inbound,
+            binding: Bytes::from_static(b"binding"),
+        },
+    );
+    let outs = send(
+        &mut p,
+        ConnectionId(1),
+        Body::Hello(wire::Hello {
+            version: 1,
+            nonce: Bytes::from_static(&[1; 32]),
+            role: wire::Role::Device as i32,
+            acceptor: "one.example".into(),
+        }),
+    );
+    let Some(Body::Challenge(ch)) = frames(&outs, ConnectionId(1)).into_iter().next() else {
+        panic!()
+    };
+    let cert = carol.accounts[0].device().certificate().encoded().clone();
+    // Signed for another binding (a relayed handshake).
+    let sig = protocol::sign_auth(
+        carol.accounts[0].device().keys().signing(),
+        &ch.nonce,
+        &[1; 32],
+        "one.example",
+        b"other",
+        &cert,
+    );
+    let outs = send(
+        &mut p,
+        ConnectionId(1),
+        Body::Auth(wire::Auth {
+            who: Some(wire::auth::Who::Device(wire::DeviceAuth {
+                certificate: cert,
+                device_list: carol.list.encoded().clone(),
+            })),
+            signature: Bytes::copy_from_slice(&sig.to_bytes()),
+        }),
+    );
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(1)).as_deref(),
+        Some("auth_failed")
+    );
+    assert_eq!(p.stats().users, 0, "a refused auth registers no one");
+}
+
+#[test]
+fn submit_store_deliver_ack() {
+    let mut s = setup();
+    let sent = alice_encrypts(&mut s, "hi bob");
+    // Bob's devices are online: the submit is acknowledged and pushed to both.
+    let id = 60;
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        id,
+        wire::request::Body::Submit(wire::Submit {
+            envelopes: sent.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+        }),
+    );
+    assert!(matches!(
+        response_to(&outs, ConnectionId(1), id),
+        wire::response::Body::Done(_)
+    ));
+    let items2 = delivered(&outs, ConnectionId(2));
+    let items3 = delivered(&outs, ConnectionId(3));
+    assert_eq!((items2.len(), items3.len()), (1, 1));
+    // Bob decrypts what the provider delivered.
+    let wire::mailbox_item::Item::Envelope(env) = items2[0].item.clone().unwrap() else {
+        panic!()
+    };
+    let got = s.bob.accounts[0].decrypt(env, NOW, &mut s.rng).unwrap();
+    assert_eq!(got.content, text("hi bob"));
+    assert_eq!(s.p.store().len(Table::Mailbox), 2);
+    // A resubmit (lost Done) is acknowledged again and stores nothing new.
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(1), 61, &sent),
+        wire::response::Body::Done(_)
+    ));
+    assert_eq!(s.p.stats().mailbox_items, 2);
+    // Ack removes durably.
+    let outs = send(
+        &mut s.p,
+        ConnectionId(2),
+        Body::DeliverAck(wire::DeliverAck {
+            seqs: vec![items2[0].seq],
+        }),
+    );
+    assert!(delivered(&outs, ConnectionId(2)).is_empty());
+    assert_eq!(s.p.store().len(Table::Mailbox), 1);
+    // Unacknowledged items are pushed again after the resend delay.
+    let later = NOW.saturating_add(RESEND_AFTER_MS);
+    s.p.handle_timeout(later);
+    let outs = drain(&mut s.p, later);
+    assert_eq!(delivered(&outs, ConnectionId(3)).len(), 1);
+    assert!(delivered(&outs, ConnectionId(2)).is_empty());
+}
+
+#[test]
+fn submit_refusals_store_nothing() {
+    let mut s = setup();
+    let sent = alice_encrypts(&mut s, "x");
+    // Bob's device 2 submitting Alice's envelopes: not its own.
+    let body = submit(&mut s.p, ConnectionId(2), 1, &sent);
+    assert_eq!(error_code(&body), Some("not_yours"));
+    // Garbage envelope.
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        2,
+        wire::request::Body::Submit(wire::Submit {
+            envelopes: vec![Bytes::from_static(b"garbage")],
+        }),
+    );
+    assert_eq!(
+        error_code(&response_to(&outs, ConnectionId(1), 2)),
+        Some("invalid")
+    );
+    assert_eq!(s.p.stats().mailbox_items, 0);
+    assert_eq!(s.p.store().len(Table::Mailbox), 0);
+}
+
+#[test]
+fn mailbox_limit_is_retryable_and_loses_nothing() {
+    let mut s = setup();
+    s.p.limits.max_mailbox_depth = 2;
+    let a = alice_encrypts(&mut s, "1");
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(1), 1, &a),
+        wire::response::Body::Done(_)
+    ));
+    let b = alice_encrypts(&mut s, "2");
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(1), 2, &b),
+        wire::response::Body::Done(_)
+    ));
+    let c = alice_encrypts(&mut s, "3");
+    let body = submit(&mut s.p, ConnectionId(1), 3, &c);
+    let wire::response::Body::Error(e) = body else {
+        panic!()
+    };
+    assert_eq!(e.code, "mailbox_full");
+    assert!(e.retryable && e.retry_after_ms > 0);
+    assert_eq!(s.p.stats().mailbox_items, 4);
+}
+
+#[test]
+fn rate_limit_answers_retryable_error() {
+    let mut s = setup();
+    s.p.limits.client_burst = 2;
+    s.p.limits.client_rate = 1;
+    s.p.buckets.clear();
+    let fetch = || {
+        wire::request::Body::FetchDeviceList(wire::FetchDeviceList {
+            address: "bob@one.example".into(),
+            requester: String::new(),
+        })
+    };
+    for id in 0..2 {
+        let outs = request(&mut s.p, ConnectionId(1), id, fetch());
+        assert!(error_code(&response_to(&outs, ConnectionId(1), id)).is_none());
+    }
+    let outs = request(&mut s.p, ConnectionId(1), 9, fetch());
+    let wire::response::Body::Error(e) = response_to(&outs, ConnectionId(1), 9) else {
+        panic!()
+    };
+    assert_eq!(e.code, "rate_limited");
+    assert!(e.retryable && e.retry_after_ms > 0);
+}
+
+#[test]
+fn one_time_prekeys_are_handed_out_once_and_rationed() {
+    let mut s = setup();
+    s.p.limits.one_time_burst = 3;
+    s.p.limits.one_time_per_hour = 1;
+    s.p.buckets.clear();
+    let mut seen = std::collections::HashSet::new();
+    let mut with_otk = 0;
+    for id in 0..6u64 {
+        let outs = request(
+            &mut s.p,
+            ConnectionId(1),
+            100 + id,
+            wire::request::Body::FetchBundles(wire::FetchBundles {
+                address: "bob@one.example".into(),
+                devices: vec![Bytes::copy_from_slice(
+                    s.bob.accounts[0].device().id().as_bytes(),
+                )],
+                requester: String::new(),
+            }),
+        );
+        let wire::response::Body::Bundles(b) = response_to(&outs, ConnectionId(1), 100 + id) else {
+            panic!()
+        };
+        assert_eq!(b.bundles.len(), 1);
+        let bundle = PrekeyBundle::decode(b.bundles[0].clone()).unwrap();
+        if let Some(otk) = bundle.one_time_prekey() {
+            with_otk += 1;
+            assert!(seen.insert(otk.id()), "one-time prekey handed out twice");
+        }
+    }
+    // The allowance (3) caps how many one-time prekeys one requester drains.
+    assert_eq!(with_otk, 3);
+    assert_eq!(
+        s.p.durable
+            .device(s.bob.list.address(), s.bob.accounts[0].device().id())
+            .unwrap()
+            .one_time
+            .len(),
+        crate::limits::MAX_ONE_TIME_PREKEYS - 3
+    );
+}
+
+#[test]
+fn failed_commit_acknowledges_nothing_and_rolls_back() {
+    let mut s = setup();
+    let sent = alice_encrypts(&mut s, "durable?");
+    s.p.store.fail_next_commits(1);
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        7,
+        wire::request::Body::Submit(wire::Submit {
+            envelopes: sent.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+        }),
+    );
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, ProviderOutput::Transmit { .. })),
+        "nothing may be sent after a failed commit: {outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, ProviderOutput::Event(ProviderEvent::StorageFailed(_))))
+    );
+    assert_eq!(s.p.stats().mailbox_items, 0);
+    // The device reconnects and resubmits: stored exactly once.
+    let outs = login(&mut s.p, ConnectionId(11), &s.alice.accounts[0], None);
+    assert!(welcomed(&outs, ConnectionId(11)));
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(11), 7, &sent),
+        wire::response::Body::Done(_)
+    ));
+    assert_eq!(s.p.stats().mailbox_items, 2);
+}
+
+#[test]
+fn restart_keeps_everything_acknowledged() {
+    let mut s = setup();
+    let sent = alice_encrypts(&mut s, "survive");
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(1), 1, &sent),
+        wire::response::Body::Done(_)
+    ));
+    let key = ProviderKeyPair::from_secret_bytes(&s.p.key.secret_bytes());
+    let store = s.p.into_store();
+    let mut config = ProviderConfig::new(Domain::parse("one.example").unwrap(), key);
+    config.open_registration = true;
+    let mut p = Provider::new(config, store, ChaCha20Rng::from_seed([10; 32]), NOW).unwrap();
+    assert_eq!(p.stats().mailbox_items, 2);
+    let outs = login(&mut p, ConnectionId(1), &s.bob.accounts[1], None);
+    assert!(welcomed(&outs, ConnectionId(1)));
+    let items = delivered(&outs, ConnectionId(1));
+    assert_eq!(items.len(), 1);
+    let wire::mailbox_item::Item::Envelope(env) = items[0].item.clone().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        s.bob.accounts[1]
+            .decrypt(env, NOW, &mut s.rng)
+            .unwrap()
+            .content,
+        text("survive")
+    );
+    // Sequence numbers are never reused after a restart, even with the mailbox empty.
+    let seq_before = items[0].seq;
+    let _ = send(
+        &mut p,
+        ConnectionId(1),
+        Body::DeliverAck(wire::DeliverAck {
+            seqs: vec![seq_before],
+        }),
+    );
+    let outs = login(&mut p, ConnectionId(2), &s.alice.accounts[0], None);
+    assert!(welcomed(&outs, ConnectionId(2)));
+    let to = s.bob.list.address().clone();
+    let again = s.alice.accounts[0]
+        .encrypt(&to, &text("again"), NOW, &mut s.rng)
+        .unwrap();
+    let outs = request(
+        &mut p,
+        ConnectionId(2),
+        3,
+        wire::request::Body::Submit(wire::Submit {
+            envelopes: again.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+        }),
+    );
+    assert!(matches!(
+        response_to(&outs, ConnectionId(2), 3),
+        wire::response::Body::Done(_)
+    ));
+    let items = delivered(&outs, ConnectionId(1));
+    assert_eq!(items.len(), 1);
+    assert!(items[0].seq > seq_before);
+}
+
+#[test]
+fn garbage_frames_close_only_their_connection() {
+    let mut s = setup();
+    for bad in [
+        &b""[..],
+        &b"\xff\xff\xff"[..],
+        &protocol::encode(Body::Hello(wire::Hello::default()))[..],
+    ] {
+        let outs = {
+            s.p.handle_input(
+                NOW,
+                ProviderInput::Received {
+                    conn: ConnectionId(2),
+                    bytes: Bytes::copy_from_slice(bad),
+                },
+            );
+            drain(&mut s.p, NOW)
+        };
+        assert!(closed(&outs, ConnectionId(2)));
+        let outs = login(&mut s.p, ConnectionId(2), &s.bob.accounts[0], None);
+        assert!(welcomed(&outs, ConnectionId(2)));
+    }
+    // Alice is unaffected.
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        1,
+        wire::request::Body::FetchDeviceList(wire::FetchDeviceList {
+            address: "bob@one.example".into(),
+            requester: String::new(),
+        }),
+    );
+    assert!(matches!(
+        response_to(&outs, ConnectionId(1), 1),
+        wire::response::Body::DeviceList(_)
+    ));
+}

@@ -1,0 +1,238 @@
+//! Provider storage behind one small trait (SPEC.md 16.12).
+//!
+//! A [`Store`] is a set of ordered key-value tables with two operations: load
+//! everything (at start) and commit a batch of writes atomically and durably. The
+//! provider keeps its working state in memory, turns every change into
+//! [`StoreOp`]s, commits each batch before any output that depends on it leaves the
+//! state machine, and batches many inputs into one commit (group commit). The store
+//! never interprets keys or values.
+//!
+//! [`MemoryStore`] is the in-memory implementation used by tests and the simulator: its
+//! "durable" contents are exactly what commits have made durable, so dropping a
+//! provider and rebuilding it from its store is a faithful crash-restart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+
+/// The tables a provider uses. The numbering is part of on-disk formats; never reuse
+/// a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Table {
+    /// User address -> the user's signed device list.
+    Users = 1,
+    /// User address ‖ device id -> the device's current signed and ML-KEM prekeys.
+    Prekeys = 2,
+    /// User address ‖ device id ‖ prekey id -> one unused one-time prekey.
+    OneTime = 3,
+    /// User address ‖ device id ‖ sequence number -> one mailbox item.
+    Mailbox = 4,
+    /// Remote domain ‖ sequence number -> one envelope queued for that provider.
+    Outbound = 5,
+    /// Envelope dedup key -> expiry time.
+    Dedup = 6,
+    /// Counters (next sequence numbers).
+    Meta = 7,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: &'static [Table] = &[
+        Table::Users,
+        Table::Prekeys,
+        Table::OneTime,
+        Table::Mailbox,
+        Table::Outbound,
+        Table::Dedup,
+        Table::Meta,
+    ];
+
+    /// The table's name (for on-disk stores).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::Prekeys => "prekeys",
+            Table::OneTime => "one_time",
+            Table::Mailbox => "mailbox",
+            Table::Outbound => "outbound",
+            Table::Dedup => "dedup",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// One write.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Insert or replace.
+    Put {
+        /// The table.
+        table: Table,
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Delete (deleting a missing key is not an error).
+    Delete {
+        /// The table.
+        table: Table,
+        /// The key.
+        key: Bytes,
+    },
+}
+
+impl fmt::Debug for StoreOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreOp::Put { table, key, value } => write!(
+                f,
+                "Put({}, {} key bytes, {} value bytes)",
+                table.name(),
+                key.len(),
+                value.len()
+            ),
+            StoreOp::Delete { table, key } => {
+                write!(f, "Delete({}, {} key bytes)", table.name(), key.len())
+            }
+        }
+    }
+}
+
+/// A storage failure. The batch had no effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("storage failed: {0}")]
+pub struct StoreError(pub String);
+
+/// Everything a store holds, table by table, keys in order.
+pub type Contents = BTreeMap<Table, BTreeMap<Bytes, Bytes>>;
+
+/// Durable storage for a provider. See the module documentation.
+pub trait Store {
+    /// Everything stored, for the provider to rebuild its state at start.
+    fn load(&mut self) -> Result<Contents, StoreError>;
+
+    /// Applies `ops` in order, atomically (all or none) and durably: once this returns
+    /// `Ok`, the writes survive a crash of the process. On `Err` nothing was applied.
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+}
+
+/// An in-memory [`Store`]; see the module documentation. Commits can be made to fail
+/// on purpose to test that nothing is acknowledged that was not stored.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    tables: Contents,
+    fail_next: u32,
+    commits: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `n` commits fail (and change nothing).
+    pub fn fail_next_commits(&mut self, n: u32) {
+        self.fail_next = n;
+    }
+
+    /// How many commits succeeded.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// Entries in `table`.
+    pub fn len(&self, table: Table) -> usize {
+        self.tables.get(&table).map_or(0, BTreeMap::len)
+    }
+
+    /// Whether every table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(BTreeMap::is_empty)
+    }
+
+    /// Every stored value, for checks such as "no plaintext at rest".
+    pub fn values(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.tables.values().flat_map(BTreeMap::values)
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        Ok(self.tables.clone())
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            return Err(StoreError("injected failure".into()));
+        }
+        for op in ops {
+            match op {
+                StoreOp::Put { table, key, value } => {
+                    self.tables
+                        .entry(*table)
+                        .or_default()
+                        .insert(key.clone(), value.clone());
+                }
+                StoreOp::Delete { table, key } => {
+                    if let Some(t) = self.tables.get_mut(table) {
+                        t.remove(key);
+                    }
+                }
+            }
+        }
+        self.commits += 1;
+        Ok(())
+    }
+}
+
+impl<S: Store + ?Sized> Store for &mut S {
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        (**self).load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        (**self).commit(ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_apply_in_order_and_failures_change_nothing() {
+        let mut s = MemoryStore::new();
+        let k = Bytes::from_static(b"k");
+        let put = |v: &'static [u8]| StoreOp::Put {
+            table: Table::Meta,
+            key: k.clone(),
+            value: Bytes::from_static(v),
+        };
+        s.commit(&[put(b"1"), put(b"2")]).unwrap();
+        assert_eq!(
+            s.load().unwrap()[&Table::Meta][&k],
+            Bytes::from_static(b"2")
+        );
+        s.fail_next_commits(1);
+        assert!(
+            s.commit(&[StoreOp::Delete {
+                table: Table::Meta,
+                key: k.clone()
+            }])
+            .is_err()
+        );
+        assert_eq!(s.len(Table::Meta), 1);
+        s.commit(&[StoreOp::Delete {
+            table: Table::Meta,
+            key: k.clone(),
+        }])
+        .unwrap();
+        assert!(s.is_empty());
+        assert_eq!(s.commits(), 2);
+    }
+}
