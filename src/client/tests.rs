@@ -1232,3 +1232,168 @@ fn random_frames_never_panic() {
         }
     }
 }
+
+#[test]
+fn at_most_max_in_flight_requests_are_outstanding() {
+    let mut x = pair(20, true, true);
+    let bob = addr(&x.bob);
+    let n = MAX_CLIENT_IN_FLIGHT + 10;
+    for i in 0..n {
+        x.c.send(NOW, &bob, text(&format!("m{i}"))).unwrap();
+    }
+    let (out, _) = drain(&mut x.c, NOW);
+    let (fid, _) = one(fetches(&requests(&out)));
+    x.c.handle_input(NOW, bundles_response(fid, &x.bob, &x.bob.accounts));
+    let (out, _) = drain(&mut x.c, NOW);
+    let subs = submitted(&requests(&out));
+    assert_eq!(subs.len(), MAX_CLIENT_IN_FLIGHT);
+    // Each answer lets one more out; the resend timer covers only what was sent.
+    x.c.handle_input(NOW, done(subs[0].0));
+    let (out, _) = drain(&mut x.c, NOW);
+    assert_eq!(submitted(&requests(&out)).len(), 1);
+    // After the resend time, the unanswered ones go again (not the waiting ones).
+    let t = NOW.saturating_add(RESEND_AFTER_MS);
+    x.c.handle_timeout(t);
+    let (out, _) = drain(&mut x.c, t);
+    assert_eq!(submitted(&requests(&out)).len(), MAX_CLIENT_IN_FLIGHT);
+    // Every message is sealed once, in send order: Bob reads them all, in order.
+    let mut all: Vec<(u64, Bytes)> = submitted(&requests(&out))
+        .into_iter()
+        .map(|(id, e)| (id, e[0].clone()))
+        .collect();
+    all.sort_by_key(|(id, _)| *id);
+    let first = x.bob.accounts[0]
+        .decrypt(all[0].1.clone(), NOW, &mut x.rng)
+        .unwrap();
+    assert_eq!(first.content, text("m1"));
+}
+
+#[test]
+fn an_identity_change_is_reported_and_clears_verification() {
+    let mut x = pair(21, true, true);
+    let bob_addr = addr(&x.bob);
+    x.c.mark_verified(&bob_addr, *x.bob.list.identity_key());
+    // Bob reinstalls: a new identity key, a new device, a new list.
+    let mut rng = ChaCha20Rng::from_seed([77; 32]);
+    let mut bob2 = user(&mut rng, "bob@two.example", 1);
+    bob2.accounts[0]
+        .update_device_list(x.alice.list.clone())
+        .unwrap();
+    let a = x.c.account();
+    let otk = a
+        .prekeys()
+        .published()
+        .one_time_prekeys
+        .first()
+        .map(SignedPrekey::id);
+    let bundle = PrekeyBundle::decode(a.prekey_bundle(otk).unwrap().encode()).unwrap();
+    bob2.accounts[0].add_bundle(&bundle, NOW, &mut rng).unwrap();
+    let sent = bob2.accounts[0]
+        .encrypt(x.alice.list.address(), &text("new phone"), NOW, &mut rng)
+        .unwrap();
+    let env = sent.envelopes[0].envelope.clone();
+    x.c.handle_input(NOW, deliver(vec![(1, envelope_item(&env))]));
+    let (out, _) = drain(&mut x.c, NOW);
+    let r = one(requests(&out));
+    x.c.handle_input(
+        NOW,
+        respond(
+            r.id,
+            wire::response::Body::DeviceList(wire::DeviceListResponse {
+                device_list: bob2.list.encoded().clone(),
+            }),
+        ),
+    );
+    let (out, _) = drain(&mut x.c, NOW);
+    let ev = events(&out);
+    assert_eq!(
+        ev[0],
+        ClientEvent::IdentityChanged {
+            address: bob_addr.clone(),
+            old: *x.bob.list.identity_key(),
+            new: *bob2.list.identity_key(),
+        }
+    );
+    assert!(ev.contains(&ClientEvent::DeviceRemoved {
+        address: bob_addr.clone(),
+        device: x.bob.accounts[0].device().id()
+    }));
+    assert!(ev.contains(&ClientEvent::DeviceAdded {
+        address: bob_addr.clone(),
+        device: bob2.accounts[0].device().id()
+    }));
+    let Some(ClientEvent::Message(m)) = ev.last() else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(m.identity, IdentityState::Changed);
+    assert_eq!(m.identity_key, *bob2.list.identity_key());
+    assert_eq!(acks(&out), vec![1]);
+}
+
+#[test]
+fn copies_from_own_devices_name_the_conversation_and_are_not_receipted() {
+    let mut rng = ChaCha20Rng::from_seed([22; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 2);
+    let bob = user(&mut rng, "bob@two.example", 1);
+    let mut p = Fake::new("one.example", 2);
+    let mut c = online(&mut alice, &mut p, 3);
+    // Alice's other device has a session with this one and sends to Bob.
+    let mut other = alice.accounts.remove(0);
+    other.update_device_list(bob.list.clone()).unwrap();
+    let a = c.account();
+    let otk = a
+        .prekeys()
+        .published()
+        .one_time_prekeys
+        .first()
+        .map(SignedPrekey::id);
+    let mine = PrekeyBundle::decode(a.prekey_bundle(otk).unwrap().encode()).unwrap();
+    other.add_bundle(&mine, NOW, &mut rng).unwrap();
+    let b = &bob.accounts[0];
+    let bb = PrekeyBundle::decode(b.prekey_bundle(None).unwrap().encode()).unwrap();
+    other.add_bundle(&bb, NOW, &mut rng).unwrap();
+    let sent = other
+        .encrypt(&addr(&bob), &text("to bob"), NOW, &mut rng)
+        .unwrap();
+    let copy = sent
+        .envelopes
+        .iter()
+        .find(|e| e.recipient == addr(&alice))
+        .unwrap()
+        .envelope
+        .clone();
+    c.handle_input(NOW, deliver(vec![(1, envelope_item(&copy))]));
+    let (out, _) = drain(&mut c, NOW);
+    let ev = events(&out);
+    let [ClientEvent::Message(m)] = ev.as_slice() else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(m.conversation, addr(&bob));
+    assert_eq!(m.sender, addr(&alice));
+    assert_eq!(m.identity, IdentityState::Verified);
+    assert!(requests(&out).is_empty(), "no receipt to oneself");
+    assert_eq!(acks(&out), vec![1]);
+}
+
+#[test]
+fn an_oversized_binding_fails_authentication() {
+    let mut rng = ChaCha20Rng::from_seed([23; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let p = Fake::new("one.example", 2);
+    let mut c = Client::new(
+        alice.accounts.remove(0),
+        p.config(),
+        ChaCha20Rng::from_seed([3; 32]),
+        NOW,
+    );
+    let _ = drain(&mut c, NOW);
+    let binding = Bytes::from(vec![0u8; crate::limits::MAX_BINDING_LEN + 1]);
+    c.handle_input(NOW, ClientInput::Connected { binding });
+    let (out, _) = drain(&mut c, NOW);
+    assert!(frames(&out).is_empty());
+    assert_eq!(
+        events(&out),
+        vec![ClientEvent::AuthFailed(AuthFailure::BadBinding)]
+    );
+    assert!(out.contains(&ClientOutput::Close));
+}
