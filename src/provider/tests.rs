@@ -181,7 +181,11 @@ fn publish(p: &mut P, conn: ConnectionId, account: &Account) {
         wire::request::Body::PublishPrekeys(wire::PublishPrekeys {
             signed_prekey: pk.signed_prekey.encoded().clone(),
             kem_prekey: pk.kem_prekey.encoded().clone(),
-            one_time: pk.one_time_prekeys.iter().map(|k| k.encoded().clone()).collect(),
+            one_time: pk
+                .one_time_prekeys
+                .iter()
+                .map(|k| k.encoded().clone())
+                .collect(),
         }),
     );
     assert!(matches!(
