@@ -1,5 +1,7 @@
 //! What the client state machine tells its app, and why a command was refused.
 
+use std::fmt;
+
 use crate::address::Address;
 use crate::envelope::{Content, ContentError, MessageId};
 use crate::identity::{DeviceId, IdentityKey};
@@ -45,8 +47,9 @@ pub enum AuthFailure {
 }
 
 /// A received, authenticated, decrypted message (not a receipt: those become
-/// [`ClientEvent::DeliveredToDevice`] and [`ClientEvent::Read`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// [`ClientEvent::DeliveredToDevice`] and [`ClientEvent::Read`]). Its `Debug` output
+/// leaves the content out, so logging events does not log plaintext.
+#[derive(Clone, PartialEq, Eq)]
 pub struct IncomingMessage {
     /// The conversation: the sender, or for a copy of a message this user sent from
     /// another device, the user it was sent to.
@@ -69,6 +72,38 @@ pub struct IncomingMessage {
     /// Sequence numbers of the sender device that this message revealed as missing
     /// (dropped, delayed or reordered on the way).
     pub missing: Vec<u64>,
+}
+
+impl fmt::Debug for IncomingMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            conversation,
+            sender,
+            sender_device,
+            identity_key,
+            identity,
+            message_id,
+            timestamp,
+            content,
+            missing,
+        } = self;
+        let kind = match content {
+            Content::Text(_) => "text",
+            Content::Receipt(_) => "receipt",
+            _ => "unknown",
+        };
+        f.debug_struct("IncomingMessage")
+            .field("conversation", conversation)
+            .field("sender", sender)
+            .field("sender_device", sender_device)
+            .field("identity_key", identity_key)
+            .field("identity", identity)
+            .field("message_id", message_id)
+            .field("timestamp", timestamp)
+            .field("content", &kind)
+            .field("missing", &missing.len())
+            .finish()
+    }
 }
 
 /// Something the app should know about. Every event is reported once.

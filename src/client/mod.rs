@@ -1055,10 +1055,13 @@ impl<R: CryptoRng> Client<R> {
         self.advance_all(now);
     }
 
+    /// A bundle fetch for `address` failed for good: the messages to `address` stop
+    /// fetching (and are sealed to whom they can reach, or reported undeliverable).
+    /// Messages to others that also wait for this user's own devices fetch again in
+    /// their next round, within [`CLIENT_FETCH_ROUNDS`].
     fn bundles_failed(&mut self, now: UnixMillis, address: &Address, error: ProtocolError) {
-        let own = self.account.device().address().clone();
         for m in self.outgoing.values_mut() {
-            if (&m.to == address || address == &own)
+            if &m.to == address
                 && let Stage::Sessions {
                     rounds, error: e, ..
                 } = &mut m.stage

@@ -856,6 +856,10 @@ fn received_text_is_reported_receipted_and_acknowledged() {
     assert_eq!(m.content, text("hi alice"));
     assert_eq!(m.identity, IdentityState::Unverified);
     assert_eq!(acks(&out), vec![7]);
+    // Logging the event does not log the plaintext.
+    let logged = format!("{out:?}");
+    assert!(!logged.contains("hi alice"), "{logged}");
+    assert!(logged.contains("text"), "{logged}");
     // The automatic delivery receipt goes out at once (a session exists).
     let reqs = requests(&out);
     let (sid, envs) = one(submitted(&reqs));
