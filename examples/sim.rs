@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     let mut attack = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut verbose = false;
+    let mut trace = false;
     let mut i = 0;
     while i < args.len() {
         let value = args.get(i + 1).cloned().unwrap_or_default();
@@ -71,6 +72,11 @@ fn main() -> ExitCode {
                     return usage();
                 };
                 attack = Some(a);
+            }
+            "--trace" => {
+                trace = true;
+                i += 1;
+                continue;
             }
             "--threads" => {
                 let Ok(n) = value.parse() else { return usage() };
@@ -114,6 +120,7 @@ fn main() -> ExitCode {
                         .map(|&seed| {
                             let mut config = SimConfig::faulty(seed);
                             config.attack = attack;
+                            config.trace = trace;
                             Sim::<ChaCha20Rng>::new(config).run()
                         })
                         .filter(|r| verbose || !r.violations.is_empty())

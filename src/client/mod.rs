@@ -1098,8 +1098,18 @@ impl<R: CryptoRng> Client<R> {
             match e {
                 AccountEvent::Device(d) => {
                     let ev = match d {
+                        // First seen on this device, but the user verified another key
+                        // for this address (on another device, or in person): that is
+                        // a change, not a first contact.
                         DeviceEvent::IdentityFirstSeen { address, identity } => {
-                            ClientEvent::IdentityFirstSeen { address, identity }
+                            match self.verified.get(&address) {
+                                Some(old) if *old != identity => ClientEvent::IdentityChanged {
+                                    old: *old,
+                                    address,
+                                    new: identity,
+                                },
+                                _ => ClientEvent::IdentityFirstSeen { address, identity },
+                            }
                         }
                         DeviceEvent::IdentityChanged { address, old, new } => {
                             ClientEvent::IdentityChanged { address, old, new }
@@ -1128,6 +1138,19 @@ impl<R: CryptoRng> Client<R> {
             return;
         };
         let (to, message_id, notify, expires) = (m.to.clone(), m.message_id, m.notify, m.expires);
+        // Never seal to an identity other than the one the user verified: a changed
+        // safety number must be looked at (and re-verified) first, as in Signal.
+        if let (Some(verified), Some(list)) =
+            (self.verified.get(&to), self.account.contacts().get(&to))
+            && verified != list.identity_key()
+        {
+            let error = local_error(
+                ErrorCode::IdentityMismatch,
+                format!("{to}'s identity key differs from the verified one"),
+            );
+            self.message_failed(key, to, None, error);
+            return;
+        }
         let result =
             self.account
                 .encrypt_with_id(&to, content, message_id, skip, now, &mut self.rng);

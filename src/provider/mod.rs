@@ -823,6 +823,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 let domain = domain.clone();
                 self.on_peer_response(now, conn, &domain, r)
             }
+            // A handshake frame again (duplicated or delayed by the network) once the
+            // handshake has moved on: ignored, it changes nothing (SPEC.md 16.2).
+            (_, Body::Hello(_) | Body::Challenge(_) | Body::Auth(_) | Body::Welcome(_)) => {}
             (_, other) => {
                 let kind = protocol::kind(&other);
                 self.refuse(
@@ -1238,6 +1241,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             .ok_or_else(|| err(ErrorCode::UnknownDevice, "device removed"))?;
         let cert = st.cert.clone();
         let held = st.one_time.len();
+        let floor = st.one_time_floor;
+        let newer = |new: &SignedPrekey, cur: &Option<SignedPrekey>| {
+            cur.as_ref().is_none_or(|c| new.id() > c.id())
+        };
+        let (cur_signed, cur_kem) = (st.signed.clone(), st.kem.clone());
         let decode = |b: Bytes, kind: PrekeyKind, one_time: bool, what: &str| {
             SignedPrekey::decode(b, &cert)
                 .ok()
@@ -1246,19 +1254,40 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         };
         let signed = decode(p.signed_prekey, PrekeyKind::X25519, false, "signed")?;
         let kem = decode(p.kem_prekey, PrekeyKind::MlKem768, false, "ML-KEM")?;
-        let one_time = p
+        let mut one_time = p
             .one_time
             .into_iter()
             .map(|b| decode(b, PrekeyKind::X25519, true, "one-time"))
             .collect::<Result<Vec<_>, _>>()?;
+        // Only ids above the floor are new (a resent publish must not put back a
+        // prekey that was handed out meanwhile); add them in id order.
+        one_time.retain(|k| k.id() > floor);
+        one_time.sort_by_key(SignedPrekey::id);
+        one_time.dedup_by_key(|k| k.id());
         if held + one_time.len() > MAX_PROVIDER_ONE_TIME_PREKEYS {
             return Err(err(
                 ErrorCode::TooMany,
                 format!("more than {MAX_PROVIDER_ONE_TIME_PREKEYS} one-time prekeys"),
             ));
         }
-        self.durable
-            .put_prekeys(&key.0, key.1, signed, kem, &mut self.ops);
+        // The current prekeys move forward only: a resent older publish cannot undo
+        // a rotation.
+        if newer(&signed, &cur_signed) || newer(&kem, &cur_kem) {
+            let signed = if newer(&signed, &cur_signed) {
+                Some(signed)
+            } else {
+                cur_signed
+            };
+            let kem = if newer(&kem, &cur_kem) {
+                Some(kem)
+            } else {
+                cur_kem
+            };
+            if let (Some(signed), Some(kem)) = (signed, kem) {
+                self.durable
+                    .put_prekeys(&key.0, key.1, signed, kem, &mut self.ops);
+            }
+        }
         for k in one_time {
             self.durable.add_one_time(&key.0, key.1, k, &mut self.ops);
         }

@@ -103,6 +103,10 @@ pub(super) struct DeviceState {
     pub(super) next_seq: u64,
     /// Whether a `PrekeysLow` notice went out since the pool was last above the mark.
     pub(super) low_notified: bool,
+    /// The highest one-time prekey id ever accepted: devices number their prekeys in
+    /// increasing order, so a re-published id at or below it was seen before (and may
+    /// have been handed out already) and is ignored (SPEC.md 16.6).
+    pub(super) one_time_floor: u32,
 }
 
 impl DeviceState {
@@ -115,6 +119,7 @@ impl DeviceState {
             mailbox: BTreeMap::new(),
             next_seq: 1,
             low_notified: false,
+            one_time_floor: 0,
         }
     }
 }
@@ -161,6 +166,12 @@ pub(super) fn key_one_time(address: &Address, device: DeviceId, id: u32) -> Byte
 pub(super) fn key_mail(address: &Address, device: DeviceId, seq: u64) -> Bytes {
     let mut k = key_device(address, device);
     k.put_u64(seq);
+    k.freeze()
+}
+
+fn key_floor(address: &Address, device: DeviceId) -> Bytes {
+    let mut k = BytesMut::from(&b"otk/"[..]);
+    k.put_slice(&key_device(address, device));
     k.freeze()
 }
 
@@ -268,6 +279,7 @@ impl Durable {
                 let id = u32::from_be_bytes(rest.try_into().ok()?);
                 let st = d.device_mut(&a, dev)?;
                 let p = SignedPrekey::decode(v.clone(), &st.cert).ok()?;
+                st.one_time_floor = st.one_time_floor.max(id);
                 (p.id() == id).then(|| st.one_time.insert(id, p))
             });
             d.corrupt += usize::from(ok.is_none());
@@ -310,6 +322,15 @@ impl Durable {
                 if let Some(n) = be_u64(v) {
                     d.next_out_seq = d.next_out_seq.max(n);
                 }
+            } else if let Some(rest) = k.strip_prefix(b"otk/") {
+                let ok = split_device(rest)
+                    .zip(v.as_ref().try_into().ok().map(u32::from_be_bytes))
+                    .map(|((a, dev, _), n)| {
+                        if let Some(st) = d.device_mut(&a, dev) {
+                            st.one_time_floor = st.one_time_floor.max(n);
+                        }
+                    });
+                d.corrupt += usize::from(ok.is_none());
             } else if let Some(rest) = k.strip_prefix(b"seq/") {
                 let ok = split_device(rest).zip(be_u64(v)).map(|((a, dev, _), n)| {
                     if let Some(st) = d.device_mut(&a, dev) {
@@ -421,12 +442,18 @@ impl Durable {
         ops: &mut Vec<StoreOp>,
     ) {
         if let Some(st) = self.device_mut(address, device)
-            && !st.one_time.contains_key(&prekey.id())
+            && prekey.id() > st.one_time_floor
         {
+            st.one_time_floor = prekey.id();
             ops.push(StoreOp::Put {
                 table: Table::OneTime,
                 key: key_one_time(address, device, prekey.id()),
                 value: prekey.encoded().clone(),
+            });
+            ops.push(StoreOp::Put {
+                table: Table::Meta,
+                key: key_floor(address, device),
+                value: Bytes::copy_from_slice(&st.one_time_floor.to_be_bytes()),
             });
             st.one_time.insert(prekey.id(), prekey);
         }

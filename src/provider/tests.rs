@@ -739,3 +739,67 @@ fn garbage_frames_close_only_their_connection() {
         wire::response::Body::DeviceList(_)
     ));
 }
+
+#[test]
+fn republished_prekeys_never_return_a_handed_out_one() {
+    let mut s = setup();
+    let bob_dev = s.bob.accounts[0].device().id();
+    let fetch = |p: &mut P, id: u64| -> Option<u32> {
+        let outs = request(
+            p,
+            ConnectionId(1),
+            id,
+            wire::request::Body::FetchBundles(wire::FetchBundles {
+                address: "bob@one.example".into(),
+                devices: vec![Bytes::copy_from_slice(bob_dev.as_bytes())],
+                requester: String::new(),
+            }),
+        );
+        let wire::response::Body::Bundles(b) = response_to(&outs, ConnectionId(1), id) else {
+            panic!()
+        };
+        PrekeyBundle::decode(b.bundles[0].clone())
+            .unwrap()
+            .one_time_prekey()
+            .map(|k| k.id())
+    };
+    let first = fetch(&mut s.p, 200).unwrap();
+    // Bob's device publishes again (a resend, or a new connection): the same pool, in
+    // which `first` is still unused as far as the device knows.
+    publish(&mut s.p, ConnectionId(2), &s.bob.accounts[0]);
+    let held =
+        s.p.durable
+            .device(s.bob.list.address(), bob_dev)
+            .unwrap()
+            .one_time
+            .len();
+    assert_eq!(held, crate::limits::MAX_ONE_TIME_PREKEYS - 1);
+    for id in 201..220 {
+        assert_ne!(fetch(&mut s.p, id), Some(first));
+    }
+    // The floor survives a restart.
+    let key = ProviderKeyPair::from_secret_bytes(&s.p.key.secret_bytes());
+    let store = s.p.into_store();
+    let mut config = ProviderConfig::new(Domain::parse("one.example").unwrap(), key);
+    config.open_registration = true;
+    let mut p = Provider::new(config, store, ChaCha20Rng::from_seed([11; 32]), NOW).unwrap();
+    let outs = login(&mut p, ConnectionId(2), &s.bob.accounts[0], None);
+    assert!(welcomed(&outs, ConnectionId(2)));
+    let before = p
+        .durable
+        .device(s.bob.list.address(), bob_dev)
+        .unwrap()
+        .one_time
+        .len();
+    publish(&mut p, ConnectionId(2), &s.bob.accounts[0]);
+    let after = p
+        .durable
+        .device(s.bob.list.address(), bob_dev)
+        .unwrap()
+        .one_time
+        .len();
+    assert_eq!(
+        before, after,
+        "re-published prekeys were added back after a restart"
+    );
+}

@@ -152,7 +152,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Attacker<R> {
                         self.seen.push(e.clone());
                     }
                 }
-                if self.frames % 2 == 0 {
+                if self.frames.is_multiple_of(2) {
                     for e in self.seen.iter().take(3) {
                         if d.items.len() >= crate::limits::MAX_DELIVER_ITEMS {
                             break;
@@ -171,7 +171,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Attacker<R> {
                 let before = d.items.len();
                 d.items.retain(|i| match &i.item {
                     Some(wire::mailbox_item::Item::Envelope(e)) => {
-                        crate::crypto::sha256(e)[0] % 3 != 0
+                        !crate::crypto::sha256(e)[0].is_multiple_of(3)
                     }
                     _ => true,
                 });

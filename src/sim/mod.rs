@@ -82,6 +82,8 @@ pub struct SimConfig {
     pub attack: Option<Attack>,
     /// After the faults, how long the run may take to deliver everything.
     pub heal_limit_ms: u64,
+    /// Print every app event and provider event to stderr (for debugging a seed).
+    pub trace: bool,
 }
 
 impl SimConfig {
@@ -103,6 +105,7 @@ impl SimConfig {
             crashes: 2,
             attack: None,
             heal_limit_ms: 6 * 3_600_000,
+            trace: false,
         }
     }
 
@@ -124,6 +127,7 @@ impl SimConfig {
             crashes: 3,
             attack: None,
             heal_limit_ms: 24 * 3_600_000,
+            trace: false,
         }
     }
 }
@@ -366,12 +370,13 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
         for p in 0..config.providers {
             for u in 0..config.users_per_provider {
                 users += 1;
-                let devices =
-                    if config.second_device_every > 0 && users % config.second_device_every == 0 {
-                        2
-                    } else {
-                        1
-                    };
+                let devices = if config.second_device_every > 0
+                    && users.is_multiple_of(config.second_device_every)
+                {
+                    2
+                } else {
+                    1
+                };
                 sim.add_user(&mut rng, p, &format!("u{u}"), devices);
             }
         }
@@ -647,7 +652,12 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                         .push(format!("send refused by client {client}: {e}")),
                 }
             }
-            Event::Crash(p) => self.crash(p),
+            Event::Crash(p) => {
+                if self.config.trace {
+                    eprintln!("{:>8} CRASH provider {p}", self.now.0 - T0.0);
+                }
+                self.crash(p)
+            }
             Event::Restart(p) => {
                 if self.providers[p].machine.is_none() {
                     self.start_provider(p);
@@ -973,7 +983,11 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                         m.handle_input(now, ProviderInput::Resolved { domain, key });
                     }
                 }
-                ProviderOutput::Event(_) => {}
+                ProviderOutput::Event(e) => {
+                    if self.config.trace {
+                        eprintln!("{:>8} provider {p}: {e:?}", now.0 - T0.0);
+                    }
+                }
             }
         }
     }
@@ -1029,6 +1043,13 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     }
 
     fn on_client_event(&mut self, c: usize, e: ClientEvent) {
+        if self.config.trace {
+            eprintln!(
+                "{:>8} client {c} ({}): {e:?}",
+                self.now.0 - T0.0,
+                self.clients[c].address
+            );
+        }
         match e {
             ClientEvent::Message(m) => {
                 if !m.missing.is_empty() {
