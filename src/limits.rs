@@ -251,3 +251,6 @@ pub const MAX_CLIENT_RECENT_NOTICES: usize = 1024;
 /// How long a provider waits for a remote provider to answer a forwarded fetch before
 /// answering its device with the retryable `unreachable`.
 pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
+
+/// Longest static directory file (SPEC.md 16.11) a resolver reads, in bytes.
+pub const MAX_DIRECTORY_LEN: usize = 1024 * 1024;

@@ -152,7 +152,8 @@ impl ErrorCode {
         }
     }
 
-    /// Parses a wire code; unknown codes are `None` (treat as permanent).
+    /// Parses a wire code; unknown codes are `None`. Whether to retry is decided by the
+    /// error's `retryable` flag, not by the code (SPEC.md 16.8).
     pub fn parse(code: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|c| c.as_str() == code)
     }

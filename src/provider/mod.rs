@@ -376,6 +376,8 @@ struct Remote {
     in_flight_items: usize,
     /// Forwarded fetch request ids waiting to be (re)sent on the next connection.
     fetches: BTreeSet<u64>,
+    /// Retries so far per queue entry that was refused with a retryable error.
+    attempts: HashMap<u64, u32>,
 }
 
 /// A fetch forwarded to a remote provider for one of our devices.
@@ -431,6 +433,9 @@ pub struct Provider<S: Store, R: CryptoRng> {
     dirty_remotes: BTreeSet<Domain>,
     /// The latest `now` seen (for paths that run without one).
     now: UnixMillis,
+    /// Connections of devices just removed from their lists, closed once the current
+    /// frame is handled.
+    to_refuse: Vec<ConnectionId>,
 }
 
 impl<S: Store, R: CryptoRng> fmt::Debug for Provider<S, R> {
@@ -498,6 +503,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             dirty: BTreeSet::new(),
             dirty_remotes: BTreeSet::new(),
             now,
+            to_refuse: Vec::new(),
         };
         p.after_load(now);
         Ok(p)
@@ -555,7 +561,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         for u in self.durable.users.values() {
             for d in u.devices.values() {
                 s.mailbox_items += d.mailbox.len();
-                s.max_mailbox_depth = s.max_mailbox_depth.max(d.mailbox.len());
+                s.max_mailbox_depth = s.max_mailbox_depth.max(d.depth());
             }
         }
         for q in self.durable.outbound.values() {
@@ -761,6 +767,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     }
 
     fn on_frame(&mut self, now: UnixMillis, conn: ConnectionId, bytes: &[u8]) {
+        self.on_frame_inner(now, conn, bytes);
+        for c in std::mem::take(&mut self.to_refuse) {
+            self.refuse(
+                c,
+                err(ErrorCode::UnknownDevice, "device removed from its list"),
+            );
+        }
+    }
+
+    fn on_frame_inner(&mut self, now: UnixMillis, conn: ConnectionId, bytes: &[u8]) {
         if !self.conns.contains_key(&conn) {
             return;
         }
@@ -900,25 +916,37 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             return;
         };
         let domain = domain.clone();
-        let ok = ch.domain == domain.as_str()
-            && ch.provider_key.as_ref() == key.to_bytes()
-            && protocol::verify_challenge(
-                key.as_verifying_key(),
-                hello_nonce,
-                &ch.nonce,
-                &ch.domain,
-                &c.binding,
-                &ch.signature,
-            );
-        if !ok {
-            let e = err(
-                ErrorCode::AuthFailed,
+        // VAL-PROTO-004/005: the provider we meant, with the key the resolver gave;
+        // VAL-PROTO-006: proven over this connection.
+        let error = if ch.domain != domain.as_str() {
+            Some(err(
+                ErrorCode::WrongProvider,
+                format!("reached {} instead of {domain}", ch.domain),
+            ))
+        } else if ch.provider_key.as_ref() != key.to_bytes() {
+            Some(err(
+                ErrorCode::WrongProvider,
                 format!(
-                    "{domain} did not prove the provider key the resolver gave ({key}); \
-                     it presented {}",
+                    "{domain} presented provider key {}, but the resolver gives {key}",
                     hex(&ch.provider_key)
                 ),
-            );
+            ))
+        } else if !protocol::verify_challenge(
+            key.as_verifying_key(),
+            hello_nonce,
+            &ch.nonce,
+            &ch.domain,
+            &c.binding,
+            &ch.signature,
+        ) {
+            Some(err(
+                ErrorCode::AuthFailed,
+                format!("{domain}'s challenge signature does not verify under {key}"),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = error {
             self.refuse(conn, e);
             return;
         }
@@ -1139,6 +1167,12 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 Err(e) => return Err(e),
             }
         }
+        if !self.durable.users.contains_key(cert.address()) {
+            return Err(err(
+                ErrorCode::UnknownUser,
+                "no such user; send the device list",
+            ));
+        }
         if !listed(self) {
             return Err(err(
                 ErrorCode::UnknownDevice,
@@ -1178,8 +1212,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 }
                 let removed = self.durable.put_list(list, &mut self.ops);
                 for dev in removed {
-                    if let Some(o) = self.online.remove(&(address.clone(), dev)) {
-                        self.refuse(o.conn, err(ErrorCode::UnknownDevice, "device removed"));
+                    // Closed after the current request is answered, so a device that
+                    // removed itself gets its `Done` first.
+                    if let Some(o) = self.online.get(&(address.clone(), dev)) {
+                        self.to_refuse.push(o.conn);
                     }
                 }
                 Ok(())
@@ -1242,6 +1278,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let cert = st.cert.clone();
         let held = st.one_time.len();
         let floor = st.one_time_floor;
+        let pool: std::collections::HashSet<u32> = st.one_time.keys().copied().collect();
         let newer = |new: &SignedPrekey, cur: &Option<SignedPrekey>| {
             cur.as_ref().is_none_or(|c| new.id() > c.id())
         };
@@ -1261,7 +1298,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             .collect::<Result<Vec<_>, _>>()?;
         // Only ids above the floor are new (a resent publish must not put back a
         // prekey that was handed out meanwhile); add them in id order.
-        one_time.retain(|k| k.id() > floor);
+        one_time.retain(|k| k.id() > floor && !pool.contains(&k.id()));
         one_time.sort_by_key(SignedPrekey::id);
         one_time.dedup_by_key(|k| k.id());
         if held + one_time.len() > MAX_PROVIDER_ONE_TIME_PREKEYS {
@@ -1339,21 +1376,25 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 if !user.devices.contains_key(&h.recipient_device) {
                     return Err(err(ErrorCode::UnknownDevice, h.recipient.to_string()));
                 }
-                let dkey = (h.recipient.clone(), h.recipient_device);
-                *local_counts.entry(dkey.clone()).or_default() += 1;
-                Dest::Local(dkey)
+                Dest::Local((h.recipient.clone(), h.recipient_device))
             } else {
-                let d = h.recipient.domain();
-                *remote_counts.entry(d.clone()).or_default() += 1;
-                Dest::Remote(d)
+                Dest::Remote(h.recipient.domain())
             };
+            // Stored before (or twice in this submit): not stored again, not counted.
+            if self.durable.seen(&dk) || plan.iter().any(|(k, _, _)| *k == dk) {
+                continue;
+            }
+            match &dest {
+                Dest::Local(dkey) => *local_counts.entry(dkey.clone()).or_default() += 1,
+                Dest::Remote(d) => *remote_counts.entry(d.clone()).or_default() += 1,
+            }
             plan.push((dk, dest, bytes));
         }
         for (dkey, n) in &local_counts {
             let depth = self
                 .durable
                 .device(&dkey.0, dkey.1)
-                .map_or(0, |d| d.mailbox.len());
+                .map_or(0, |d| d.depth());
             if depth + n > self.limits.max_mailbox_depth {
                 return Err(
                     err(ErrorCode::MailboxFull, dkey.0.to_string()).retry_after(RESEND_AFTER_MS)
@@ -1368,9 +1409,6 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         }
         let expiry = now.saturating_add(DEDUP_RETENTION_MS);
         for (dk, dest, bytes) in plan {
-            if self.durable.seen(&dk) {
-                continue;
-            }
             self.durable
                 .remember(dk, expiry, MAX_DEDUP_ENTRIES, &mut self.ops);
             match dest {
@@ -1451,6 +1489,14 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .answer_fetch(now, id, requester, &target, what)
                 .map(Some);
         }
+        // A resend of a fetch still being forwarded joins it (SPEC.md 16.5).
+        if self
+            .forwards
+            .values()
+            .any(|f| f.origin == conn && f.origin_request == id)
+        {
+            return Ok(None);
+        }
         if self.forwards.len() >= MAX_PENDING_REMOTE_FETCHES {
             return Err(err(ErrorCode::RateLimited, "too many fetches in flight")
                 .retry_after(RESEND_AFTER_MS));
@@ -1518,15 +1564,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
             Fetch::Bundles(f) => f,
         };
-        let wanted: Vec<DeviceId> = if f.devices.is_empty() {
-            listed
-        } else {
-            f.devices
-                .iter()
-                .filter_map(|d| DeviceId::from_slice(d))
-                .filter(|d| listed.contains(d))
-                .collect()
-        };
+        // In list order; ids not on the list and repeats are ignored (SPEC.md 16.5).
+        let named: std::collections::HashSet<DeviceId> = f
+            .devices
+            .iter()
+            .filter_map(|d| DeviceId::from_slice(d))
+            .collect();
+        let wanted: Vec<DeviceId> = listed
+            .into_iter()
+            .filter(|d| f.devices.is_empty() || named.contains(d))
+            .collect();
         let mut bundles = Vec::with_capacity(wanted.len());
         for dev in wanted {
             let Some(st) = self.durable.device(target, dev) else {
@@ -1685,7 +1732,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if self.durable.seen(&dk) {
             return Ok(());
         }
-        if dev.mailbox.len() >= self.limits.max_mailbox_depth {
+        if dev.depth() >= self.limits.max_mailbox_depth {
             return Err(
                 err(ErrorCode::MailboxFull, h.recipient.to_string()).retry_after(RESEND_AFTER_MS)
             );
@@ -1742,11 +1789,23 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         for (seq, res) in seqs.into_iter().zip(results) {
             if res.code.is_empty() {
                 self.durable.remove_out(domain, seq, &mut self.ops);
+                if let Some(r) = self.remotes.get_mut(domain) {
+                    r.attempts.remove(&seq);
+                }
                 continue;
             }
             let e = ProtocolError::from_wire(&res);
             if e.retryable {
-                let delay = self.backoff.delay(0, &mut self.rng).max(e.retry_after_ms);
+                // The n-th retry of this envelope waits the n-th backoff delay.
+                let attempt = self.remotes.get_mut(domain).map_or(0, |r| {
+                    let a = r.attempts.entry(seq).or_default();
+                    *a = a.saturating_add(1);
+                    *a - 1
+                });
+                let delay = self
+                    .backoff
+                    .delay(attempt, &mut self.rng)
+                    .max(e.retry_after_ms);
                 let at = now.saturating_add(delay);
                 if let Some(rem) = self.remotes.get_mut(domain) {
                     rem.waiting.insert((at, seq));
@@ -1766,6 +1825,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         };
         if let Some(r) = self.remotes.get_mut(domain) {
             r.ready.remove(&seq);
+            r.attempts.remove(&seq);
+            r.waiting.retain(|(_, s)| *s != seq);
         }
         self.notify(
             &(item.sender.clone(), item.sender_device),

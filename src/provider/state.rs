@@ -103,10 +103,11 @@ pub(super) struct DeviceState {
     pub(super) next_seq: u64,
     /// Whether a `PrekeysLow` notice went out since the pool was last above the mark.
     pub(super) low_notified: bool,
-    /// The highest one-time prekey id ever accepted: devices number their prekeys in
-    /// increasing order, so a re-published id at or below it was seen before (and may
-    /// have been handed out already) and is ignored (SPEC.md 16.6).
+    /// The highest one-time prekey id ever handed out: a re-published id at or below it
+    /// may have been handed out already and is ignored (SPEC.md 16.4, 16.6).
     pub(super) one_time_floor: u32,
+    /// Notices in the mailbox (they do not count towards `MAX_MAILBOX_DEPTH`).
+    pub(super) notices: usize,
 }
 
 impl DeviceState {
@@ -120,7 +121,13 @@ impl DeviceState {
             next_seq: 1,
             low_notified: false,
             one_time_floor: 0,
+            notices: 0,
         }
+    }
+
+    /// Envelopes in the mailbox (what `MAX_MAILBOX_DEPTH` bounds).
+    pub(super) fn depth(&self) -> usize {
+        self.mailbox.len().saturating_sub(self.notices)
     }
 }
 
@@ -279,7 +286,6 @@ impl Durable {
                 let id = u32::from_be_bytes(rest.try_into().ok()?);
                 let st = d.device_mut(&a, dev)?;
                 let p = SignedPrekey::decode(v.clone(), &st.cert).ok()?;
-                st.one_time_floor = st.one_time_floor.max(id);
                 (p.id() == id).then(|| st.one_time.insert(id, p))
             });
             d.corrupt += usize::from(ok.is_none());
@@ -289,6 +295,9 @@ impl Durable {
                 let seq = be_u64(rest)?;
                 let item = MailItem::decode(v)?;
                 let st = d.device_mut(&a, dev)?;
+                if matches!(item.body, MailBody::Notice(_)) {
+                    st.notices += 1;
+                }
                 st.mailbox.insert(seq, item);
                 st.next_seq = st.next_seq.max(seq.saturating_add(1));
                 Some(())
@@ -443,17 +452,12 @@ impl Durable {
     ) {
         if let Some(st) = self.device_mut(address, device)
             && prekey.id() > st.one_time_floor
+            && !st.one_time.contains_key(&prekey.id())
         {
-            st.one_time_floor = prekey.id();
             ops.push(StoreOp::Put {
                 table: Table::OneTime,
                 key: key_one_time(address, device, prekey.id()),
                 value: prekey.encoded().clone(),
-            });
-            ops.push(StoreOp::Put {
-                table: Table::Meta,
-                key: key_floor(address, device),
-                value: Bytes::copy_from_slice(&st.one_time_floor.to_be_bytes()),
             });
             st.one_time.insert(prekey.id(), prekey);
         }
@@ -468,9 +472,15 @@ impl Durable {
     ) -> Option<SignedPrekey> {
         let st = self.device_mut(address, device)?;
         let (id, p) = st.one_time.pop_first()?;
+        st.one_time_floor = st.one_time_floor.max(id);
         ops.push(StoreOp::Delete {
             table: Table::OneTime,
             key: key_one_time(address, device, id),
+        });
+        ops.push(StoreOp::Put {
+            table: Table::Meta,
+            key: key_floor(address, device),
+            value: Bytes::copy_from_slice(&st.one_time_floor.to_be_bytes()),
         });
         Some(p)
     }
@@ -486,6 +496,9 @@ impl Durable {
         let st = self.device_mut(address, device)?;
         let seq = st.next_seq;
         st.next_seq = seq.saturating_add(1);
+        if matches!(item.body, MailBody::Notice(_)) {
+            st.notices += 1;
+        }
         ops.push(StoreOp::Put {
             table: Table::Mailbox,
             key: key_mail(address, device, seq),
@@ -511,8 +524,13 @@ impl Durable {
         let Some(st) = self.device_mut(address, device) else {
             return false;
         };
-        if st.mailbox.remove(&seq).is_none() {
-            return false;
+        match st.mailbox.remove(&seq) {
+            None => return false,
+            Some(MailItem {
+                body: MailBody::Notice(_),
+                ..
+            }) => st.notices = st.notices.saturating_sub(1),
+            Some(_) => {}
         }
         ops.push(StoreOp::Delete {
             table: Table::Mailbox,

@@ -335,7 +335,7 @@ fn handshake_refusals_close_the_connection() {
     let outs = login(&mut p, ConnectionId(3), &carol.accounts[0], None);
     assert_eq!(
         goodbye_code(&outs, ConnectionId(3)).as_deref(),
-        Some("unknown_device")
+        Some("unknown_user")
     );
 
     // Wrong acceptor domain in Hello.
@@ -801,5 +801,94 @@ fn republished_prekeys_never_return_a_handed_out_one() {
     assert_eq!(
         before, after,
         "re-published prekeys were added back after a restart"
+    );
+}
+
+#[test]
+fn duplicates_do_not_count_against_a_full_mailbox() {
+    let mut s = setup();
+    s.p.limits.max_mailbox_depth = 1;
+    let a = alice_encrypts(&mut s, "1");
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(1), 1, &a),
+        wire::response::Body::Done(_)
+    ));
+    // The mailboxes are full now; the same submit again (a lost Done) is still Done.
+    assert!(matches!(
+        submit(&mut s.p, ConnectionId(1), 2, &a),
+        wire::response::Body::Done(_)
+    ));
+    assert_eq!(s.p.stats().mailbox_items, 2);
+}
+
+#[test]
+fn fetch_answers_in_list_order_once_per_device() {
+    let mut s = setup();
+    let d0 = Bytes::copy_from_slice(s.bob.accounts[0].device().id().as_bytes());
+    let d1 = Bytes::copy_from_slice(s.bob.accounts[1].device().id().as_bytes());
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        9,
+        wire::request::Body::FetchBundles(wire::FetchBundles {
+            address: "bob@one.example".into(),
+            devices: vec![
+                d1.clone(),
+                d0.clone(),
+                d1.clone(),
+                Bytes::from_static(&[0; 16]),
+            ],
+            requester: String::new(),
+        }),
+    );
+    let wire::response::Body::Bundles(b) = response_to(&outs, ConnectionId(1), 9) else {
+        panic!()
+    };
+    let ids: Vec<DeviceId> = b
+        .bundles
+        .iter()
+        .map(|x| {
+            PrekeyBundle::decode(x.clone())
+                .unwrap()
+                .certificate()
+                .device_id()
+        })
+        .collect();
+    let listed: Vec<DeviceId> = s.bob.list.device_ids().collect();
+    assert_eq!(ids, listed);
+}
+
+#[test]
+fn a_device_that_removes_itself_gets_done_before_goodbye() {
+    let mut s = setup();
+    let keep = s.bob.accounts[0].device().certificate().clone();
+    let list = DeviceList::sign(
+        &s.bob.identity,
+        s.bob.list.address(),
+        2,
+        NOW,
+        std::slice::from_ref(&keep),
+    )
+    .unwrap();
+    let outs = request(
+        &mut s.p,
+        ConnectionId(3),
+        4,
+        wire::request::Body::PublishDeviceList(wire::PublishDeviceList {
+            device_list: list.encoded().clone(),
+        }),
+    );
+    let f = frames(&outs, ConnectionId(3));
+    assert!(
+        matches!(&f[0], Body::Response(r) if r.id == 4 && matches!(r.body, Some(wire::response::Body::Done(_)))),
+        "{f:?}"
+    );
+    assert!(matches!(&f[1], Body::Goodbye(_)), "{f:?}");
+    assert!(closed(&outs, ConnectionId(3)));
+    // The removed device can no longer log in.
+    let outs = login(&mut s.p, ConnectionId(30), &s.bob.accounts[1], None);
+    assert_eq!(
+        goodbye_code(&outs, ConnectionId(30)).as_deref(),
+        Some("unknown_device")
     );
 }

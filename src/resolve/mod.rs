@@ -51,8 +51,7 @@ pub struct StaticDirectory {
     entries: BTreeMap<Domain, PeerInfo>,
 }
 
-/// Longest directory file accepted, in bytes.
-const MAX_DIRECTORY_LEN: usize = 1 << 20;
+use crate::limits::MAX_DIRECTORY_LEN;
 
 impl StaticDirectory {
     /// An empty directory.
@@ -72,11 +71,11 @@ impl StaticDirectory {
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let bad = |reason| ResolveError::BadLine { line, reason };
-            let trimmed = raw.trim();
+            let trimmed = raw.trim_matches([' ', '\t', '\r']);
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let mut fields = trimmed.split_whitespace();
+            let mut fields = trimmed.split([' ', '\t']).filter(|f| !f.is_empty());
             let (Some(domain), Some(endpoint), Some(key), None) =
                 (fields.next(), fields.next(), fields.next(), fields.next())
             else {
