@@ -88,25 +88,50 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     if let Some(messages) = soak {
-        let seed = seeds.start;
-        let mut config = SimConfig::soak(seed, messages);
-        config.attack = attack;
-        let report = Sim::<ChaCha20Rng>::new(config).run();
+        // Independent networks (one per thread, seeds seed, seed+1, …) share the load.
+        let shards = threads.max(1);
+        let per = messages.div_ceil(shards);
+        let reports: Vec<SimReport> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..shards as u64)
+                .map(|i| {
+                    let seed = seeds.start + i;
+                    s.spawn(move || {
+                        let mut config = SimConfig::soak(seed, per);
+                        config.attack = attack;
+                        config.trace = trace;
+                        Sim::<ChaCha20Rng>::new(config).run()
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
         let secs = started.elapsed().as_secs_f64();
-        println!("{report}");
+        let sum = |f: fn(&SimReport) -> u64| reports.iter().map(f).sum::<u64>();
+        for r in &reports {
+            println!("{r}");
+        }
+        let sent = sum(|r| r.sent as u64);
+        let deliveries = sum(|r| r.deliveries as u64);
         println!(
-            "soak: {} messages, {} deliveries to devices in {:.1} s wall ({:.0} deliveries/s), \
-             {:.1} h virtual",
-            report.sent,
-            report.deliveries,
-            secs,
-            report.deliveries as f64 / secs,
-            report.virtual_ms as f64 / 3.6e6
+            "soak: {} shards, {sent} messages, {} accepted, {} undeliverable, {deliveries} \
+             deliveries to devices, {} receipts, {} frames ({} dropped, {} duplicated), \
+             {} crashes, {} partitions, in {secs:.1} s wall ({:.0} messages/s)",
+            reports.len(),
+            sum(|r| r.accepted as u64),
+            sum(|r| r.undeliverable as u64),
+            sum(|r| r.receipts as u64),
+            sum(|r| r.frames),
+            sum(|r| r.dropped),
+            sum(|r| r.duplicated),
+            sum(|r| r.crashes as u64),
+            sum(|r| r.partitions as u64),
+            sent as f64 / secs,
         );
-        return if report.violations.is_empty() {
-            ExitCode::SUCCESS
-        } else {
+        let failed = reports.iter().any(|r| !r.violations.is_empty());
+        return if failed || reports.len() != shards {
             ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
         };
     }
     let all: Vec<u64> = seeds.clone().collect();

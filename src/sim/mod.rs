@@ -298,6 +298,12 @@ pub struct Sim<R: CryptoRng + SeedableRng> {
     rng_counter: u64,
     /// Clients whose app was told of tampering (rejections, identity changes, gaps).
     detected: HashSet<usize>,
+    /// Nodes that got input since they were last drained.
+    touched: BTreeSet<Node>,
+    /// Each node's next timer, as its last drain reported.
+    deadlines: BTreeMap<Node, UnixMillis>,
+    /// Scheduled frames, sends and restarts (the run is not quiet while any is pending).
+    busy_events: usize,
     /// Test hook: do not excuse the dropping provider (to see the checker catch it).
     #[cfg(test)]
     strict: bool,
@@ -348,6 +354,9 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             attacker: None,
             rng_counter: 2,
             detected: HashSet::new(),
+            touched: BTreeSet::new(),
+            deadlines: BTreeMap::new(),
+            busy_events: 0,
             #[cfg(test)]
             strict: false,
         };
@@ -446,6 +455,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     }
 
     fn start_provider(&mut self, i: usize) {
+        self.touched.insert(Node::Provider(i));
         let rng = self.child_rng();
         let node = &mut self.providers[i];
         let Some(store) = node.store.take() else {
@@ -506,7 +516,17 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
 
     fn schedule(&mut self, at: UnixMillis, e: Event) {
         self.next_event += 1;
+        if Self::is_busy(&e) {
+            self.busy_events += 1;
+        }
         self.events.insert((at, self.next_event), e);
+    }
+
+    fn is_busy(e: &Event) -> bool {
+        matches!(
+            e,
+            Event::Frame { .. } | Event::Send { .. } | Event::Restart(_)
+        )
     }
 
     fn chance(&mut self, ppm: u32) -> bool {
@@ -537,6 +557,12 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     /// Runs to the end; returns the report (with any violations).
     pub fn run(mut self) -> SimReport {
         let deadline = self.faults_until.saturating_add(self.config.heal_limit_ms);
+        for p in 0..self.providers.len() {
+            self.touched.insert(Node::Provider(p));
+        }
+        for c in 0..self.clients.len() {
+            self.touched.insert(Node::Client(c));
+        }
         self.drain_all();
         loop {
             let next_timer = self.next_timer();
@@ -560,6 +586,9 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                     break;
                 }
                 let e = entry.remove();
+                if Self::is_busy(&e) {
+                    self.busy_events -= 1;
+                }
                 self.on_event(e);
             }
             self.fire_timers();
@@ -572,32 +601,29 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     }
 
     fn next_timer(&mut self) -> Option<UnixMillis> {
-        let mut t: Option<UnixMillis> = None;
         let now = self.now;
-        for p in &mut self.providers {
-            if let Some(m) = &mut p.machine
-                && let ProviderOutput::Timeout(Some(x)) = m.poll_output(now)
-            {
-                t = Some(t.map_or(x, |t| t.min(x)));
-            }
-        }
-        for c in &mut self.clients {
-            if let ClientOutput::Timeout(Some(x)) = c.machine.poll_output(now) {
-                t = Some(t.map_or(x, |t| t.min(x)));
-            }
-        }
-        t.map(|t| t.max(now))
+        self.deadlines.values().min().map(|t| (*t).max(now))
     }
 
     fn fire_timers(&mut self) {
         let now = self.now;
-        for p in &mut self.providers {
-            if let Some(m) = &mut p.machine {
-                m.handle_timeout(now);
+        let due: Vec<Node> = self
+            .deadlines
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in due {
+            self.deadlines.remove(&n);
+            match n {
+                Node::Provider(p) => {
+                    if let Some(m) = &mut self.providers[p].machine {
+                        m.handle_timeout(now);
+                    }
+                }
+                Node::Client(c) => self.clients[c].machine.handle_timeout(now),
             }
-        }
-        for c in &mut self.clients {
-            c.machine.handle_timeout(now);
+            self.touched.insert(n);
         }
     }
 
@@ -637,6 +663,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 let text = String::from_utf8_lossy(&body).into_owned();
                 let now = self.now;
                 self.report.sent += 1;
+                self.touched.insert(Node::Client(client));
                 match self.clients[client]
                     .machine
                     .send(now, &to, Content::Text(Text::plain(&text)))
@@ -695,6 +722,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             return;
         };
         self.report.crashes += 1;
+        self.deadlines.remove(&Node::Provider(p));
         // Only what the store made durable survives.
         self.providers[p].store = Some(machine.into_store());
         let conns: Vec<u64> = self.providers[p].conns.iter().copied().collect();
@@ -722,6 +750,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
 
     fn notify_closed(&mut self, conn: u64, to: Node) {
         let now = self.now;
+        self.touched.insert(to);
         match to {
             Node::Provider(p) => {
                 if self.providers[p].conns.remove(&conn)
@@ -748,6 +777,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
 
     fn connected(&mut self, node: Node, conn: u64, direction: Direction) {
         let now = self.now;
+        self.touched.insert(node);
         match node {
             Node::Provider(p) => {
                 let node = &mut self.providers[p];
@@ -779,6 +809,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
 
     fn deliver(&mut self, conn: u64, to: Node, bytes: Bytes) {
         let now = self.now;
+        self.touched.insert(to);
         match to {
             Node::Provider(p) => {
                 if let Some(m) = &mut self.providers[p].machine {
@@ -889,13 +920,13 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     }
 
     fn drain_all(&mut self) {
-        // Draining one node can feed another only through scheduled events, so one
-        // pass over all nodes drains everything due now.
-        for p in 0..self.providers.len() {
-            self.drain_provider(p);
-        }
-        for c in 0..self.clients.len() {
-            self.drain_client(c);
+        // Draining one node feeds others only through scheduled events or a connection
+        // being opened (which touches the other side); drain until nothing is touched.
+        while let Some(n) = self.touched.pop_first() {
+            match n {
+                Node::Provider(p) => self.drain_provider(p),
+                Node::Client(c) => self.drain_client(c),
+            }
         }
     }
 
@@ -907,7 +938,13 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             };
             let out = m.poll_output(now);
             match out {
-                ProviderOutput::Timeout(_) => return,
+                ProviderOutput::Timeout(t) => {
+                    match t {
+                        Some(t) => self.deadlines.insert(Node::Provider(p), t),
+                        None => self.deadlines.remove(&Node::Provider(p)),
+                    };
+                    return;
+                }
                 ProviderOutput::Transmit { conn, bytes } => {
                     let to_client = self.links.get(&conn.0).and_then(|l| match (l.a, l.b) {
                         (Node::Client(c), _) | (_, Node::Client(c)) => Some(c),
@@ -997,7 +1034,13 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
         loop {
             let out = self.clients[c].machine.poll_output(now);
             match out {
-                ClientOutput::Timeout(_) => return,
+                ClientOutput::Timeout(t) => {
+                    match t {
+                        Some(t) => self.deadlines.insert(Node::Client(c), t),
+                        None => self.deadlines.remove(&Node::Client(c)),
+                    };
+                    return;
+                }
                 ClientOutput::Transmit(bytes) => {
                     if let Some(conn) = self.clients[c].conn {
                         self.transmit(conn, Node::Client(c), bytes);
