@@ -13,8 +13,15 @@
 //! run is reproducible from its inputs.
 //!
 //! ```text
-//!                     session  (prekeys, PQ-hybrid setup, Double Ratchet, Account, persistence)
-//!                        │
+//!        sim  (deterministic network: faults, crash-restart, malicious provider, invariants)
+//!         │
+//!   client ─────────── provider ── store (Store trait, MemoryStore) ── resolve (directory)
+//!     │  (device state      │  (mailboxes, federation queues,
+//!     │   machine)          │   prekey handout, rate limits)
+//!     └──────── protocol ───┘  (frames, handshake transcripts, error codes, backoff)
+//!                  │
+//!               session  (prekeys, PQ-hybrid setup, Double Ratchet, Account, persistence)
+//!                  │
 //!  address ── identity ── envelope   (certificates, device lists; signed sealed envelopes)
 //!     │          │           │
 //!     └──────────┴── crypto ─┴── wire (prost types from proto/, crate-private)
@@ -29,6 +36,15 @@
 //!   device: it sets up sessions from prekey bundles (X25519 + ML-KEM-768), encrypts to
 //!   every device on a user's signed device list, decrypts (also in batches), and saves
 //!   and restores its state encrypted under an app key.
+//! * [`protocol`]: the client↔provider and provider↔provider frames (SPEC.md 16).
+//! * [`client::Client`] and [`provider::Provider`]: the two state machines. Both are
+//!   driven the same way: an input (`handle_input(now, …)`, a command, or
+//!   `handle_timeout(now)` once the last deadline passed), then `poll_output(now)` until
+//!   it returns `Timeout(next deadline)`, acting on every output on the way (send a frame,
+//!   open or close a connection, show an event). The provider commits every change to its
+//!   [`store::Store`] before it releases an output that depends on it.
+//! * [`resolve`]: from a provider domain to its endpoint and provider key.
+//! * [`sim`]: the simulator that checks delivery and security invariants over seeds.
 //! * [`crypto`]: the primitives wrapped once, with domain-separation [`crypto::Label`]s.
 //! * [`limits`]: every bound, by name, as SPEC.md lists them.
 //!

@@ -1401,3 +1401,44 @@ fn an_oversized_binding_fails_authentication() {
     );
     assert!(out.contains(&ClientOutput::Close));
 }
+
+#[test]
+fn a_verified_contact_is_never_replaced_silently() {
+    let mut rng = ChaCha20Rng::from_seed([31; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let bob = user(&mut rng, "bob@two.example", 1);
+    // A provider's stand-in for Bob: same address, its own identity key.
+    let fake = user(&mut rng, "bob@two.example", 1);
+    let mut p = Fake::new("one.example", 2);
+    let mut c = online(&mut alice, &mut p, 32);
+    // Alice compared safety numbers with Bob in person.
+    c.mark_verified(&addr(&bob), *bob.list.identity_key());
+
+    let id = c.send(NOW, &addr(&bob), text("for bob only")).unwrap();
+    let (out, _) = drain(&mut c, NOW);
+    let (fetch_id, _) = one(fetches(&requests(&out)));
+    c.handle_input(NOW, bundles_response(fetch_id, &fake, &fake.accounts));
+    let (out, _) = drain(&mut c, NOW);
+    let ev = events(&out);
+    // Reported as a change (not a first contact), and nothing is sealed to it.
+    assert!(
+        ev.contains(&ClientEvent::IdentityChanged {
+            address: addr(&bob),
+            old: *bob.list.identity_key(),
+            new: *fake.list.identity_key(),
+        }),
+        "{ev:?}"
+    );
+    assert!(submitted(&requests(&out)).is_empty());
+    let Some(ClientEvent::Undeliverable {
+        message_id, reason, ..
+    }) = ev
+        .iter()
+        .find(|e| matches!(e, ClientEvent::Undeliverable { .. }))
+    else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(*message_id, id);
+    assert_eq!(reason.code, Some(ErrorCode::IdentityMismatch));
+    assert_eq!(c.pending_messages(), 0);
+}

@@ -6,7 +6,7 @@
 //! restart from what their [`MemoryStore`] made durable and nothing else. A
 //! malicious-provider mode ([`Attack`]) makes one provider tamper with what it sends
 //! its users. After the faults stop, the network heals and the run continues until
-//! everything is delivered (or a time bound passes); then [`Sim::check`] verifies:
+//! everything is delivered (or a time bound passes); then the run ([`Sim::run`]) checks:
 //!
 //! 1. every message a sender's provider accepted reached every recipient device it was
 //!    sealed for exactly once, or its sender was told it is undeliverable;
