@@ -254,3 +254,7 @@ pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
 
 /// Longest static directory file (SPEC.md 16.11) a resolver reads, in bytes.
 pub const MAX_DIRECTORY_LEN: usize = 1024 * 1024;
+
+/// How long a device trusts its copy of a user's device list when sending: an older copy
+/// is fetched again first, so that a device the user added is reached.
+pub const CLIENT_LIST_REFRESH_MS: u64 = 60 * 60 * 1000;

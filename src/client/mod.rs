@@ -55,10 +55,10 @@ use crate::address::{Address, Domain};
 use crate::envelope::{Content, MessageId, OpenError, Receipt, ReceiptKind, UnverifiedEnvelope};
 use crate::identity::{DeviceEvent, DeviceId, DeviceList, IdentityKey, ProviderKey};
 use crate::limits::{
-    AUTH_NONCE_LEN, AUTH_TIMEOUT_MS, CLIENT_FETCH_ROUNDS, CLIENT_PREKEY_REFILL, MAX_ACK_SEQS,
-    MAX_CLIENT_IN_FLIGHT, MAX_CLIENT_PENDING, MAX_CLIENT_RECENT_NOTICES, MAX_HELD_ENVELOPES,
-    MAX_PUBLISH_ONE_TIME, MAX_RECEIPT_IDS, MAX_SUBMIT_ENVELOPES, PROTOCOL_VERSION, RESEND_AFTER_MS,
-    SUBMIT_EXPIRY_MS,
+    AUTH_NONCE_LEN, AUTH_TIMEOUT_MS, CLIENT_FETCH_ROUNDS, CLIENT_LIST_REFRESH_MS,
+    CLIENT_PREKEY_REFILL, MAX_ACK_SEQS, MAX_CLIENT_IN_FLIGHT, MAX_CLIENT_PENDING,
+    MAX_CLIENT_RECENT_NOTICES, MAX_HELD_ENVELOPES, MAX_PUBLISH_ONE_TIME, MAX_RECEIPT_IDS,
+    MAX_SUBMIT_ENVELOPES, PROTOCOL_VERSION, RESEND_AFTER_MS, SUBMIT_EXPIRY_MS,
 };
 use crate::protocol::{self, Backoff, ErrorCode, ProtocolError};
 use crate::session::{Account, AccountEvent, PrekeyBundle, Received, SessionError, SignedPrekey};
@@ -241,6 +241,8 @@ pub struct Client<R: CryptoRng> {
     requests: BTreeMap<u64, Request>,
     /// Bundle fetches in flight, by address.
     fetching_bundles: BTreeMap<Address, u64>,
+    /// When each user's device list was last fetched (or confirmed) from the provider.
+    lists_checked: BTreeMap<Address, UnixMillis>,
     /// Device-list fetches in flight, by address.
     fetching_lists: BTreeMap<Address, u64>,
     /// Outgoing messages by local key, in send order.
@@ -293,6 +295,12 @@ impl<R: CryptoRng> Client<R> {
         let next_request_id = (rng.next_u64() >> 1).max(1);
         let mut out = VecDeque::new();
         out.push_back(ClientOutput::Connect);
+        // The lists the account holds count as checked now: the refresh period runs from
+        // the start of this client.
+        let lists_checked = std::iter::once(account.own_device_list())
+            .chain(account.contacts().iter())
+            .map(|l| (l.address().clone(), now))
+            .collect();
         Self {
             account,
             config,
@@ -304,6 +312,7 @@ impl<R: CryptoRng> Client<R> {
             next_request_id,
             requests: BTreeMap::new(),
             fetching_bundles: BTreeMap::new(),
+            lists_checked,
             fetching_lists: BTreeMap::new(),
             outgoing: BTreeMap::new(),
             next_local: 0,
@@ -853,7 +862,11 @@ impl<R: CryptoRng> Client<R> {
                 });
             }
             RequestKind::FetchBundles { address } => self.bundles_failed(now, &address, error),
-            RequestKind::FetchDeviceList { address } => self.release_held(now, &address),
+            RequestKind::FetchDeviceList { address } => {
+                self.lists_checked.insert(address.clone(), now);
+                self.release_held(now, &address);
+                self.advance_all(now);
+            }
             RequestKind::Submit { message } => {
                 let _ = id;
                 if let Some(m) = self.outgoing.get(&message) {
@@ -950,6 +963,33 @@ impl<R: CryptoRng> Client<R> {
             return; // a fetch that may bring what it needs is under way
         }
         let missing = self.account.missing_sessions(&to);
+        // A list older than CLIENT_LIST_REFRESH_MS is fetched again before sealing, so a
+        // device the user added since is not left out for long (SPEC.md 16.4).
+        if matches!(&missing, Ok(m) if m.is_empty()) {
+            let mut waiting = false;
+            for who in [to.clone(), own.clone()] {
+                let fresh = self
+                    .lists_checked
+                    .get(&who)
+                    .is_some_and(|t| t.saturating_add(CLIENT_LIST_REFRESH_MS) > now);
+                if !fresh {
+                    waiting = true;
+                    if !self.fetching_lists.contains_key(&who) {
+                        let body = wire::request::Body::FetchDeviceList(wire::FetchDeviceList {
+                            address: who.as_str().to_owned(),
+                            requester: String::new(),
+                        });
+                        let kind = RequestKind::FetchDeviceList {
+                            address: who.clone(),
+                        };
+                        self.new_request(now, kind, body, expires);
+                    }
+                }
+            }
+            if waiting {
+                return;
+            }
+        }
         match missing {
             Ok(m) if m.is_empty() => self.seal(now, key, &[]),
             _ if rounds < CLIENT_FETCH_ROUNDS => {
@@ -1029,6 +1069,7 @@ impl<R: CryptoRng> Client<R> {
                 return;
             }
         };
+        self.lists_checked.insert(address.clone(), now);
         if let Err(e) = self.apply_list(list) {
             let error = local_error(ErrorCode::Invalid, format!("device list: {e}"));
             self.bundles_failed(now, address, error);
@@ -1401,6 +1442,8 @@ impl<R: CryptoRng> Client<R> {
         if let Ok(list) = DeviceList::decode_for(encoded, address) {
             let _ = self.apply_list(list);
         }
+        // Checked, whatever came back: a bad answer is not retried before the next refresh.
+        self.lists_checked.insert(address.clone(), now);
         self.release_held(now, address);
         // A new list may also unblock messages waiting for sessions.
         self.advance_all(now);

@@ -1442,3 +1442,128 @@ fn a_verified_contact_is_never_replaced_silently() {
     assert_eq!(reason.code, Some(ErrorCode::IdentityMismatch));
     assert_eq!(c.pending_messages(), 0);
 }
+
+#[test]
+fn an_old_device_list_is_refreshed_before_sealing_and_a_new_device_is_reached() {
+    use crate::identity::{Device, DeviceKeyPair, DeviceList};
+    let mut rng = ChaCha20Rng::from_seed([41; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let bob = user(&mut rng, "bob@two.example", 1);
+    let mut p = Fake::new("one.example", 2);
+    let mut c = online(&mut alice, &mut p, 42);
+    let id = c.send(NOW, &addr(&bob), text("1")).unwrap();
+    let (out, _) = drain(&mut c, NOW);
+    let (fid, _) = one(fetches(&requests(&out)));
+    c.handle_input(NOW, bundles_response(fid, &bob, &bob.accounts));
+    let (out, _) = drain(&mut c, NOW);
+    let (sid, envs) = one(submitted(&requests(&out)));
+    assert_eq!(envs.len(), 1);
+    c.handle_input(NOW, done(sid));
+    assert_eq!(
+        events(&drain(&mut c, NOW).0),
+        vec![ClientEvent::DeliveredToProvider { message_id: id }]
+    );
+
+    // Bob adds a tablet.
+    let tablet = Device::new(
+        &bob.identity,
+        addr(&bob),
+        DeviceKeyPair::generate(&mut rng),
+        NOW.saturating_sub(1000),
+        NOW.saturating_add(365 * 24 * 3_600_000),
+    )
+    .unwrap();
+    let certs = [
+        bob.accounts[0].device().certificate().clone(),
+        tablet.certificate().clone(),
+    ];
+    let list2 = DeviceList::sign(&bob.identity, &addr(&bob), 2, NOW, &certs).unwrap();
+    let mut tablet_account = Account::new(tablet, list2.clone(), NOW, &mut rng).unwrap();
+    tablet_account.replenish_prekeys(NOW, &mut rng);
+
+    // Within the refresh period the old list is used as is.
+    let soon = NOW.saturating_add(CLIENT_LIST_REFRESH_MS - 1);
+    let _ = c.send(soon, &addr(&bob), text("2")).unwrap();
+    let (out, _) = drain(&mut c, soon);
+    let (sid, envs) = one(submitted(&requests(&out)));
+    assert_eq!(envs.len(), 1);
+    c.handle_input(soon, done(sid));
+    let _ = drain(&mut c, soon);
+
+    // After it, the list is fetched first, and the new device gets its copy.
+    let later = NOW.saturating_add(CLIENT_LIST_REFRESH_MS);
+    let id3 = c.send(later, &addr(&bob), text("3")).unwrap();
+    let (out, _) = drain(&mut c, later);
+    let reqs = requests(&out);
+    assert!(submitted(&reqs).is_empty(), "sealed before the refresh");
+    let list_req = one(
+        reqs.iter()
+            .filter(|r| matches!(&r.body, Some(wire::request::Body::FetchDeviceList(f)) if f.address == "bob@two.example"))
+            .cloned()
+            .collect(),
+    );
+    // Alice's own list is refreshed too (her other devices could have changed).
+    let own_req = one(
+        reqs.iter()
+            .filter(|r| matches!(&r.body, Some(wire::request::Body::FetchDeviceList(f)) if f.address == "alice@one.example"))
+            .cloned()
+            .collect(),
+    );
+    c.handle_input(
+        later,
+        respond(
+            own_req.id,
+            wire::response::Body::DeviceList(wire::DeviceListResponse {
+                device_list: alice.list.encoded().clone(),
+            }),
+        ),
+    );
+    c.handle_input(
+        later,
+        respond(
+            list_req.id,
+            wire::response::Body::DeviceList(wire::DeviceListResponse {
+                device_list: list2.encoded().clone(),
+            }),
+        ),
+    );
+    let (out, _) = drain(&mut c, later);
+    assert!(events(&out).contains(&ClientEvent::DeviceAdded {
+        address: addr(&bob),
+        device: tablet_account.device().id(),
+    }));
+    let (fid, f) = one(fetches(&requests(&out)));
+    assert_eq!(
+        f.devices,
+        vec![Bytes::copy_from_slice(
+            tablet_account.device().id().as_bytes()
+        )]
+    );
+    c.handle_input(
+        later,
+        respond(
+            fid,
+            wire::response::Body::Bundles(wire::Bundles {
+                device_list: list2.encoded().clone(),
+                bundles: bundles(std::slice::from_ref(&tablet_account)),
+            }),
+        ),
+    );
+    let (out, _) = drain(&mut c, later);
+    let (sid, envs) = one(submitted(&requests(&out)));
+    assert_eq!(envs.len(), 2);
+    tablet_account
+        .update_device_list(alice.list.clone())
+        .unwrap();
+    let got: Vec<_> = envs
+        .iter()
+        .filter_map(|e| tablet_account.decrypt(e.clone(), later, &mut rng).ok())
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, id3);
+    c.handle_input(later, done(sid));
+    assert_eq!(
+        events(&drain(&mut c, later).0),
+        vec![ClientEvent::DeliveredToProvider { message_id: id3 }]
+    );
+}
