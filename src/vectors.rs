@@ -666,6 +666,8 @@ fn generate() -> Vec<(&'static str, Value)> {
     // checks the files, so that a vector cannot be written with a wrong expectation.
     check_device_lists(&identity, &device_lists);
     check_session_negatives(&identity, &device_lists, &sessions);
+    let protocol = protocol_vectors(&identity, &envelopes, &device_lists, &sessions);
+    check_protocol(&identity, &device_lists, &protocol);
 
     vec![
         ("identity.json", identity),
@@ -673,6 +675,7 @@ fn generate() -> Vec<(&'static str, Value)> {
         ("addresses.json", addresses),
         ("sessions.json", sessions),
         ("device_lists.json", device_lists),
+        ("protocol.json", protocol),
     ]
 }
 
@@ -869,6 +872,10 @@ fn vectors_replay_from_the_files() {
     let device_lists = load("device_lists.json");
     check_device_lists(&identity, &device_lists);
     check_session_negatives(&identity, &device_lists, &sessions);
+
+    // The protocol (handshakes, example frames, refused frames), also through the
+    // reference client and provider.
+    check_protocol(&identity, &device_lists, &load("protocol.json"));
 
     let addresses = load("addresses.json");
     for v in addresses["valid"].as_array().unwrap() {
@@ -2251,6 +2258,1525 @@ fn check_session_negatives(identity: &Value, lists: &Value, sessions: &Value) {
             state(&bob) == before,
             "receive vector {}: a failed receive changed bob's state",
             r["name"]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Protocol vectors (SPEC.md 16): handshakes, example frames of every kind, refused frames.
+// ---------------------------------------------------------------------------------------
+
+/// A provider's key seed (SPEC.md 12): SHA-256 of "kogge test vector: <domain> provider key".
+fn provider_seed(domain: &str) -> [u8; 32] {
+    seed(&format!("{domain} provider key"))
+}
+
+fn provider_signing(domain: &str) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&provider_seed(domain))
+}
+
+/// A `uint64` in the decoded form: a decimal string (as in the proto3 JSON mapping), so
+/// that values beyond 2^53 survive every JSON reader.
+fn u64_json(v: u64) -> Value {
+    json!(v.to_string())
+}
+
+fn error_json(e: &wire::Error) -> Value {
+    json!({"code": e.code, "message": e.message, "retryable": e.retryable, "retry_after_ms": u64_json(e.retry_after_ms)})
+}
+
+fn hexes(v: &[Bytes]) -> Vec<String> {
+    v.iter().map(|b| h(b)).collect()
+}
+
+/// A frame in the decoded form of protocol.json: field names as in protocol.proto, bytes
+/// as hex, `uint64` as decimal strings, enums by name; every field outside a `oneof` is
+/// present (with its default when absent on the wire; an absent message is null); of a
+/// `oneof`, only the member that is set.
+fn frame_json(body: &wire::frame::Body) -> Value {
+    use wire::frame::Body;
+    match body {
+        Body::Hello(m) => json!({"hello": {
+            "version": m.version,
+            "nonce": h(&m.nonce),
+            "role": wire::Role::try_from(m.role).map_or_else(|_| json!(m.role), |r| json!(r.as_str_name())),
+            "acceptor": m.acceptor,
+        }}),
+        Body::Challenge(m) => json!({"challenge": {
+            "nonce": h(&m.nonce), "domain": m.domain,
+            "provider_key": h(&m.provider_key), "signature": h(&m.signature),
+        }}),
+        Body::Auth(m) => {
+            let mut a = json!({"signature": h(&m.signature)});
+            match &m.who {
+                Some(wire::auth::Who::Device(d)) => {
+                    a["device"] =
+                        json!({"certificate": h(&d.certificate), "device_list": h(&d.device_list)});
+                }
+                Some(wire::auth::Who::Provider(p)) => a["provider"] = json!({"domain": p.domain}),
+                None => {}
+            }
+            json!({ "auth": a })
+        }
+        Body::Welcome(m) => json!({"welcome": {"time_ms": u64_json(m.time_ms)}}),
+        Body::Goodbye(m) => json!({"goodbye": {"error": m.error.as_ref().map(error_json)}}),
+        Body::Request(r) => {
+            use wire::request::Body as B;
+            let mut o = json!({ "id": u64_json(r.id) });
+            let member = match &r.body {
+                Some(B::PublishDeviceList(m)) => Some((
+                    "publish_device_list",
+                    json!({"device_list": h(&m.device_list)}),
+                )),
+                Some(B::PublishPrekeys(m)) => Some((
+                    "publish_prekeys",
+                    json!({"signed_prekey": h(&m.signed_prekey), "kem_prekey": h(&m.kem_prekey), "one_time": hexes(&m.one_time)}),
+                )),
+                Some(B::FetchBundles(m)) => Some((
+                    "fetch_bundles",
+                    json!({"address": m.address, "devices": hexes(&m.devices), "requester": m.requester}),
+                )),
+                Some(B::Submit(m)) => Some(("submit", json!({"envelopes": hexes(&m.envelopes)}))),
+                Some(B::Relay(m)) => Some(("relay", json!({"envelopes": hexes(&m.envelopes)}))),
+                Some(B::FetchDeviceList(m)) => Some((
+                    "fetch_device_list",
+                    json!({"address": m.address, "requester": m.requester}),
+                )),
+                None => None,
+            };
+            if let Some((k, v)) = member {
+                o[k] = v;
+            }
+            json!({ "request": o })
+        }
+        Body::Response(r) => {
+            use wire::response::Body as B;
+            let mut o = json!({ "id": u64_json(r.id) });
+            let member = match &r.body {
+                Some(B::Error(e)) => Some(("error", error_json(e))),
+                Some(B::Done(_)) => Some(("done", json!({}))),
+                Some(B::Bundles(m)) => Some((
+                    "bundles",
+                    json!({"device_list": h(&m.device_list), "bundles": hexes(&m.bundles)}),
+                )),
+                Some(B::RelayResult(m)) => Some((
+                    "relay_result",
+                    json!({"results": m.results.iter().map(error_json).collect::<Vec<_>>()}),
+                )),
+                Some(B::DeviceList(m)) => {
+                    Some(("device_list", json!({"device_list": h(&m.device_list)})))
+                }
+                None => None,
+            };
+            if let Some((k, v)) = member {
+                o[k] = v;
+            }
+            json!({ "response": o })
+        }
+        Body::Deliver(d) => {
+            let items: Vec<Value> = d
+                .items
+                .iter()
+                .map(|i| {
+                    let mut o = json!({ "seq": u64_json(i.seq) });
+                    match &i.item {
+                        Some(wire::mailbox_item::Item::Envelope(e)) => o["envelope"] = json!(h(e)),
+                        Some(wire::mailbox_item::Item::Notice(n)) => {
+                            o["notice"] = match &n.body {
+                                Some(wire::notice::Body::Undeliverable(u)) => json!({"undeliverable": {
+                                    "message_id": h(&u.message_id), "recipient": u.recipient,
+                                    "device": h(&u.device), "reason": u.reason.as_ref().map(error_json),
+                                }}),
+                                Some(wire::notice::Body::PrekeysLow(p)) => {
+                                    json!({"prekeys_low": {"remaining": p.remaining}})
+                                }
+                                None => json!({}),
+                            }
+                        }
+                        None => {}
+                    }
+                    o
+                })
+                .collect();
+            json!({"deliver": {"items": items}})
+        }
+        Body::DeliverAck(a) => {
+            json!({"deliver_ack": {"seqs": a.seqs.iter().map(|s| u64_json(*s)).collect::<Vec<_>>()}})
+        }
+    }
+}
+
+fn frame_vector(body: &wire::frame::Body) -> Value {
+    let encoded = crate::protocol::encode(body.clone());
+    json!({"encoded": h(&encoded), "decoded": frame_json(body)})
+}
+
+/// Who connects in a handshake vector.
+enum Connector<'a> {
+    /// A device: its party name in identity.json, its device signing key, the certificate
+    /// and the (possibly empty) device list it presents.
+    Device {
+        party: &'static str,
+        signing: &'a ed25519_dalek::SigningKey,
+        certificate: &'a Bytes,
+        device_list: &'a Bytes,
+        device_list_name: Option<&'static str>,
+    },
+    /// A provider, by domain.
+    Provider { domain: &'static str },
+}
+
+fn handshake_vector(
+    name: &str,
+    description: &str,
+    acceptor: &str,
+    binding: &[u8],
+    who: &Connector<'_>,
+) -> Value {
+    use ed25519_dalek::Signer;
+    use wire::frame::Body;
+    let hello_nonce = seed(&format!("{name} hello nonce"));
+    let challenge_nonce = seed(&format!("{name} challenge nonce"));
+    let acceptor_key = provider_signing(acceptor);
+    let (role, identity, signer, auth_who) = match who {
+        Connector::Device {
+            signing,
+            certificate,
+            device_list,
+            ..
+        } => (
+            wire::Role::Device,
+            certificate.to_vec(),
+            (*signing).clone(),
+            wire::auth::Who::Device(wire::DeviceAuth {
+                certificate: (*certificate).clone(),
+                device_list: (*device_list).clone(),
+            }),
+        ),
+        Connector::Provider { domain } => (
+            wire::Role::Provider,
+            domain.as_bytes().to_vec(),
+            provider_signing(domain),
+            wire::auth::Who::Provider(wire::ProviderAuth {
+                domain: (*domain).to_owned(),
+            }),
+        ),
+    };
+    let d = acceptor.as_bytes();
+    let challenge_input = crypto::framed(
+        Label::ChallengeSignature,
+        &[&hello_nonce, &challenge_nonce, d, binding],
+    );
+    let challenge_signature = crate::protocol::sign_challenge(
+        &acceptor_key,
+        &hello_nonce,
+        &challenge_nonce,
+        acceptor,
+        binding,
+    )
+    .to_bytes();
+    assert_eq!(
+        challenge_signature,
+        acceptor_key.sign(&challenge_input).to_bytes()
+    );
+    let auth_input = crypto::framed(
+        Label::AuthSignature,
+        &[&challenge_nonce, &hello_nonce, d, binding, &identity],
+    );
+    let auth_signature = crate::protocol::sign_auth(
+        &signer,
+        &challenge_nonce,
+        &hello_nonce,
+        acceptor,
+        binding,
+        &identity,
+    )
+    .to_bytes();
+    assert_eq!(auth_signature, signer.sign(&auth_input).to_bytes());
+    let hello = Body::Hello(wire::Hello {
+        version: PROTOCOL_VERSION,
+        nonce: Bytes::copy_from_slice(&hello_nonce),
+        role: role as i32,
+        acceptor: acceptor.to_owned(),
+    });
+    let challenge = Body::Challenge(wire::Challenge {
+        nonce: Bytes::copy_from_slice(&challenge_nonce),
+        domain: acceptor.to_owned(),
+        provider_key: Bytes::copy_from_slice(acceptor_key.verifying_key().as_bytes()),
+        signature: Bytes::copy_from_slice(&challenge_signature),
+    });
+    let auth = Body::Auth(wire::Auth {
+        who: Some(auth_who),
+        signature: Bytes::copy_from_slice(&auth_signature),
+    });
+    let welcome = Body::Welcome(wire::Welcome { time_ms: T0.0 });
+    let mut v = json!({
+        "name": name,
+        "description": description,
+        "role": role.as_str_name(),
+        "acceptor": acceptor,
+        "acceptor_key_seed": h(&provider_seed(acceptor)),
+        "acceptor_key": h(acceptor_key.verifying_key().as_bytes()),
+        "binding": h(binding),
+        "hello_nonce": h(&hello_nonce),
+        "challenge_nonce": h(&challenge_nonce),
+        "challenge_input": h(&challenge_input),
+        "challenge_signature": h(&challenge_signature),
+        "auth_identity": h(&identity),
+        "auth_input": h(&auth_input),
+        "auth_signature": h(&auth_signature),
+        "welcome_time_ms": T0.0,
+        "frames": {
+            "hello": frame_vector(&hello),
+            "challenge": frame_vector(&challenge),
+            "auth": frame_vector(&auth),
+            "welcome": frame_vector(&welcome),
+        },
+    });
+    match who {
+        Connector::Device {
+            party,
+            certificate,
+            device_list,
+            device_list_name,
+            ..
+        } => {
+            v["device"] = json!(party);
+            v["certificate"] = json!(h(certificate));
+            v["device_list"] = json!(h(device_list));
+            v["device_list_name"] = json!(device_list_name);
+        }
+        Connector::Provider { domain } => {
+            v["connector_domain"] = json!(domain);
+            v["connector_key_seed"] = json!(h(&provider_seed(domain)));
+            v["connector_key"] = json!(h(provider_signing(domain).verifying_key().as_bytes()));
+        }
+    }
+    v
+}
+
+/// Structural rules of SPEC.md 16.2 by their name there (`Message.field`), with the name
+/// the reference reports in [`crate::protocol::FrameError`].
+const FRAME_FIELDS: &[(&str, &str)] = &[
+    ("Hello.nonce", "hello.nonce"),
+    ("Hello.acceptor", "hello.acceptor"),
+    ("Challenge.nonce", "challenge.nonce"),
+    ("Challenge.domain", "challenge.domain"),
+    ("Challenge.provider_key", "challenge.provider_key"),
+    ("Challenge.signature", "challenge.signature"),
+    ("Auth.signature", "auth.signature"),
+    ("Auth.who", "auth.who"),
+    ("DeviceAuth.certificate", "auth.certificate"),
+    ("DeviceAuth.device_list", "auth.device_list"),
+    ("ProviderAuth.domain", "auth.domain"),
+    ("Error.code", "error.code"),
+    ("Error.message", "error.message"),
+    ("Request.body", "request.body"),
+    ("Response.body", "response.body"),
+    ("PublishDeviceList.device_list", "device_list"),
+    ("PublishPrekeys.signed_prekey", "signed_prekey"),
+    ("PublishPrekeys.kem_prekey", "kem_prekey"),
+    ("PublishPrekeys.one_time", "one_time"),
+    ("FetchBundles.address", "fetch.address"),
+    ("FetchBundles.requester", "fetch.requester"),
+    ("FetchBundles.devices", "fetch.devices"),
+    ("FetchDeviceList.address", "fetch.address"),
+    ("FetchDeviceList.requester", "fetch.requester"),
+    ("Submit.envelopes", "submit.envelopes"),
+    ("Relay.envelopes", "relay.envelopes"),
+    ("Bundles.device_list", "bundles.device_list"),
+    ("Bundles.bundles", "bundles.bundles"),
+    ("DeviceListResponse.device_list", "device_list"),
+    ("RelayResult.results", "relay_result.results"),
+    ("Deliver.items", "deliver.items"),
+    ("MailboxItem.item", "deliver.item"),
+    ("MailboxItem.envelope", "deliver.envelope"),
+    ("Undeliverable.message_id", "undeliverable.message_id"),
+    ("Undeliverable.device", "undeliverable.device"),
+    ("Undeliverable.recipient", "undeliverable.recipient"),
+    ("DeliverAck.seqs", "deliver_ack.seqs"),
+];
+
+/// Checks that the reference refuses `bytes` as a negative protocol vector says.
+fn assert_refused(name: &str, bytes: &[u8], expected: &str, field: Option<&str>) {
+    use crate::protocol::FrameError;
+    let e = crate::protocol::check_frame(bytes)
+        .map(|_| ())
+        .expect_err(name);
+    let (got, reference) = match &e {
+        FrameError::TooLarge { .. } => ("too_large", None),
+        FrameError::Decode => ("decode", None),
+        FrameError::InvalidField(f) => ("invalid_field", Some(*f)),
+        FrameError::TooMany { field, .. } => ("too_many", Some(*field)),
+    };
+    assert_eq!(got, expected, "frame vector {name}: {e}");
+    match (field, reference) {
+        (None, None) => {}
+        (Some(f), Some(r)) => assert!(same_rule(f, r), "frame vector {name}: {f} is not {r}"),
+        _ => panic!("frame vector {name}: field {field:?}, the reference names {reference:?}"),
+    }
+}
+
+/// Whether `field` (a SPEC.md name) is the rule the reference reported as `reference`.
+fn same_rule(field: &str, reference: &str) -> bool {
+    FRAME_FIELDS.contains(&(field, reference))
+}
+
+/// A length-delimited protobuf field, for frames the reference encoder would not write.
+fn ld_field(field: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn protocol_vectors(
+    identity: &Value,
+    envelopes: &Value,
+    device_lists: &Value,
+    sessions: &Value,
+) -> Value {
+    use wire::frame::Body;
+    use wire::{request, response};
+    let list = |name: &str| bytes_of(&named(&device_lists["positive"], name)["encoded"]);
+    let (alice_list, bob_list) = (list("alice"), list("bob"));
+    let alice = named(&identity["parties"], "alice");
+    let bob = named(&identity["parties"], "bob");
+    let alice_cert = bytes_of(&alice["certificate"]["encoded"]);
+    let alice_signing = ed25519_dalek::SigningKey::from_bytes(
+        &unhex(&alice["device_signing_seed"]).try_into().unwrap(),
+    );
+    let bob_device = bytes_of(&bob["device_id"]);
+    let envelope = |name: &str| {
+        envelopes["positive"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["vector"])
+            .find(|v| v["name"] == name)
+            .unwrap()
+    };
+    let (text, receipt) = (envelope("text"), envelope("read_receipt"));
+    let envs = vec![bytes_of(&text["envelope"]), bytes_of(&receipt["envelope"])];
+    let case = named(&sessions["cases"], "with_one_time_prekey");
+    let pk = &case["bob_prekeys"];
+    let bob_to_alice = &case["messages"][1];
+    assert_eq!(bob_to_alice["from"], "bob");
+
+    // (1), (2): handshakes.
+    let handshakes = vec![
+        handshake_vector(
+            "device_register",
+            "alice's device connects to one.example with a 32-byte channel binding and presents its user's device list (positive 'alice' of device_lists.json): the provider registers alice@one.example (VAL-PROTO-013) and welcomes the device",
+            "one.example",
+            &seed("device_register channel binding"),
+            &Connector::Device {
+                party: "alice",
+                signing: &alice_signing,
+                certificate: &alice_cert,
+                device_list: &alice_list,
+                device_list_name: Some("alice"),
+            },
+        ),
+        handshake_vector(
+            "device_reconnect",
+            "alice's device connects again, over a transport without channel binding (empty binding) and without a device list: the provider, which stores alice's list since 'device_register', welcomes it (VAL-PROTO-016, -017)",
+            "one.example",
+            &[],
+            &Connector::Device {
+                party: "alice",
+                signing: &alice_signing,
+                certificate: &alice_cert,
+                device_list: &Bytes::new(),
+                device_list_name: None,
+            },
+        ),
+        handshake_vector(
+            "provider_connect",
+            "one.example connects to two.example (to relay alice's envelopes to bob) with a 32-byte channel binding; two.example's resolver gives one.example's provider key (VAL-PROTO-018 to -021)",
+            "two.example",
+            &seed("provider_connect channel binding"),
+            &Connector::Provider {
+                domain: "one.example",
+            },
+        ),
+    ];
+
+    // (3): example frames of every request, response and delivery kind.
+    let req = |id: u64, b: request::Body| Body::Request(wire::Request { id, body: Some(b) });
+    let resp = |id: u64, b: response::Body| Body::Response(wire::Response { id, body: Some(b) });
+    let rate_limited = wire::Error {
+        code: "rate_limited".into(),
+        message: "fetch bucket empty".into(),
+        retryable: true,
+        retry_after_ms: 600,
+    };
+    let frames: Vec<(&str, &str, &str, Body)> = vec![
+        (
+            "publish_device_list",
+            "alice's device",
+            "PublishDeviceList of alice's list (positive 'alice' of device_lists.json), request id 1",
+            req(
+                1,
+                request::Body::PublishDeviceList(wire::PublishDeviceList {
+                    device_list: alice_list.clone(),
+                }),
+            ),
+        ),
+        (
+            "publish_prekeys",
+            "bob's device",
+            "PublishPrekeys of bob's prekeys of session case with_one_time_prekey: signed prekey (id 1), ML-KEM-768 prekey (id 2), one one-time prekey (id 3); request id 2",
+            req(
+                2,
+                request::Body::PublishPrekeys(wire::PublishPrekeys {
+                    signed_prekey: bytes_of(&pk["signed_prekey"]["encoded"]),
+                    kem_prekey: bytes_of(&pk["kem_prekey"]["encoded"]),
+                    one_time: vec![bytes_of(&pk["one_time_prekey"]["encoded"])],
+                }),
+            ),
+        ),
+        (
+            "fetch_bundles",
+            "alice's device",
+            "FetchBundles for bob@two.example, bob's device only, requester empty (a device); request id 3",
+            req(
+                3,
+                request::Body::FetchBundles(wire::FetchBundles {
+                    address: "bob@two.example".into(),
+                    devices: vec![bob_device.clone()],
+                    requester: String::new(),
+                }),
+            ),
+        ),
+        (
+            "fetch_bundles_forwarded",
+            "one.example",
+            "the same fetch forwarded by one.example to two.example on alice's behalf: every listed device (devices empty), requester alice@one.example; request id 9",
+            req(
+                9,
+                request::Body::FetchBundles(wire::FetchBundles {
+                    address: "bob@two.example".into(),
+                    devices: Vec::new(),
+                    requester: "alice@one.example".into(),
+                }),
+            ),
+        ),
+        (
+            "fetch_device_list",
+            "alice's device",
+            "FetchDeviceList for bob@two.example, requester empty; request id 4",
+            req(
+                4,
+                request::Body::FetchDeviceList(wire::FetchDeviceList {
+                    address: "bob@two.example".into(),
+                    requester: String::new(),
+                }),
+            ),
+        ),
+        (
+            "submit",
+            "alice's device",
+            "Submit of the envelopes 'text' and 'read_receipt' of envelopes.json (alice to bob); request id 5",
+            req(
+                5,
+                request::Body::Submit(wire::Submit {
+                    envelopes: envs.clone(),
+                }),
+            ),
+        ),
+        (
+            "relay",
+            "one.example",
+            "Relay of the same two envelopes from one.example to two.example; request id 2^64 - 1 (ids may take any value: a 10-byte varint)",
+            req(
+                u64::MAX,
+                request::Body::Relay(wire::Relay {
+                    envelopes: envs.clone(),
+                }),
+            ),
+        ),
+        (
+            "response_error",
+            "one.example",
+            "Response to request 3: Error rate_limited, retryable, retry after 600 ms",
+            resp(3, response::Body::Error(rate_limited)),
+        ),
+        (
+            "response_error_message_at_limit",
+            "one.example",
+            "Response to request 3: Error with a message of 'ü' 128 times: 128 characters, 256 bytes of UTF-8 (MAX_ERROR_MESSAGE_LEN, lengths are counted in bytes): valid",
+            resp(
+                3,
+                response::Body::Error(wire::Error {
+                    code: "invalid".into(),
+                    message: "ü".repeat(128),
+                    retryable: false,
+                    retry_after_ms: 0,
+                }),
+            ),
+        ),
+        (
+            "response_done",
+            "one.example",
+            "Response to request 5 (the submit): Done, an empty message, still written (a set oneof member)",
+            resp(5, response::Body::Done(wire::Done {})),
+        ),
+        (
+            "response_bundles",
+            "one.example",
+            "Response to request 3: Bundles with bob's list (positive 'bob' of device_lists.json) and the bundle of session case with_one_time_prekey",
+            resp(
+                3,
+                response::Body::Bundles(wire::Bundles {
+                    device_list: bob_list.clone(),
+                    bundles: vec![bytes_of(&case["setup"]["bundle"])],
+                }),
+            ),
+        ),
+        (
+            "response_relay_result",
+            "two.example",
+            "Response to the relay (id 2^64 - 1): RelayResult, the first envelope stored (an Error with every field empty, written as an empty message), the second refused with unknown_device",
+            resp(
+                u64::MAX,
+                response::Body::RelayResult(wire::RelayResult {
+                    results: vec![
+                        wire::Error::default(),
+                        wire::Error {
+                            code: "unknown_device".into(),
+                            message: "envelope 1: device not on bob@two.example's list".into(),
+                            retryable: false,
+                            retry_after_ms: 0,
+                        },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "response_device_list",
+            "one.example",
+            "Response to request 4: DeviceListResponse with bob's list",
+            resp(
+                4,
+                response::Body::DeviceList(wire::DeviceListResponse {
+                    device_list: bob_list.clone(),
+                }),
+            ),
+        ),
+        (
+            "deliver",
+            "one.example",
+            "Deliver to alice's device: seq 1, bob's reply (message 2 of session case with_one_time_prekey); seq 2, Undeliverable for the 'read_receipt' envelope to bob's device, reason expired; seq 3, PrekeysLow with 19 remaining",
+            Body::Deliver(wire::Deliver {
+                items: vec![
+                    wire::MailboxItem {
+                        seq: 1,
+                        item: Some(wire::mailbox_item::Item::Envelope(bytes_of(
+                            &bob_to_alice["envelope"],
+                        ))),
+                    },
+                    wire::MailboxItem {
+                        seq: 2,
+                        item: Some(wire::mailbox_item::Item::Notice(wire::Notice {
+                            body: Some(wire::notice::Body::Undeliverable(wire::Undeliverable {
+                                message_id: bytes_of(&receipt["message_id"]),
+                                recipient: "bob@two.example".into(),
+                                device: bob_device.clone(),
+                                reason: Some(wire::Error {
+                                    code: "expired".into(),
+                                    message: "two.example unreachable for 3 days".into(),
+                                    retryable: false,
+                                    retry_after_ms: 0,
+                                }),
+                            })),
+                        })),
+                    },
+                    wire::MailboxItem {
+                        seq: 3,
+                        item: Some(wire::mailbox_item::Item::Notice(wire::Notice {
+                            body: Some(wire::notice::Body::PrekeysLow(wire::PrekeysLow {
+                                remaining: 19,
+                            })),
+                        })),
+                    },
+                ],
+            }),
+        ),
+        (
+            "deliver_future_notice",
+            "one.example",
+            "Deliver to alice's device: seq 4, a Notice whose body is not set (a notice kind of a later version): structurally valid, acknowledged and otherwise ignored",
+            Body::Deliver(wire::Deliver {
+                items: vec![wire::MailboxItem {
+                    seq: 4,
+                    item: Some(wire::mailbox_item::Item::Notice(wire::Notice {
+                        body: None,
+                    })),
+                }],
+            }),
+        ),
+        (
+            "deliver_ack",
+            "alice's device",
+            "DeliverAck of seqs 1, 2, 3 (the reference encoder packs a repeated uint64, as proto3 does by default)",
+            Body::DeliverAck(wire::DeliverAck {
+                seqs: vec![1, 2, 3],
+            }),
+        ),
+        (
+            "goodbye",
+            "one.example",
+            "Goodbye with error unknown_device (the device was removed from its user's list)",
+            Body::Goodbye(wire::Goodbye {
+                error: Some(wire::Error {
+                    code: "unknown_device".into(),
+                    message: "not on alice@one.example's device list".into(),
+                    retryable: false,
+                    retry_after_ms: 0,
+                }),
+            }),
+        ),
+        (
+            "goodbye_without_error",
+            "alice's device",
+            "Goodbye without an error: an empty message",
+            Body::Goodbye(wire::Goodbye { error: None }),
+        ),
+    ];
+    let mut frames: Vec<Value> = frames
+        .into_iter()
+        .map(|(name, sender, description, body)| {
+            let mut v = frame_vector(&body);
+            v["name"] = json!(name);
+            v["sender"] = json!(sender);
+            v["description"] = json!(description);
+            v["reference_encoding"] = json!(true);
+            v
+        })
+        .collect();
+    // A valid encoding other than the reference one: the same acknowledgement with its
+    // seqs unpacked (one key per value), which every decoder must accept too.
+    let unpacked: Vec<u8> = {
+        let mut inner = Vec::new();
+        for s in [1u64, 2, 3] {
+            prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut inner);
+            prost::encoding::encode_varint(s, &mut inner);
+        }
+        ld_field(8, &inner)
+    };
+    frames.push(json!({
+        "name": "deliver_ack_unpacked",
+        "sender": "alice's device",
+        "description": "the DeliverAck of seqs 1, 2, 3 with its repeated uint64 unpacked: not the reference encoding, but a decoder must read both forms",
+        "encoded": h(&unpacked),
+        "decoded": frame_json(&Body::DeliverAck(wire::DeliverAck { seqs: vec![1, 2, 3] })),
+        "reference_encoding": false,
+    }));
+
+    // (4): frames that break a rule of SPEC.md 16.2.
+    let enc = |b: Body| crate::protocol::encode(b).to_vec();
+    let hello = |nonce: Vec<u8>, acceptor: String| {
+        Body::Hello(wire::Hello {
+            version: PROTOCOL_VERSION,
+            nonce: Bytes::from(nonce),
+            role: wire::Role::Device as i32,
+            acceptor,
+        })
+    };
+    let good_hello = enc(hello(vec![7; 32], "one.example".into()));
+    let challenge = |key: usize, sig: usize| {
+        Body::Challenge(wire::Challenge {
+            nonce: Bytes::from(vec![7; 32]),
+            domain: "one.example".into(),
+            provider_key: Bytes::from(vec![1; key]),
+            signature: Bytes::from(vec![2; sig]),
+        })
+    };
+    let err = |code: &str, message: String| wire::Error {
+        code: code.into(),
+        message,
+        retryable: false,
+        retry_after_ms: 0,
+    };
+    let undeliverable = |id: usize, device: usize, reason: Option<wire::Error>| {
+        Body::Deliver(wire::Deliver {
+            items: vec![wire::MailboxItem {
+                seq: 2,
+                item: Some(wire::mailbox_item::Item::Notice(wire::Notice {
+                    body: Some(wire::notice::Body::Undeliverable(wire::Undeliverable {
+                        message_id: Bytes::from(vec![3; id]),
+                        recipient: "bob@two.example".into(),
+                        device: Bytes::from(vec![4; device]),
+                        reason,
+                    })),
+                })),
+            }],
+        })
+    };
+    let few = |n: usize| vec![Bytes::from_static(&[0]); n];
+    let long_message = "ü".repeat(128) + "x";
+    let invalid_utf8 = {
+        let mut hello = wire::Hello {
+            version: PROTOCOL_VERSION,
+            nonce: Bytes::from(vec![7; 32]),
+            role: wire::Role::Device as i32,
+            acceptor: String::new(),
+        }
+        .encode_to_vec();
+        hello.extend_from_slice(&[0x22, 0x01, 0xff]);
+        ld_field(1, &hello)
+    };
+    // name, description, the frame, expected_error, field
+    type Refused<'a> = (&'a str, &'a str, Vec<u8>, &'a str, Option<&'a str>);
+    let negative: Vec<Refused<'_>> = vec![
+        (
+            "too_large",
+            "MAX_FRAME_LEN + 1 zero bytes: refused before decoding",
+            vec![0; crate::limits::MAX_FRAME_LEN + 1],
+            "too_large",
+            None,
+        ),
+        (
+            "empty",
+            "zero bytes: a Frame with no body set",
+            Vec::new(),
+            "decode",
+            None,
+        ),
+        (
+            "unknown_frame_kind",
+            "only field 10 (an empty message): a frame kind of a later version, no body set",
+            vec![0x52, 0x00],
+            "decode",
+            None,
+        ),
+        (
+            "truncated",
+            "a valid Hello frame without its last byte",
+            good_hello[..good_hello.len() - 1].to_vec(),
+            "decode",
+            None,
+        ),
+        (
+            "hello_wrong_wire_type",
+            "field 1 (hello) as a varint: a known field with the wrong wire type",
+            vec![0x08, 0x01],
+            "decode",
+            None,
+        ),
+        (
+            "hello_acceptor_invalid_utf8",
+            "a Hello whose acceptor is the byte ff: not UTF-8",
+            invalid_utf8,
+            "decode",
+            None,
+        ),
+        (
+            "hello_nonce_31",
+            "a Hello with a 31-byte nonce",
+            enc(hello(vec![7; 31], "one.example".into())),
+            "invalid_field",
+            Some("Hello.nonce"),
+        ),
+        (
+            "hello_nonce_33",
+            "a Hello with a 33-byte nonce",
+            enc(hello(vec![7; 33], "one.example".into())),
+            "invalid_field",
+            Some("Hello.nonce"),
+        ),
+        (
+            "hello_acceptor_254",
+            "a Hello whose acceptor is 254 bytes (MAX_DOMAIN_LEN + 1)",
+            enc(hello(vec![7; 32], "a".repeat(254))),
+            "invalid_field",
+            Some("Hello.acceptor"),
+        ),
+        (
+            "challenge_provider_key_31",
+            "a Challenge with a 31-byte provider key",
+            enc(challenge(31, 64)),
+            "invalid_field",
+            Some("Challenge.provider_key"),
+        ),
+        (
+            "challenge_signature_63",
+            "a Challenge with a 63-byte signature",
+            enc(challenge(32, 63)),
+            "invalid_field",
+            Some("Challenge.signature"),
+        ),
+        (
+            "auth_without_who",
+            "an Auth with a signature and neither device nor provider",
+            enc(Body::Auth(wire::Auth {
+                who: None,
+                signature: Bytes::from(vec![2; 64]),
+            })),
+            "invalid_field",
+            Some("Auth.who"),
+        ),
+        (
+            "auth_certificate_1025",
+            "an Auth whose certificate is 1025 bytes (MAX_CERTIFICATE_LEN + 1)",
+            enc(Body::Auth(wire::Auth {
+                who: Some(wire::auth::Who::Device(wire::DeviceAuth {
+                    certificate: Bytes::from(vec![5; 1025]),
+                    device_list: Bytes::new(),
+                })),
+                signature: Bytes::from(vec![2; 64]),
+            })),
+            "invalid_field",
+            Some("DeviceAuth.certificate"),
+        ),
+        (
+            "auth_provider_domain_254",
+            "an Auth whose ProviderAuth.domain is 254 bytes",
+            enc(Body::Auth(wire::Auth {
+                who: Some(wire::auth::Who::Provider(wire::ProviderAuth {
+                    domain: "a".repeat(254),
+                })),
+                signature: Bytes::from(vec![2; 64]),
+            })),
+            "invalid_field",
+            Some("ProviderAuth.domain"),
+        ),
+        (
+            "goodbye_error_code_33",
+            "a Goodbye whose error code is 33 bytes (MAX_ERROR_CODE_LEN + 1)",
+            enc(Body::Goodbye(wire::Goodbye {
+                error: Some(err(&"e".repeat(33), String::new())),
+            })),
+            "invalid_field",
+            Some("Error.code"),
+        ),
+        (
+            "error_message_257",
+            "a Response Error whose message is 'ü' 128 times and 'x': 129 characters, 257 bytes (MAX_ERROR_MESSAGE_LEN + 1)",
+            enc(resp(
+                3,
+                response::Body::Error(err("invalid", long_message.clone())),
+            )),
+            "invalid_field",
+            Some("Error.message"),
+        ),
+        (
+            "request_without_body",
+            "a Request with an id and no body",
+            enc(Body::Request(wire::Request { id: 1, body: None })),
+            "invalid_field",
+            Some("Request.body"),
+        ),
+        (
+            "response_without_body",
+            "a Response with an id and no body",
+            enc(Body::Response(wire::Response { id: 1, body: None })),
+            "invalid_field",
+            Some("Response.body"),
+        ),
+        (
+            "publish_prekeys_201_one_time",
+            "a PublishPrekeys with 201 one-time prekeys (MAX_PUBLISH_ONE_TIME + 1), each one byte",
+            enc(req(
+                2,
+                request::Body::PublishPrekeys(wire::PublishPrekeys {
+                    signed_prekey: Bytes::from_static(&[0]),
+                    kem_prekey: Bytes::from_static(&[0]),
+                    one_time: few(201),
+                }),
+            )),
+            "too_many",
+            Some("PublishPrekeys.one_time"),
+        ),
+        (
+            "fetch_bundles_device_15",
+            "a FetchBundles with a 15-byte device id",
+            enc(req(
+                3,
+                request::Body::FetchBundles(wire::FetchBundles {
+                    address: "bob@two.example".into(),
+                    devices: vec![Bytes::from(vec![4; 15])],
+                    requester: String::new(),
+                }),
+            )),
+            "invalid_field",
+            Some("FetchBundles.devices"),
+        ),
+        (
+            "fetch_bundles_17_devices",
+            "a FetchBundles with 17 device ids (MAX_FETCH_DEVICES + 1)",
+            enc(req(
+                3,
+                request::Body::FetchBundles(wire::FetchBundles {
+                    address: "bob@two.example".into(),
+                    devices: vec![Bytes::from(vec![4; 16]); 17],
+                    requester: String::new(),
+                }),
+            )),
+            "too_many",
+            Some("FetchBundles.devices"),
+        ),
+        (
+            "submit_empty",
+            "a Submit without envelopes",
+            enc(req(
+                5,
+                request::Body::Submit(wire::Submit {
+                    envelopes: Vec::new(),
+                }),
+            )),
+            "invalid_field",
+            Some("Submit.envelopes"),
+        ),
+        (
+            "submit_33_envelopes",
+            "a Submit of 33 one-byte envelopes (MAX_SUBMIT_ENVELOPES + 1)",
+            enc(req(
+                5,
+                request::Body::Submit(wire::Submit { envelopes: few(33) }),
+            )),
+            "too_many",
+            Some("Submit.envelopes"),
+        ),
+        (
+            "relay_empty",
+            "a Relay without envelopes",
+            enc(req(
+                6,
+                request::Body::Relay(wire::Relay {
+                    envelopes: Vec::new(),
+                }),
+            )),
+            "invalid_field",
+            Some("Relay.envelopes"),
+        ),
+        (
+            "bundles_17",
+            "a Bundles response with 17 one-byte bundles (MAX_DEVICES_PER_USER + 1)",
+            enc(resp(
+                3,
+                response::Body::Bundles(wire::Bundles {
+                    device_list: Bytes::from_static(&[0]),
+                    bundles: few(17),
+                }),
+            )),
+            "too_many",
+            Some("Bundles.bundles"),
+        ),
+        (
+            "relay_result_error_code_33",
+            "a RelayResult whose second entry has a 33-byte code",
+            enc(resp(
+                6,
+                response::Body::RelayResult(wire::RelayResult {
+                    results: vec![wire::Error::default(), err(&"e".repeat(33), String::new())],
+                }),
+            )),
+            "invalid_field",
+            Some("Error.code"),
+        ),
+        (
+            "deliver_item_without_item",
+            "a Deliver whose item has a seq and neither envelope nor notice",
+            enc(Body::Deliver(wire::Deliver {
+                items: vec![wire::MailboxItem { seq: 1, item: None }],
+            })),
+            "invalid_field",
+            Some("MailboxItem.item"),
+        ),
+        (
+            "deliver_65_items",
+            "a Deliver of 65 one-byte envelopes (MAX_DELIVER_ITEMS + 1)",
+            enc(Body::Deliver(wire::Deliver {
+                items: (1..=65)
+                    .map(|seq| wire::MailboxItem {
+                        seq,
+                        item: Some(wire::mailbox_item::Item::Envelope(Bytes::from_static(&[0]))),
+                    })
+                    .collect(),
+            })),
+            "too_many",
+            Some("Deliver.items"),
+        ),
+        (
+            "undeliverable_message_id_15",
+            "an Undeliverable notice with a 15-byte message id",
+            enc(undeliverable(15, 16, None)),
+            "invalid_field",
+            Some("Undeliverable.message_id"),
+        ),
+        (
+            "undeliverable_device_17",
+            "an Undeliverable notice with a 17-byte device id",
+            enc(undeliverable(16, 17, None)),
+            "invalid_field",
+            Some("Undeliverable.device"),
+        ),
+        (
+            "undeliverable_reason_message_257",
+            "an Undeliverable notice whose reason has a 257-byte message",
+            enc(undeliverable(16, 16, Some(err("expired", long_message)))),
+            "invalid_field",
+            Some("Error.message"),
+        ),
+        (
+            "deliver_ack_1025_seqs",
+            "a DeliverAck of 1025 seqs (MAX_ACK_SEQS + 1)",
+            enc(Body::DeliverAck(wire::DeliverAck {
+                seqs: (1..=1025).collect(),
+            })),
+            "too_many",
+            Some("DeliverAck.seqs"),
+        ),
+    ];
+    let negative: Vec<Value> = negative
+        .into_iter()
+        .map(|(name, description, bytes, expected, field)| {
+            assert_refused(name, &bytes, expected, field);
+            json!({"name": name, "description": description, "encoded": hex_or_fill(&bytes), "expected_error": expected, "field": field})
+        })
+        .collect();
+
+    json!({
+        "description": "The client-provider and provider-provider protocol (SPEC.md 16). Parties are those of identity.json; provider keys are Ed25519 keys from 'acceptor_key_seed' and 'connector_key_seed' (SHA-256 of 'kogge test vector: <domain> provider key'). 'handshakes' are whole connection authentications (SPEC.md 16.3) with the framed transcripts (SPEC.md 2.2), their signatures and the four frames; the acceptor's clock is 'welcome_time_ms'. 'frames' are example frames of every kind with their decoded form; 'negative' frames break one structural rule of SPEC.md 16.2 each: 'expected_error' is too_large (longer than MAX_FRAME_LEN, checked before decoding), decode (does not decode as Frame, or no body set), invalid_field (a length rule, an empty Submit or Relay, or a required oneof not set) or too_many (more entries than allowed), and 'field' the rule broken, as Message.field of the SPEC.md 16.2 table. Decoded form: field names as in protocol.proto; bytes as hex; uint64 as decimal strings; enums by name; every field outside a oneof present (with its default if absent on the wire; an absent message is null); of a oneof, only the member set.",
+        "handshakes": handshakes,
+        "frames": frames,
+        "negative": negative,
+    })
+}
+
+/// Decodes a frame vector (`encoded`, `decoded`, and for example frames
+/// `reference_encoding`): it passes the structural rules, reads as `decoded`, and the
+/// reference encoder writes it back byte for byte (or, for a valid encoding other than the
+/// reference one, writes something else that reads the same).
+fn check_frame_vector(name: &str, v: &Value) -> wire::frame::Body {
+    let bytes = bytes_of(&v["encoded"]);
+    let body = crate::protocol::decode(&bytes)
+        .unwrap_or_else(|e| panic!("frame vector {name} refused: {e}"));
+    assert_eq!(frame_json(&body), v["decoded"], "frame vector {name}");
+    let again = crate::protocol::encode(body.clone());
+    if v["reference_encoding"] == false {
+        assert_ne!(again, bytes, "frame vector {name}");
+        assert_eq!(
+            frame_json(&crate::protocol::decode(&again).unwrap()),
+            v["decoded"]
+        );
+    } else {
+        assert_eq!(
+            again, bytes,
+            "frame vector {name}: not the reference encoding"
+        );
+    }
+    body
+}
+
+type VectorProvider =
+    crate::provider::Provider<crate::store::MemoryStore, rand_chacha::ChaCha20Rng>;
+
+/// The reference provider of `domain`, with the key of the vectors and open registration.
+fn vector_provider(domain: &str, key_seed: &Value) -> VectorProvider {
+    use rand_core::SeedableRng;
+    let mut config = crate::provider::ProviderConfig::new(
+        crate::address::Domain::parse(domain).unwrap(),
+        crate::identity::ProviderKeyPair::from_secret_bytes(&Secret::new(
+            unhex(key_seed).try_into().unwrap(),
+        )),
+    );
+    config.open_registration = true;
+    crate::provider::Provider::new(
+        config,
+        crate::store::MemoryStore::new(),
+        rand_chacha::ChaCha20Rng::from_seed([0x11; 32]),
+        T0,
+    )
+    .unwrap()
+}
+
+/// Feeds `input` to `p` and returns the frames it sends on `conn`; its resolver knows
+/// exactly the keys in `keys`.
+fn provider_step(
+    p: &mut VectorProvider,
+    input: crate::provider::ProviderInput,
+    conn: crate::protocol::ConnectionId,
+    keys: &[(String, crate::identity::ProviderKey)],
+) -> Vec<wire::frame::Body> {
+    use crate::provider::{ProviderInput, ProviderOutput};
+    let mut inputs = vec![input];
+    let mut frames = Vec::new();
+    while let Some(input) = inputs.pop() {
+        p.handle_input(T0, input);
+        loop {
+            match p.poll_output(T0) {
+                ProviderOutput::Timeout(_) => break,
+                ProviderOutput::Transmit { conn: c, bytes } if c == conn => {
+                    frames.push(crate::protocol::decode(&bytes).unwrap());
+                }
+                ProviderOutput::Resolve { domain } => {
+                    let key = keys
+                        .iter()
+                        .find(|(d, _)| d == domain.as_str())
+                        .map(|(_, k)| *k);
+                    inputs.push(ProviderInput::Resolved { domain, key });
+                }
+                _ => {}
+            }
+        }
+    }
+    frames
+}
+
+/// What a handshake vector's transcripts say, rebuilt from its fields.
+struct HandshakeParts {
+    acceptor: String,
+    binding: Vec<u8>,
+    identity: Vec<u8>,
+    acceptor_key: ed25519_dalek::SigningKey,
+    connector_key: ed25519_dalek::SigningKey,
+}
+
+impl HandshakeParts {
+    fn challenge_signature(&self, hello_nonce: &[u8], nonce: &[u8]) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let input = crypto::framed(
+            Label::ChallengeSignature,
+            &[hello_nonce, nonce, self.acceptor.as_bytes(), &self.binding],
+        );
+        self.acceptor_key.sign(&input).to_bytes().to_vec()
+    }
+
+    fn auth_signature(&self, hello_nonce: &[u8], nonce: &[u8]) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let input = crypto::framed(
+            Label::AuthSignature,
+            &[
+                nonce,
+                hello_nonce,
+                self.acceptor.as_bytes(),
+                &self.binding,
+                &self.identity,
+            ],
+        );
+        self.connector_key.sign(&input).to_bytes().to_vec()
+    }
+}
+
+/// Checks protocol.json from the JSON alone (with identity.json and device_lists.json),
+/// then runs its handshakes through the reference state machines on both sides.
+fn check_protocol(identity: &Value, device_lists: &Value, protocol: &Value) {
+    use crate::protocol::ConnectionId;
+    use crate::provider::{Direction, ProviderInput};
+    use wire::frame::Body;
+    let signing = |seed_hex: &Value| {
+        ed25519_dalek::SigningKey::from_bytes(&unhex(seed_hex).try_into().unwrap())
+    };
+    let provider_key = |hex: &Value| crate::identity::ProviderKey::from_bytes(&unhex(hex)).unwrap();
+    let mut acceptors: std::collections::BTreeMap<String, VectorProvider> = Default::default();
+    for (i, v) in protocol["handshakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let name = v["name"].as_str().unwrap();
+        let acceptor = v["acceptor"].as_str().unwrap().to_owned();
+        assert_eq!(h(&provider_seed(&acceptor)), v["acceptor_key_seed"]);
+        let acceptor_key = signing(&v["acceptor_key_seed"]);
+        assert_eq!(
+            h(acceptor_key.verifying_key().as_bytes()),
+            v["acceptor_key"]
+        );
+        let hello_nonce = unhex(&v["hello_nonce"]);
+        let nonce = unhex(&v["challenge_nonce"]);
+        assert_eq!(hello_nonce, seed(&format!("{name} hello nonce")));
+        assert_eq!(nonce, seed(&format!("{name} challenge nonce")));
+        let binding = unhex(&v["binding"]);
+        let frames = &v["frames"];
+        let Body::Hello(hello) = check_frame_vector(name, &frames["hello"]) else {
+            panic!("{name}: hello")
+        };
+        let Body::Challenge(challenge) = check_frame_vector(name, &frames["challenge"]) else {
+            panic!("{name}: challenge")
+        };
+        let Body::Auth(auth) = check_frame_vector(name, &frames["auth"]) else {
+            panic!("{name}: auth")
+        };
+        let Body::Welcome(welcome) = check_frame_vector(name, &frames["welcome"]) else {
+            panic!("{name}: welcome")
+        };
+        assert_eq!(hello.version, PROTOCOL_VERSION);
+        assert_eq!(hello.nonce, hello_nonce);
+        assert_eq!(hello.acceptor, acceptor);
+        assert_eq!(
+            wire::Role::try_from(hello.role).unwrap().as_str_name(),
+            v["role"]
+        );
+        assert_eq!(challenge.nonce, nonce);
+        assert_eq!(challenge.domain, acceptor);
+        assert_eq!(h(&challenge.provider_key), v["acceptor_key"]);
+        assert_eq!(welcome.time_ms, v["welcome_time_ms"].as_u64().unwrap());
+        // The transcripts, from the fields (SPEC.md 16.3).
+        let (identity_bytes, connector_key) = match auth.who.as_ref().unwrap() {
+            wire::auth::Who::Device(d) => {
+                assert_eq!(v["role"], "ROLE_DEVICE");
+                let party = named(&identity["parties"], v["device"].as_str().unwrap());
+                assert_eq!(h(&d.certificate), party["certificate"]["encoded"]);
+                assert_eq!(h(&d.certificate), v["certificate"]);
+                assert_eq!(h(&d.device_list), v["device_list"]);
+                match v["device_list_name"].as_str() {
+                    Some(l) => assert_eq!(
+                        h(&d.device_list),
+                        named(&device_lists["positive"], l)["encoded"]
+                    ),
+                    None => assert!(d.device_list.is_empty()),
+                }
+                let cert = DeviceCertificate::decode(d.certificate.clone()).unwrap();
+                assert!(cert.is_valid_at(UnixMillis(welcome.time_ms)));
+                let key = signing(&party["device_signing_seed"]);
+                assert_eq!(&key.verifying_key(), cert.signing_key());
+                (d.certificate.to_vec(), key)
+            }
+            wire::auth::Who::Provider(p) => {
+                assert_eq!(v["role"], "ROLE_PROVIDER");
+                assert_eq!(p.domain, v["connector_domain"]);
+                assert_eq!(h(&provider_seed(&p.domain)), v["connector_key_seed"]);
+                let key = signing(&v["connector_key_seed"]);
+                assert_eq!(h(key.verifying_key().as_bytes()), v["connector_key"]);
+                (p.domain.as_bytes().to_vec(), key)
+            }
+        };
+        assert_eq!(h(&identity_bytes), v["auth_identity"]);
+        let challenge_input = crypto::framed(
+            Label::ChallengeSignature,
+            &[&hello_nonce, &nonce, acceptor.as_bytes(), &binding],
+        );
+        assert_eq!(h(&challenge_input), v["challenge_input"]);
+        let auth_input = crypto::framed(
+            Label::AuthSignature,
+            &[
+                &nonce,
+                &hello_nonce,
+                acceptor.as_bytes(),
+                &binding,
+                &identity_bytes,
+            ],
+        );
+        assert_eq!(h(&auth_input), v["auth_input"]);
+        assert_eq!(h(&challenge.signature), v["challenge_signature"]);
+        assert_eq!(h(&auth.signature), v["auth_signature"]);
+        let acceptor_public = provider_key(&v["acceptor_key"]);
+        assert!(crate::protocol::verify_challenge(
+            acceptor_public.as_verifying_key(),
+            &hello_nonce,
+            &nonce,
+            &acceptor,
+            &binding,
+            &challenge.signature
+        ));
+        assert!(crate::protocol::verify_auth(
+            &connector_key.verifying_key(),
+            &nonce,
+            &hello_nonce,
+            &acceptor,
+            &binding,
+            &identity_bytes,
+            &auth.signature
+        ));
+        let parts = HandshakeParts {
+            acceptor: acceptor.clone(),
+            binding: binding.clone(),
+            identity: identity_bytes,
+            acceptor_key,
+            connector_key,
+        };
+        assert_eq!(
+            parts.challenge_signature(&hello_nonce, &nonce),
+            challenge.signature
+        );
+        assert_eq!(parts.auth_signature(&hello_nonce, &nonce), auth.signature);
+
+        // The reference acceptor, fed the vector's Hello and an Auth made the vector's way
+        // for the challenge nonce it chose, answers with the vector's Welcome. The device
+        // handshakes run in order on one provider: the first registers alice.
+        let keys: Vec<(String, crate::identity::ProviderKey)> = v["connector_domain"]
+            .as_str()
+            .map(|d| (d.to_owned(), provider_key(&v["connector_key"])))
+            .into_iter()
+            .collect();
+        let p = acceptors
+            .entry(acceptor.clone())
+            .or_insert_with(|| vector_provider(&acceptor, &v["acceptor_key_seed"]));
+        let conn = ConnectionId(i as u64);
+        let connected = ProviderInput::Connected {
+            conn,
+            direction: Direction::Inbound,
+            binding: Bytes::from(binding.clone()),
+        };
+        assert!(provider_step(p, connected, conn, &keys).is_empty());
+        let received = |f: &Value| ProviderInput::Received {
+            conn,
+            bytes: bytes_of(&f["encoded"]),
+        };
+        let out = provider_step(p, received(&frames["hello"]), conn, &keys);
+        let [Body::Challenge(ch)] = out.as_slice() else {
+            panic!("{name}: the acceptor answered {out:?}")
+        };
+        assert_eq!(
+            (ch.domain.as_str(), &ch.provider_key),
+            (acceptor.as_str(), &challenge.provider_key)
+        );
+        assert_eq!(
+            parts.challenge_signature(&hello_nonce, &ch.nonce),
+            ch.signature
+        );
+        let mut auth_here = auth.clone();
+        auth_here.signature = Bytes::from(parts.auth_signature(&hello_nonce, &ch.nonce));
+        let auth_here = ProviderInput::Received {
+            conn,
+            bytes: crate::protocol::encode(Body::Auth(auth_here)),
+        };
+        let out = provider_step(p, auth_here, conn, &keys);
+        assert!(
+            out.first()
+                .is_some_and(|b| frame_json(b) == frames["welcome"]["decoded"]),
+            "{name}: the acceptor answered {out:?}"
+        );
+
+        // The reference connector, given the vector's binding and a Challenge made the
+        // vector's way for the hello nonce it chose, answers with an Auth made the same way.
+        let challenge_for = |hello_nonce: &[u8]| {
+            let mut c = challenge.clone();
+            c.signature = Bytes::from(parts.challenge_signature(hello_nonce, &nonce));
+            crate::protocol::encode(Body::Challenge(c))
+        };
+        let (hello_here, auth_here) = match auth.who.as_ref().unwrap() {
+            wire::auth::Who::Device(_) => {
+                use crate::client::{Client, ClientConfig, ClientInput, ClientOutput};
+                use rand_core::SeedableRng;
+                let device = device_from_identity(identity, v["device"].as_str().unwrap());
+                let own_list = DeviceList::decode(bytes_of(
+                    &named(&device_lists["positive"], "alice")["encoded"],
+                ))
+                .unwrap();
+                let mut rng = rand_chacha::ChaCha20Rng::from_seed([0x22; 32]);
+                let prekeys = crate::session::PrekeyStore::new(&device, NOT_BEFORE, &mut rng);
+                let account = crate::session::Account::from_parts_for_vectors(
+                    device,
+                    prekeys,
+                    own_list.clone(),
+                );
+                let config = ClientConfig::new(
+                    crate::address::Domain::parse(&acceptor).unwrap(),
+                    acceptor_public,
+                );
+                let mut client = Client::new(account, config, rng, T0);
+                let step = |client: &mut Client<rand_chacha::ChaCha20Rng>,
+                            input: Option<ClientInput>| {
+                    if let Some(i) = input {
+                        client.handle_input(T0, i);
+                    }
+                    let mut sent = Vec::new();
+                    loop {
+                        match client.poll_output(T0) {
+                            ClientOutput::Timeout(_) => return sent,
+                            ClientOutput::Transmit(b) => {
+                                sent.push(crate::protocol::decode(&b).unwrap())
+                            }
+                            _ => {}
+                        }
+                    }
+                };
+                assert!(step(&mut client, None).is_empty());
+                let out = step(
+                    &mut client,
+                    Some(ClientInput::Connected {
+                        binding: Bytes::from(binding.clone()),
+                    }),
+                );
+                let [Body::Hello(hello_here)] = out.as_slice() else {
+                    panic!("{name}: the client sent {out:?}")
+                };
+                let out = step(
+                    &mut client,
+                    Some(ClientInput::Received(challenge_for(&hello_here.nonce))),
+                );
+                let [Body::Auth(auth_here)] = out.as_slice() else {
+                    panic!("{name}: the client sent {out:?}")
+                };
+                let Some(wire::auth::Who::Device(d)) = &auth_here.who else {
+                    panic!("{name}: the client sent {auth_here:?}")
+                };
+                assert_eq!(h(&d.device_list), h(own_list.encoded()));
+                step(
+                    &mut client,
+                    Some(ClientInput::Received(bytes_of(
+                        &frames["welcome"]["encoded"],
+                    ))),
+                );
+                assert!(
+                    client.is_online(),
+                    "{name}: the client did not take the Welcome"
+                );
+                (hello_here.clone(), auth_here.clone())
+            }
+            wire::auth::Who::Provider(pa) => {
+                let mut p = vector_provider(&pa.domain, &v["connector_key_seed"]);
+                let conn = ConnectionId(1000 + i as u64);
+                let connected = ProviderInput::Connected {
+                    conn,
+                    direction: Direction::Outbound {
+                        domain: crate::address::Domain::parse(&acceptor).unwrap(),
+                        key: acceptor_public,
+                    },
+                    binding: Bytes::from(binding.clone()),
+                };
+                let out = provider_step(&mut p, connected, conn, &[]);
+                let [Body::Hello(hello_here)] = out.as_slice() else {
+                    panic!("{name}: the connecting provider sent {out:?}")
+                };
+                let challenge = ProviderInput::Received {
+                    conn,
+                    bytes: challenge_for(&hello_here.nonce),
+                };
+                let out = provider_step(&mut p, challenge, conn, &[]);
+                let [Body::Auth(auth_here)] = out.as_slice() else {
+                    panic!("{name}: the connecting provider sent {out:?}")
+                };
+                assert_eq!(auth_here.who, auth.who);
+                (hello_here.clone(), auth_here.clone())
+            }
+        };
+        assert_eq!(
+            (
+                hello_here.version,
+                hello_here.role,
+                hello_here.acceptor.as_str(),
+                hello_here.nonce.len()
+            ),
+            (
+                hello.version,
+                hello.role,
+                acceptor.as_str(),
+                crate::limits::AUTH_NONCE_LEN
+            )
+        );
+        assert_eq!(
+            parts.auth_signature(&hello_here.nonce, &nonce),
+            auth_here.signature,
+            "{name}: the connector's Auth"
+        );
+    }
+    for f in protocol["frames"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        check_frame_vector(name, f);
+    }
+    for n in protocol["negative"].as_array().unwrap() {
+        assert_refused(
+            n["name"].as_str().unwrap(),
+            &bytes_of(&n["encoded"]),
+            n["expected_error"].as_str().unwrap(),
+            n["field"].as_str(),
         );
     }
 }

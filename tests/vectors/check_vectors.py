@@ -6,9 +6,10 @@ Python's `cryptography` package (X25519, HKDF, ChaCha20-Poly1305, Ed25519 signin
 own Ed25519 point arithmetic (for the cofactored verification and the key checks of
 SPEC.md 2.1), `kyber-py` (ML-KEM-768, FIPS 203) and a small hand-written protobuf codec;
 runs the opening checks of SPEC.md 6.6 on the negative vectors, the address grammar of
-SPEC.md 3 on the address vectors, and the whole session layer of SPEC.md 15 (prekeys,
-bundles, setup, Double Ratchet, receiving) on the session vectors. It never calls the
-Rust code.
+SPEC.md 3 on the address vectors, the whole session layer of SPEC.md 15 (prekeys,
+bundles, setup, Double Ratchet, receiving) on the session vectors, and SPEC.md 16 on the
+protocol vectors (handshake transcripts and signatures, the frame codec and the structural
+rules of 16.2). It never calls the Rust code.
 
     pip install cryptography "kyber-py==1.2.0"
     python3 tests/vectors/check_vectors.py
@@ -78,6 +79,18 @@ SIGNED_PREKEY_GRACE_MS = 30 * 24 * 60 * 60 * 1000
 MAX_STATE_LEN = 64 * 1024 * 1024
 KEM_PUBLIC_KEY_LEN = 1184
 KEM_CIPHERTEXT_LEN = 1088
+# The client-provider protocol (SPEC.md 9, third table; SPEC.md 16.2, 16.10)
+MAX_FRAME_LEN = 4 * 1024 * 1024
+MAX_SUBMIT_ENVELOPES = 2 * MAX_DEVICES_PER_USER
+MAX_RELAY_ENVELOPES = 256
+MAX_DELIVER_ITEMS = 64
+MAX_ACK_SEQS = 1024
+MAX_PUBLISH_ONE_TIME = MAX_ONE_TIME_PREKEYS
+MAX_FETCH_DEVICES = MAX_DEVICES_PER_USER
+AUTH_NONCE_LEN = 32
+MAX_BINDING_LEN = 64
+MAX_ERROR_MESSAGE_LEN = 256
+MAX_ERROR_CODE_LEN = 32
 LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PLAINTEXT_LEN",
                "AEAD_TAG_LEN", "MAX_CIPHERTEXT_LEN", "PADDING_BLOCK", "MAX_CERTIFICATE_LEN",
                "MAX_MEDIA_TYPE_LEN", "MAX_RECEIPT_IDS", "MAX_LOCAL_PART_LEN", "MAX_DOMAIN_LEN",
@@ -89,7 +102,10 @@ LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PL
                "MAX_SESSIONS_PER_PEER_DEVICE", "MAX_ONE_TIME_PREKEYS",
                "ONE_TIME_PREKEY_LOW_WATERMARK", "MAX_BASE_KEYS_PER_SIGNED_PREKEY",
                "SIGNED_PREKEY_GRACE_MS", "MAX_STATE_LEN", "KEM_PUBLIC_KEY_LEN",
-               "KEM_CIPHERTEXT_LEN"]
+               "KEM_CIPHERTEXT_LEN", "MAX_FRAME_LEN", "MAX_SUBMIT_ENVELOPES",
+               "MAX_RELAY_ENVELOPES", "MAX_DELIVER_ITEMS", "MAX_ACK_SEQS", "MAX_PUBLISH_ONE_TIME",
+               "MAX_FETCH_DEVICES", "AUTH_NONCE_LEN", "MAX_BINDING_LEN", "MAX_ERROR_MESSAGE_LEN",
+               "MAX_ERROR_CODE_LEN"]
 
 # SPEC.md 2.3: labels
 LABELS = {
@@ -106,6 +122,8 @@ LABELS = {
     "RatchetRoot": b"kogge/v1/kdf/ratchet-root",
     "RatchetMessageKeys": b"kogge/v1/kdf/ratchet-message",
     "StateEncryption": b"kogge/v1/aad/state",
+    "ChallengeSignature": b"kogge/v1/sig/challenge",
+    "AuthSignature": b"kogge/v1/sig/auth",
 }
 
 
@@ -202,10 +220,12 @@ def skip_field(buf, i, wt, field, depth=0):
     return i
 
 
-# Schema: field number -> (name, kind[, extra]). Kinds: uint32, uint64, int32 (enums),
-# bool, bytes, string, rbytes (repeated bytes), message (a oneof member; extra = the oneof
-# group; the member's type is its name capitalised) and submsg (an embedded message
-# outside any oneof; extra = its type).
+# Schema: field number -> (name, kind[, extra[, type]]). Kinds: uint32, uint64, int32
+# (enums), enum (extra = its name in ENUMS), bool, bytes, string, rbytes (repeated bytes),
+# ruint64 (repeated uint64, packed or not), message (a oneof member; extra = the oneof
+# group; the member's type is the fourth element, or else its name capitalised), obytes (a
+# bytes member of a oneof; extra = the group), submsg (an embedded message outside any
+# oneof; extra = its type) and rmsg (a repeated message; extra = its type).
 SCHEMAS = {
     "Envelope": {1: ("version", "uint32"), 2: ("header", "bytes"), 3: ("ciphertext", "bytes"),
                  4: ("signature", "bytes")},
@@ -247,9 +267,70 @@ SCHEMAS = {
     "DeviceListBody": {1: ("version", "uint32"), 2: ("address", "string"),
                        3: ("identity_key", "bytes"), 4: ("serial", "uint64"),
                        5: ("issued_ms", "uint64"), 6: ("devices", "rbytes")},
+    # proto/kogge/v1/protocol.proto (SPEC.md 16)
+    "Frame": {1: ("hello", "message", "body", "Hello"),
+              2: ("challenge", "message", "body", "Challenge"),
+              3: ("auth", "message", "body", "Auth"),
+              4: ("welcome", "message", "body", "Welcome"),
+              5: ("request", "message", "body", "Request"),
+              6: ("response", "message", "body", "Response"),
+              7: ("deliver", "message", "body", "Deliver"),
+              8: ("deliver_ack", "message", "body", "DeliverAck"),
+              9: ("goodbye", "message", "body", "Goodbye")},
+    "Hello": {1: ("version", "uint32"), 2: ("nonce", "bytes"), 3: ("role", "enum", "Role"),
+              4: ("acceptor", "string")},
+    "Challenge": {1: ("nonce", "bytes"), 2: ("domain", "string"), 3: ("provider_key", "bytes"),
+                  4: ("signature", "bytes")},
+    "Auth": {1: ("device", "message", "who", "DeviceAuth"),
+             2: ("provider", "message", "who", "ProviderAuth"), 3: ("signature", "bytes")},
+    "DeviceAuth": {1: ("certificate", "bytes"), 2: ("device_list", "bytes")},
+    "ProviderAuth": {1: ("domain", "string")},
+    "Welcome": {1: ("time_ms", "uint64")},
+    "Goodbye": {1: ("error", "submsg", "Error")},
+    "Request": {1: ("id", "uint64"),
+                2: ("publish_device_list", "message", "body", "PublishDeviceList"),
+                3: ("publish_prekeys", "message", "body", "PublishPrekeys"),
+                4: ("fetch_bundles", "message", "body", "FetchBundles"),
+                5: ("submit", "message", "body", "Submit"),
+                6: ("relay", "message", "body", "Relay"),
+                7: ("fetch_device_list", "message", "body", "FetchDeviceList")},
+    "Response": {1: ("id", "uint64"), 2: ("error", "message", "body", "Error"),
+                 3: ("done", "message", "body", "Done"),
+                 4: ("bundles", "message", "body", "Bundles"),
+                 5: ("relay_result", "message", "body", "RelayResult"),
+                 6: ("device_list", "message", "body", "DeviceListResponse")},
+    "Error": {1: ("code", "string"), 2: ("message", "string"), 3: ("retryable", "bool"),
+              4: ("retry_after_ms", "uint64")},
+    "Done": {},
+    "PublishDeviceList": {1: ("device_list", "bytes")},
+    "PublishPrekeys": {1: ("signed_prekey", "bytes"), 2: ("kem_prekey", "bytes"),
+                       3: ("one_time", "rbytes")},
+    "FetchBundles": {1: ("address", "string"), 2: ("devices", "rbytes"),
+                     3: ("requester", "string")},
+    "FetchDeviceList": {1: ("address", "string"), 2: ("requester", "string")},
+    "Bundles": {1: ("device_list", "bytes"), 2: ("bundles", "rbytes")},
+    "DeviceListResponse": {1: ("device_list", "bytes")},
+    "Submit": {1: ("envelopes", "rbytes")},
+    "Relay": {1: ("envelopes", "rbytes")},
+    "RelayResult": {1: ("results", "rmsg", "Error")},
+    "Deliver": {1: ("items", "rmsg", "MailboxItem")},
+    "MailboxItem": {1: ("seq", "uint64"), 2: ("envelope", "obytes", "item"),
+                    3: ("notice", "message", "item", "Notice")},
+    "Notice": {1: ("undeliverable", "message", "body", "Undeliverable"),
+               2: ("prekeys_low", "message", "body", "PrekeysLow")},
+    "Undeliverable": {1: ("message_id", "bytes"), 2: ("recipient", "string"),
+                      3: ("device", "bytes"), 4: ("reason", "submsg", "Error")},
+    "PrekeysLow": {1: ("remaining", "uint32")},
+    "DeliverAck": {1: ("seqs", "ruint64")},
 }
-DEFAULTS = {"uint32": 0, "uint64": 0, "int32": 0, "bool": False, "bytes": b"", "string": "",
-            "rbytes": None}
+ENUMS = {"Role": {0: "ROLE_UNSPECIFIED", 1: "ROLE_DEVICE", 2: "ROLE_PROVIDER"}}
+DEFAULTS = {"uint32": 0, "uint64": 0, "int32": 0, "enum": 0, "bool": False, "bytes": b"",
+            "string": "", "rbytes": None}
+
+
+def member_type(spec):
+    """The message type of a oneof member."""
+    return spec[3] if len(spec) > 3 else spec[0].capitalize()
 
 
 def decode(name, buf):
@@ -261,9 +342,9 @@ def decode(name, buf):
     schema = SCHEMAS[name]
     out = {}
     for f, spec in schema.items():
-        if spec[1] == "rbytes":
+        if spec[1] in ("rbytes", "ruint64", "rmsg"):
             out[spec[0]] = []
-        elif spec[1] not in ("message", "submsg"):
+        elif spec[1] not in ("message", "submsg", "obytes"):
             out[spec[0]] = DEFAULTS[spec[1]]
     i = 0
     buf = bytes(buf)
@@ -278,13 +359,17 @@ def decode(name, buf):
             i = skip_field(buf, i, wt, field)
             continue
         fname, kind = schema[field][0], schema[field][1]
-        if kind in ("uint32", "uint64", "int32", "bool"):
+        if kind == "ruint64" and wt == 0:  # one unpacked element
+            v, i = dec_varint(buf, i)
+            out[fname].append(v)
+            continue
+        if kind in ("uint32", "uint64", "int32", "enum", "bool"):
             if wt != 0:
                 raise DecodeError("wrong wire type for %s" % fname)
             v, i = dec_varint(buf, i)
             if kind == "uint32":
                 v &= 0xFFFFFFFF
-            elif kind == "int32":
+            elif kind in ("int32", "enum"):
                 v &= 0xFFFFFFFF
                 v = v - (1 << 32) if v >= 1 << 31 else v
             elif kind == "bool":
@@ -307,25 +392,106 @@ def decode(name, buf):
                 out[fname] = val.decode("utf-8")
             except UnicodeDecodeError:
                 raise DecodeError("invalid UTF-8 in %s" % fname)
+        elif kind == "ruint64":  # packed elements
+            j = 0
+            while j < len(val):
+                v, j = dec_varint(val, j)
+                out[fname].append(v)
+        elif kind == "rmsg":
+            out[fname].append(val)  # each occurrence is one element
         elif kind == "submsg":
             out[fname] = out.get(fname, b"") + val  # occurrences merge
-        elif kind == "message":
+        elif kind in ("message", "obytes"):
             group = schema[field][2]
             if out.get("_oneof_" + group) == fname:
-                out[fname] = out[fname] + val  # same member again: merge
+                # same member again: a message merges, bytes are replaced
+                out[fname] = out[fname] + val if kind == "message" else val
             else:
                 for other in schema.values():
-                    if other[1] == "message" and other[2] == group:
+                    if other[1] in ("message", "obytes") and other[2] == group:
                         out.pop(other[0], None)
                 out[fname] = val
                 out["_oneof_" + group] = fname
     # Decode nested messages (after merging) so that their errors surface too.
     for f, spec in schema.items():
         if spec[1] == "message" and spec[0] in out:
-            out[spec[0]] = decode(spec[0].capitalize(), out[spec[0]])
+            out[spec[0]] = decode(member_type(spec), out[spec[0]])
         elif spec[1] == "submsg" and spec[0] in out:
             out[spec[0]] = decode(spec[2], out[spec[0]])
+        elif spec[1] == "rmsg":
+            out[spec[0]] = [decode(spec[2], v) for v in out[spec[0]]]
     return out
+
+
+def to_json(name, d):
+    """A decoded message in the decoded form of protocol.json: bytes as hex, uint64 as
+    decimal strings, enums by name, every field outside a oneof present (an absent
+    message as None), of a oneof only the member set."""
+    out = {}
+    for f, spec in sorted(SCHEMAS[name].items()):
+        fname, kind = spec[0], spec[1]
+        if kind in ("uint32", "int32", "bool", "string"):
+            out[fname] = d[fname]
+        elif kind == "uint64":
+            out[fname] = str(d[fname])
+        elif kind == "enum":
+            out[fname] = ENUMS[spec[2]].get(d[fname], d[fname])
+        elif kind == "bytes":
+            out[fname] = d[fname].hex()
+        elif kind == "rbytes":
+            out[fname] = [v.hex() for v in d[fname]]
+        elif kind == "ruint64":
+            out[fname] = [str(v) for v in d[fname]]
+        elif kind == "rmsg":
+            out[fname] = [to_json(spec[2], v) for v in d[fname]]
+        elif kind == "submsg":
+            out[fname] = to_json(spec[2], d[fname]) if fname in d else None
+        elif kind == "message" and fname in d:
+            out[fname] = to_json(member_type(spec), d[fname])
+        elif kind == "obytes" and fname in d:
+            out[fname] = d[fname].hex()
+    return out
+
+
+def encode_json(name, j):
+    """The reference encoding (SPEC.md 6.3) of a message given in the decoded form of
+    protocol.json; a repeated uint64 is packed (the proto3 default)."""
+    out = bytearray()
+    keys = set(j)
+    for f, spec in sorted(SCHEMAS[name].items()):
+        fname, kind = spec[0], spec[1]
+        if kind in ("message", "obytes") and fname not in j:
+            continue
+        keys.remove(fname)
+        v = j[fname]
+        if kind in ("uint32", "uint64"):
+            out += enc_uint(f, int(v))
+        elif kind == "bool":
+            out += enc_uint(f, 1 if v else 0)
+        elif kind == "enum":
+            out += enc_uint(f, v if isinstance(v, int) else
+                            {n: k for k, n in ENUMS[spec[2]].items()}[v])
+        elif kind == "bytes":
+            out += enc_bytes(f, unhex(v))
+        elif kind == "string":
+            out += enc_bytes(f, v.encode("utf-8"))
+        elif kind == "rbytes":
+            out += b"".join(enc_bytes_always(f, unhex(x)) for x in v)
+        elif kind == "ruint64":
+            out += enc_bytes(f, b"".join(enc_varint(int(x)) for x in v))
+        elif kind == "rmsg":
+            out += b"".join(enc_bytes_always(f, encode_json(spec[2], x)) for x in v)
+        elif kind == "submsg":
+            out += b"" if v is None else enc_bytes_always(f, encode_json(spec[2], v))
+        elif kind == "message":
+            out += enc_bytes_always(f, encode_json(member_type(spec), v))
+        elif kind == "obytes":
+            out += enc_bytes_always(f, unhex(v))
+        else:
+            raise AssertionError("kind %s" % kind)
+    if keys:
+        raise AssertionError("%s has no fields %s" % (name, sorted(keys)))
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1536,6 +1702,109 @@ class DeviceLists:
 
 
 # ---------------------------------------------------------------------------------------
+# SPEC.md 16.2: frames and their structural rules
+# ---------------------------------------------------------------------------------------
+# The table of SPEC.md 16.2, per message, in order: (field, rule, bound). Rules: exact and
+# max (a length in bytes; strings in UTF-8), count (entries of a repeated field), each_max
+# and each_exact (every entry's length), nonempty (at least one entry), set (a oneof; the
+# field is the oneof's name). A violated count is `too_many`; any other `invalid_field`.
+FRAME_RULES = {
+    "Hello": [("nonce", "exact", AUTH_NONCE_LEN), ("acceptor", "max", MAX_DOMAIN_LEN)],
+    "Challenge": [("nonce", "exact", AUTH_NONCE_LEN), ("domain", "max", MAX_DOMAIN_LEN),
+                  ("provider_key", "exact", 32), ("signature", "exact", 64)],
+    "Auth": [("signature", "exact", 64), ("who", "set", None)],
+    "DeviceAuth": [("certificate", "max", MAX_CERTIFICATE_LEN),
+                   ("device_list", "max", MAX_DEVICE_LIST_LEN)],
+    "ProviderAuth": [("domain", "max", MAX_DOMAIN_LEN)],
+    "Error": [("code", "max", MAX_ERROR_CODE_LEN), ("message", "max", MAX_ERROR_MESSAGE_LEN)],
+    "Request": [("body", "set", None)],
+    "PublishDeviceList": [("device_list", "max", MAX_DEVICE_LIST_LEN)],
+    "PublishPrekeys": [("signed_prekey", "max", MAX_SIGNED_PREKEY_LEN),
+                       ("kem_prekey", "max", MAX_SIGNED_PREKEY_LEN),
+                       ("one_time", "count", MAX_PUBLISH_ONE_TIME),
+                       ("one_time", "each_max", MAX_SIGNED_PREKEY_LEN)],
+    "FetchBundles": [("address", "max", MAX_ADDRESS_LEN), ("requester", "max", MAX_ADDRESS_LEN),
+                     ("devices", "count", MAX_FETCH_DEVICES), ("devices", "each_exact", 16)],
+    "FetchDeviceList": [("address", "max", MAX_ADDRESS_LEN),
+                        ("requester", "max", MAX_ADDRESS_LEN)],
+    "Submit": [("envelopes", "count", MAX_SUBMIT_ENVELOPES), ("envelopes", "nonempty", None),
+               ("envelopes", "each_max", MAX_ENVELOPE_LEN)],
+    "Relay": [("envelopes", "count", MAX_RELAY_ENVELOPES), ("envelopes", "nonempty", None),
+              ("envelopes", "each_max", MAX_ENVELOPE_LEN)],
+    "Response": [("body", "set", None)],
+    "Bundles": [("device_list", "max", MAX_DEVICE_LIST_LEN),
+                ("bundles", "count", MAX_DEVICES_PER_USER),
+                ("bundles", "each_max", MAX_PREKEY_BUNDLE_LEN)],
+    "DeviceListResponse": [("device_list", "max", MAX_DEVICE_LIST_LEN)],
+    "RelayResult": [("results", "count", MAX_RELAY_ENVELOPES)],
+    "Deliver": [("items", "count", MAX_DELIVER_ITEMS)],
+    "MailboxItem": [("item", "set", None), ("envelope", "max", MAX_ENVELOPE_LEN)],
+    "Undeliverable": [("message_id", "exact", 16), ("device", "exact", 16),
+                      ("recipient", "max", MAX_ADDRESS_LEN)],
+    "DeliverAck": [("seqs", "count", MAX_ACK_SEQS)],
+}
+
+
+class FrameError(Exception):
+    def __init__(self, kind, field=None):
+        super().__init__("%s %s" % (kind, field or ""))
+        self.kind, self.field = kind, field
+
+
+def _check_message(name, d):
+    """Applies FRAME_RULES to a decoded message, then to the messages it holds, in field
+    order (an Error anywhere, the notice in a mailbox item, ...)."""
+    for field, rule, bound in FRAME_RULES.get(name, []):
+        where = "%s.%s" % (name, field)
+        v = d.get(field)
+        if isinstance(v, str):
+            v = v.encode("utf-8")
+        if rule == "set":
+            if ("_oneof_" + field) not in d:
+                raise FrameError("invalid_field", where)
+        elif v is None:  # a oneof member that is not set
+            continue
+        elif rule == "exact" and len(v) != bound or rule == "max" and len(v) > bound:
+            raise FrameError("invalid_field", where)
+        elif rule == "count" and len(v) > bound:
+            raise FrameError("too_many", where)
+        elif rule == "nonempty" and not v:
+            raise FrameError("invalid_field", where)
+        elif rule == "each_max" and any(len(x) > bound for x in v) or \
+                rule == "each_exact" and any(len(x) != bound for x in v):
+            raise FrameError("invalid_field", where)
+    for f, spec in sorted(SCHEMAS[name].items()):
+        fname, kind = spec[0], spec[1]
+        if kind == "message" and fname in d:
+            _check_message(member_type(spec), d[fname])
+        elif kind == "submsg" and fname in d:
+            _check_message(spec[2], d[fname])
+        elif kind == "rmsg":
+            for x in d[fname]:
+                _check_message(spec[2], x)
+
+
+def check_frame(data):
+    """SPEC.md 16.2: a received unit is refused if it is longer than MAX_FRAME_LEN (before
+    decoding), does not decode as a Frame or sets no body, or breaks a structural rule.
+    Returns the decoded frame; raises FrameError(kind, "Message.field")."""
+    if len(data) > MAX_FRAME_LEN:
+        raise FrameError("too_large")
+    try:
+        frame = decode("Frame", data)
+    except DecodeError:
+        raise FrameError("decode")
+    if "_oneof_body" not in frame:
+        raise FrameError("decode")
+    _check_message("Frame", frame)
+    return frame
+
+
+def frame_kind(frame):
+    return frame["_oneof_body"]
+
+
+# ---------------------------------------------------------------------------------------
 # The checks
 # ---------------------------------------------------------------------------------------
 class Checker:
@@ -2276,6 +2545,216 @@ def main():
                 B.window = ReplayWindow()
             refused(B, hex_or_fill(neg["envelope"]), neg["now_ms"], neg["expected_error"])
         c.check("session negative " + neg["name"], receive_negative)
+
+    # protocol.json (SPEC.md 16): connection authentication, example frames, refused frames.
+    protocol = load("protocol.json")
+    list_by_name = {p["name"]: unhex(p["encoded"]) for p in device_lists["positive"]}
+
+    def spec_frame_table():
+        """SPEC.md 16.2's table names every rule this checker applies, with its bound."""
+        sec = spec[spec.index("### 16.2 Frames"):spec.index("### 16.3 ")]
+        sec = sec[sec.index("**Structural rules.**"):sec.index("**Frame sizes.**")]
+        rows, message = {}, None
+        for line in sec.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 3 or not line.startswith("| ") or cells[0] == "Message":
+                continue
+            if cells[0]:
+                message = re.findall(r"`([A-Za-z]+)`", cells[0])[0]
+            for field in re.findall(r"`([a-z_]+)`", cells[1]):
+                rows["%s.%s" % (message, field)] = cells[2]
+        for name, rules in FRAME_RULES.items():
+            for field, rule, bound in rules:
+                text = rows.get("%s.%s" % (name, field))
+                assert text is not None, "SPEC.md 16.2 has no rule for %s.%s" % (name, field)
+                if bound is not None:
+                    assert re.search(r"\b%d\b" % bound, text), \
+                        "SPEC.md 16.2 %s.%s: %r lacks %d" % (name, field, text, bound)
+                elif rule == "set":
+                    assert text.startswith("set"), "SPEC.md 16.2 %s.%s: %r" % (name, field, text)
+                else:
+                    assert "at least 1" in text, "SPEC.md 16.2 %s.%s: %r" % (name, field, text)
+        # The two rows left are "an Error as above", which _check_message applies to every
+        # Error it meets.
+        eq("SPEC.md 16.2 rules without a check", sorted(set(rows) - {
+            "%s.%s" % (n, f) for n, rules in FRAME_RULES.items() for f, _, _ in rules}),
+           ["Goodbye.error", "Undeliverable.reason"])
+    c.check("SPEC.md 16.2 table", spec_frame_table)
+
+    def check_frame_vector(fv, reference=True):
+        """A frame of the vectors: it passes SPEC.md 16.2, reads as its decoded form, and
+        the reference encoder writes the decoded form back to the same bytes (or, for a
+        valid encoding other than the reference one, to other bytes that read the same)."""
+        data = unhex(fv["encoded"])
+        frame = check_frame(data)
+        eq("decoded", to_json("Frame", frame), fv["decoded"])
+        eq("kind", [frame_kind(frame)], list(fv["decoded"]))
+        again = encode_json("Frame", fv["decoded"])
+        if reference:
+            eq("reference encoding", again.hex(), fv["encoded"])
+        else:
+            assert again != data, "the encoding is the reference one"
+            eq("re-encoded", to_json("Frame", decode("Frame", again)), fv["decoded"])
+        return frame
+
+    for hs in protocol["handshakes"]:
+        def handshake(hs=hs):
+            """SPEC.md 16.3: keys from their seeds, both transcripts from the fields, the
+            signatures (deterministic, and verified as SPEC.md 2.1 says), the four frames,
+            and the checks each side makes on what it receives."""
+            name, d = hs["name"], hs["acceptor"]
+            eq("acceptor_key_seed", hs["acceptor_key_seed"], vector_seed(d + " provider key").hex())
+            acc_seed = unhex(hs["acceptor_key_seed"])
+            acc_pub = ed25519_public(acc_seed)
+            eq("acceptor_key", acc_pub.hex(), hs["acceptor_key"])
+            assert valid_public_key(acc_pub)
+            hello_nonce = vector_seed(name + " hello nonce")
+            nonce = vector_seed(name + " challenge nonce")
+            eq("hello_nonce", hs["hello_nonce"], hello_nonce.hex())
+            eq("challenge_nonce", hs["challenge_nonce"], nonce.hex())
+            binding = unhex(hs["binding"])
+            if binding:
+                eq("binding", binding, vector_seed(name + " channel binding"))
+            assert len(binding) <= MAX_BINDING_LEN
+            ci = framed(LABELS["ChallengeSignature"], hello_nonce, nonce, d.encode("ascii"), binding)
+            eq("challenge_input", ci.hex(), hs["challenge_input"])
+            csig = ed25519_sign(acc_seed, ci)
+            eq("challenge_signature", csig.hex(), hs["challenge_signature"])
+            if hs["role"] == "ROLE_DEVICE":
+                p = parties[hs["device"]]
+                cert_enc = p["certificate_encoded"]
+                eq("certificate", hs["certificate"], cert_enc.hex())
+                listed = unhex(hs["device_list"])
+                if hs["device_list_name"] is None:
+                    eq("device_list", listed, b"")
+                else:
+                    eq("device_list", listed, list_by_name[hs["device_list_name"]])
+                    # VAL-PROTO-012: it verifies, for the certificate's address, and lists
+                    # the certificate byte for byte.
+                    _, devices = decode_device_list(listed, fetched_for=p["address"])
+                    assert cert_enc in [e for _, e in devices]
+                # VAL-PROTO-008 to -010
+                cert = decode_certificate(cert_enc)
+                eq("certificate domain", cert["address"].split("@")[1], d)
+                assert cert["not_before_ms"] <= hs["welcome_time_ms"] <= cert["not_after_ms"]
+                identity_bytes, signer, verifier = cert_enc, p["signing_seed"], cert["device_signing_key"]
+                who = {"device": {"certificate": cert_enc.hex(), "device_list": listed.hex()}}
+            else:
+                eq("role", hs["role"], "ROLE_PROVIDER")
+                connector = hs["connector_domain"]
+                eq("connector_key_seed", hs["connector_key_seed"],
+                   vector_seed(connector + " provider key").hex())
+                signer = unhex(hs["connector_key_seed"])
+                verifier = ed25519_public(signer)
+                eq("connector_key", verifier.hex(), hs["connector_key"])
+                # VAL-PROTO-018, -019
+                _validate_domain(connector.encode("ascii"))
+                assert connector != d
+                identity_bytes = connector.encode("ascii")
+                who = {"provider": {"domain": connector}}
+            eq("auth_identity", hs["auth_identity"], identity_bytes.hex())
+            ai = framed(LABELS["AuthSignature"], nonce, hello_nonce, d.encode("ascii"), binding,
+                        identity_bytes)
+            eq("auth_input", ai.hex(), hs["auth_input"])
+            asig = ed25519_sign(signer, ai)
+            eq("auth_signature", asig.hex(), hs["auth_signature"])
+            # VAL-PROTO-006, -011 / -021
+            assert strict_verify(acc_pub, ci, csig) and strict_verify(verifier, ai, asig)
+            want = {
+                "hello": {"hello": {"version": PROTOCOL_VERSION, "nonce": hello_nonce.hex(),
+                                    "role": hs["role"], "acceptor": d}},
+                "challenge": {"challenge": {"nonce": nonce.hex(), "domain": d,
+                                            "provider_key": acc_pub.hex(), "signature": csig.hex()}},
+                "auth": {"auth": dict(who, signature=asig.hex())},
+                "welcome": {"welcome": {"time_ms": str(hs["welcome_time_ms"])}},
+            }
+            eq("frames", sorted(hs["frames"]), sorted(want))
+            got = {}
+            for k, w in want.items():
+                eq(k + " decoded", hs["frames"][k]["decoded"], w)
+                got[k] = check_frame_vector(hs["frames"][k])[k]
+            # The acceptor's checks of the Hello (VAL-PROTO-001 to -003) and of the Auth
+            # (VAL-PROTO-007), the connector's of the Challenge (VAL-PROTO-004, -005).
+            h, ch, au = got["hello"], got["challenge"], got["auth"]
+            eq("version", h["version"], PROTOCOL_VERSION)
+            eq("acceptor", h["acceptor"], d)
+            eq("who", au["_oneof_who"], {1: "device", 2: "provider"}[h["role"]])
+            eq("challenge domain", ch["domain"], h["acceptor"])
+            eq("pinned key", ch["provider_key"], acc_pub)
+        c.check("handshake " + hs["name"], handshake)
+
+    def handshake_rules():
+        """SPEC.md 16.3 on synthetic input: each signature binds every part, in its place,
+        and under its own label."""
+        hs = next(h for h in protocol["handshakes"] if h["binding"] and h["role"] == "ROLE_DEVICE")
+        acc = ed25519_public(unhex(hs["acceptor_key_seed"]))
+        dev = parties[hs["device"]]["certificate"]["device_signing_key"]
+        hn, n, d = unhex(hs["hello_nonce"]), unhex(hs["challenge_nonce"]), hs["acceptor"].encode()
+        b, ident = unhex(hs["binding"]), unhex(hs["auth_identity"])
+        csig, asig = unhex(hs["challenge_signature"]), unhex(hs["auth_signature"])
+        ch, au = LABELS["ChallengeSignature"], LABELS["AuthSignature"]
+        assert strict_verify(acc, framed(ch, hn, n, d, b), csig)
+        assert strict_verify(dev, framed(au, n, hn, d, b, ident), asig)
+        for parts in [(n, hn, d, b), (hn, n, d, b""), (hn, n, b"two.example", b)]:
+            assert not strict_verify(acc, framed(ch, *parts), csig), "challenge for %r" % (parts,)
+        for parts in [(hn, n, d, b, ident), (n, hn, d, b"", ident), (n, hn, b"two.example", b, ident),
+                      (n, hn, d, b, ident[:-1])]:
+            assert not strict_verify(dev, framed(au, *parts), asig)
+        # A relayed handshake: the same signatures over another connection's binding.
+        assert not strict_verify(acc, framed(ch, hn, n, d, bytes(32)), csig)
+        # Labels keep the two apart.
+        assert not strict_verify(acc, framed(au, hn, n, d, b), csig)
+    c.check("handshake rules", handshake_rules)
+
+    bob_cert = parties["bob"]["certificate"]
+    envelope_bytes = {p["vector"]["name"]: unhex(p["vector"]["envelope"]) for p in envelopes["positive"]}
+    for fv in protocol["frames"]:
+        def frame(fv=fv):
+            f = check_frame_vector(fv, fv["reference_encoding"])
+            kind = frame_kind(f)
+            body = f[kind]
+            # What the example frames carry is what the other files hold, and verifies.
+            if kind == "request":
+                req = body[body["_oneof_body"]]
+                if "device_list" in req:
+                    decode_device_list(req["device_list"])
+                for k in ("signed_prekey", "kem_prekey"):
+                    if k in req:
+                        decode_signed_prekey(req[k], bob_cert)
+                for x in req.get("one_time", []):
+                    decode_signed_prekey(x, bob_cert)
+                if "envelopes" in req:
+                    eq("envelopes", req["envelopes"],
+                       [envelope_bytes["text"], envelope_bytes["read_receipt"]])
+                if "address" in req:
+                    eq("canonical address", parse_address(req["address"], True), req["address"])
+            elif kind == "response" and body["_oneof_body"] in ("bundles", "device_list"):
+                r = body[body["_oneof_body"]]
+                lb, _ = decode_device_list(r["device_list"], fetched_for=bob_cert["address"])
+                for x in r.get("bundles", []):
+                    decode_bundle(x)
+            elif kind == "deliver":
+                for it in body["items"]:
+                    if "envelope" in it:
+                        hd = decode("EnvelopeHeader", decode("Envelope", it["envelope"])["header"])
+                        eq("recipient", hd["recipient"], parties["alice"]["address"])
+                    u = it.get("notice", {}).get("undeliverable")
+                    if u is not None:
+                        eq("message_id", u["message_id"].hex(),
+                           next(p["vector"]["message_id"] for p in envelopes["positive"]
+                                if p["vector"]["name"] == "read_receipt"))
+                        eq("device", u["device"], bob_cert["device_id"])
+        c.check("frame " + fv["name"], frame)
+
+    for neg in protocol["negative"]:
+        def frame_negative(neg=neg):
+            try:
+                check_frame(hex_or_fill(neg["encoded"]))
+            except FrameError as e:
+                eq("refusal", (e.kind, e.field), (neg["expected_error"], neg["field"]))
+                return
+            raise AssertionError("frame was accepted")
+        c.check("frame negative " + neg["name"], frame_negative)
 
     # Addresses (SPEC.md 3)
     for v in addresses["valid"]:
