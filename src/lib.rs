@@ -109,6 +109,7 @@ pub mod session;
 pub mod sim;
 pub mod store;
 mod time;
+pub mod transport;
 #[cfg(test)]
 mod vectors;
 mod wire;

@@ -1,0 +1,538 @@
+//! The QUIC transport end to end on loopback: providers and clients over real QUIC
+//! connections, each test starting its own servers on 127.0.0.1.
+#![cfg(feature = "quic")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kogge::address::{Address, Domain};
+use kogge::client::{Client, ClientConfig, ClientEvent};
+use kogge::envelope::{Content, MessageId, Text};
+use kogge::identity::{Device, DeviceKeyPair, DeviceList, IdentityKeyPair, ProviderKeyPair};
+use kogge::protocol::Backoff;
+use kogge::provider::ProviderConfig;
+use kogge::resolve::{PeerInfo, ResolveError, Resolver, StaticDirectory};
+use kogge::session::Account;
+use kogge::store::{MemoryStore, Table};
+use kogge::transport::quic::{
+    self, CLOSE_FRAME_TOO_LARGE, CLOSE_NORMAL, CLOSE_STREAM_ERROR, ClientDriver,
+    ClientDriverConfig, DriverEvent, ProviderServer, QuicConfig,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::mpsc::Receiver;
+
+type Rng = ChaCha20Rng;
+type Server = ProviderServer<MemoryStore, Rng>;
+
+const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+const WAIT: Duration = Duration::from_secs(30);
+const FAST: Backoff = Backoff {
+    initial_ms: 50,
+    max_ms: 400,
+};
+
+/// A directory the test fills in as servers start (their ports are chosen by the OS).
+#[derive(Clone, Default)]
+struct Directory(Arc<RwLock<StaticDirectory>>);
+
+impl Directory {
+    fn add(&self, domain: &Domain, addr: SocketAddr, key: kogge::identity::ProviderKey) {
+        self.0.write().unwrap().insert(PeerInfo {
+            domain: domain.clone(),
+            endpoint: addr.to_string(),
+            key,
+        });
+    }
+}
+
+impl Resolver for Directory {
+    fn resolve(&self, domain: &Domain) -> Result<PeerInfo, ResolveError> {
+        self.0.read().unwrap().resolve(domain)
+    }
+}
+
+struct Node {
+    domain: Domain,
+    seed: kogge::crypto::Secret<32>,
+}
+
+impl Node {
+    fn new(rng: &mut Rng, domain: &str) -> Self {
+        Self {
+            domain: Domain::parse(domain).unwrap(),
+            seed: ProviderKeyPair::generate(rng).secret_bytes(),
+        }
+    }
+
+    fn key(&self) -> ProviderKeyPair {
+        ProviderKeyPair::from_secret_bytes(&self.seed)
+    }
+
+    fn config(&self) -> ProviderConfig {
+        let mut c = ProviderConfig::new(self.domain.clone(), self.key());
+        c.open_registration = true;
+        c.backoff = FAST;
+        c
+    }
+
+    /// Starts the provider on `addr` (retrying while a previous socket is released).
+    async fn start(
+        &self,
+        store: MemoryStore,
+        dir: &Directory,
+        addr: SocketAddr,
+        seed: u8,
+    ) -> Server {
+        let mut last = None;
+        for _ in 0..50 {
+            match ProviderServer::start(
+                self.config(),
+                store.clone(),
+                Rng::from_seed([seed; 32]),
+                dir.clone(),
+                addr,
+                QuicConfig::default(),
+            ) {
+                Ok(s) => {
+                    dir.add(&self.domain, s.local_addr(), s.public_key());
+                    return s;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("provider {} did not start: {last:?}", self.domain);
+    }
+}
+
+fn local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A device of a new user `local@node`, with its client pinned to `pinned`.
+fn user(
+    rng: &mut Rng,
+    local: &str,
+    node: &Node,
+    pinned: kogge::identity::ProviderKey,
+) -> (Address, Client<Rng>) {
+    let now = quic::now();
+    let address = Address::new(local, &node.domain).unwrap();
+    let identity = IdentityKeyPair::generate(rng);
+    let device = Device::new(
+        &identity,
+        address.clone(),
+        DeviceKeyPair::generate(rng),
+        now.saturating_sub(YEAR_MS),
+        now.saturating_add(YEAR_MS),
+    )
+    .unwrap();
+    let list =
+        DeviceList::sign(&identity, &address, 1, now, &[device.certificate().clone()]).unwrap();
+    let mut account = Account::new(device, list, now, rng).unwrap();
+    account.replenish_prekeys(now, rng);
+    let mut config = ClientConfig::new(node.domain.clone(), pinned);
+    config.backoff = FAST;
+    let mut seed = [0u8; 32];
+    rand_core::Rng::fill_bytes(rng, &mut seed);
+    (
+        address,
+        Client::new(account, config, Rng::from_seed(seed), now),
+    )
+}
+
+async fn drive(
+    client: Client<Rng>,
+    server: SocketAddr,
+) -> (ClientDriver<Rng>, Receiver<DriverEvent>) {
+    ClientDriver::start(client, ClientDriverConfig::new(server)).unwrap()
+}
+
+/// Waits for an event that `pick` accepts, skipping others; panics after `WAIT`.
+async fn wait_for<T>(
+    rx: &mut Receiver<DriverEvent>,
+    what: &str,
+    mut pick: impl FnMut(&DriverEvent) -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let e = rx.recv().await.expect("driver stopped");
+            if let Some(t) = pick(&e) {
+                return t;
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn online(rx: &mut Receiver<DriverEvent>, who: &str) {
+    wait_for(rx, &format!("{who} online"), |e| {
+        matches!(e, DriverEvent::Client(ClientEvent::Online)).then_some(())
+    })
+    .await
+}
+
+/// Waits until `text` arrives, returning (sender, message id).
+async fn message(rx: &mut Receiver<DriverEvent>, text: &str) -> (Address, MessageId) {
+    let want = Content::Text(Text::plain(text));
+    wait_for(rx, &format!("message {text:?}"), |e| match e {
+        DriverEvent::Client(ClientEvent::Message(m)) if m.content == want => {
+            Some((m.sender.clone(), m.message_id))
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for `n` messages from `from`, in whatever order; returns them sorted by text.
+async fn messages(
+    rx: &mut Receiver<DriverEvent>,
+    from: &Address,
+    n: usize,
+) -> Vec<(Content, MessageId)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let what = format!("{n} messages (got {})", got.len());
+        let m = wait_for(rx, &what, |e| match e {
+            DriverEvent::Client(ClientEvent::Message(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&m.sender, from);
+        got.push((m.content.clone(), m.message_id));
+    }
+    let key = |c: &Content| match c {
+        Content::Text(t) => (t.body.len(), t.body.clone()),
+        _ => (0, String::new()),
+    };
+    got.sort_by_key(|(c, _)| key(c));
+    got
+}
+
+async fn stored(rx: &mut Receiver<DriverEvent>, id: MessageId) {
+    wait_for(rx, "delivered to provider", |e| {
+        matches!(e, DriverEvent::Client(ClientEvent::DeliveredToProvider { message_id }) if *message_id == id)
+            .then_some(())
+    })
+    .await
+}
+
+/// Waits until the provider stores prekeys for `n` devices (so bundles can be fetched).
+async fn prekeys_published(server: &Server, n: usize) {
+    let ok = tokio::time::timeout(WAIT, async {
+        loop {
+            if server
+                .with_provider(|p| p.store().len(Table::Prekeys))
+                .await
+                .unwrap()
+                >= n
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "prekeys never published at {}", server.domain());
+}
+
+async fn send(driver: &ClientDriver<Rng>, to: &Address, text: &str) -> MessageId {
+    driver
+        .send(to.clone(), Content::Text(Text::plain(text)))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_exchange_messages_both_ways() {
+    let mut rng = Rng::from_seed([1; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let two = Node::new(&mut rng, "two.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 11).await;
+    let s2 = two.start(MemoryStore::new(), &dir, local(), 12).await;
+
+    let (alice, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (bob, b_client) = user(&mut rng, "bob", &two, s2.public_key());
+    let (a, mut a_rx) = drive(a_client, s1.local_addr()).await;
+    let (b, mut b_rx) = drive(b_client, s2.local_addr()).await;
+    online(&mut a_rx, "alice").await;
+    online(&mut b_rx, "bob").await;
+    prekeys_published(&s1, 1).await;
+    prekeys_published(&s2, 1).await;
+
+    let id = send(&a, &bob, "hello bob").await;
+    stored(&mut a_rx, id).await;
+    let (from, got) = message(&mut b_rx, "hello bob").await;
+    assert_eq!((from, got), (alice.clone(), id));
+
+    let id = send(&b, &alice, "hello alice").await;
+    let (from, got) = message(&mut a_rx, "hello alice").await;
+    assert_eq!((from, got), (bob.clone(), id));
+
+    // A burst both ways at once: every message arrives, in a coalesced stream.
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(send(&a, &bob, &format!("a{i}")).await);
+        send(&b, &alice, &format!("b{i}")).await;
+    }
+    let texts = |p: &str| -> Vec<Content> {
+        (0..20)
+            .map(|i| Content::Text(Text::plain(format!("{p}{i}"))))
+            .collect()
+    };
+    let at_bob = messages(&mut b_rx, &alice, 20).await;
+    let want: Vec<_> = texts("a").into_iter().zip(sent).collect();
+    assert_eq!(at_bob, want);
+    let at_alice = messages(&mut a_rx, &bob, 20).await;
+    assert_eq!(
+        at_alice.into_iter().map(|m| m.0).collect::<Vec<_>>(),
+        texts("b")
+    );
+    let stats = s2.stats().await.unwrap();
+    assert_eq!(stats.users, 1);
+
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    s1.shutdown().await.unwrap();
+    s2.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_another_key_is_refused() {
+    let mut rng = Rng::from_seed([2; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let two = Node::new(&mut rng, "two.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 21).await;
+    let s2 = two.start(MemoryStore::new(), &dir, local(), 22).await;
+
+    // A device pinned to another key than its provider's: TLS refuses the provider.
+    let impostor = ProviderKeyPair::generate(&mut rng).public();
+    let (_, client) = user(&mut rng, "mallory", &one, impostor);
+    let (d, mut rx) = drive(client, s1.local_addr()).await;
+    let (expected, presented) = wait_for(&mut rx, "refusal", |e| match e {
+        DriverEvent::WrongProviderKey {
+            expected,
+            presented,
+        } => Some((*expected, presented.clone())),
+        DriverEvent::Client(ClientEvent::Online) => panic!("authenticated to the wrong key"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(expected, impostor);
+    assert_eq!(presented, s1.public_key().to_string());
+    // It keeps retrying (backoff) and keeps being refused; nothing reaches the provider.
+    wait_for(&mut rx, "second refusal", |e| match e {
+        DriverEvent::WrongProviderKey { .. } => Some(()),
+        DriverEvent::Client(ClientEvent::Online) => panic!("authenticated to the wrong key"),
+        _ => None,
+    })
+    .await;
+    assert!(!d.is_online().await.unwrap());
+    assert_eq!(s1.stats().await.unwrap().users, 0);
+    drop(d);
+
+    // Provider to provider: one.example's directory holds a wrong key for two.example.
+    let (_, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (bob, b_client) = user(&mut rng, "bob", &two, s2.public_key());
+    let (a, mut a_rx) = drive(a_client, s1.local_addr()).await;
+    let (_b, mut b_rx) = drive(b_client, s2.local_addr()).await;
+    online(&mut a_rx, "alice").await;
+    online(&mut b_rx, "bob").await;
+    prekeys_published(&s2, 1).await;
+    dir.add(&two.domain, s2.local_addr(), impostor);
+    send(&a, &bob, "never").await;
+    let nothing = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Some(DriverEvent::Client(ClientEvent::Message(_))) = b_rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(nothing.is_err(), "a message crossed a refused connection");
+    // Nothing was forwarded: two.example never saw one.example authenticate.
+    let stats = s2.stats().await.unwrap();
+    assert_eq!(
+        stats.connections, 1,
+        "only bob's device is connected to two.example"
+    );
+    let fetches = s1.stats().await.unwrap().pending_fetches;
+    assert_eq!(fetches, 1, "alice's bundle fetch waits for two.example");
+}
+
+/// Opens a raw QUIC connection to a provider, as a device would, and its stream.
+async fn raw(
+    server: &Server,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let config =
+        quic::client_config_for_device(&server.public_key(), &QuicConfig::default()).unwrap();
+    let endpoint = quinn::Endpoint::client(local()).unwrap();
+    let conn = endpoint
+        .connect_with(config, server.local_addr(), server.domain().as_str())
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    (endpoint, conn, send, recv)
+}
+
+fn app_code(e: quinn::ConnectionError) -> u64 {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+        other => panic!("closed with {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_the_connection_and_nothing_else() {
+    let mut rng = Rng::from_seed([3; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 31).await;
+    let (alice, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (carol, c_client) = user(&mut rng, "carol", &one, s1.public_key());
+    let (a, mut a_rx) = drive(a_client, s1.local_addr()).await;
+    let (c, mut c_rx) = drive(c_client, s1.local_addr()).await;
+    online(&mut a_rx, "alice").await;
+    online(&mut c_rx, "carol").await;
+    prekeys_published(&s1, 2).await;
+
+    // An oversized length prefix: closed before anything is read or allocated for it.
+    let (_e1, conn, mut send, _recv) = raw(&s1).await;
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let code = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    assert_eq!(app_code(code), u64::from(CLOSE_FRAME_TOO_LARGE));
+
+    // A length just above MAX_FRAME_LEN, too.
+    let (_e2, conn, mut send, _recv) = raw(&s1).await;
+    let too_long = u32::try_from(kogge::limits::MAX_FRAME_LEN + 1).unwrap();
+    send.write_all(&too_long.to_be_bytes()).await.unwrap();
+    let code = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    assert_eq!(app_code(code), u64::from(CLOSE_FRAME_TOO_LARGE));
+
+    // Bytes that are no protobuf Frame: the provider answers Goodbye{bad_frame} and closes.
+    let (_e3, conn, mut send, mut recv) = raw(&s1).await;
+    let junk = [0xffu8; 7];
+    send.write_all(&(junk.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    send.write_all(&junk).await.unwrap();
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.unwrap();
+    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+    recv.read_exact(&mut frame).await.unwrap();
+    assert_eq!(kogge::protocol::check_frame(&frame), Ok("goodbye"));
+    let code = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    assert_eq!(app_code(code), u64::from(CLOSE_NORMAL));
+
+    // A stream that ends inside a frame.
+    let (_e4, conn, mut send, _recv) = raw(&s1).await;
+    send.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap();
+    send.finish().unwrap();
+    let code = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    assert_eq!(app_code(code), u64::from(CLOSE_STREAM_ERROR));
+
+    // Meanwhile the real users are unaffected.
+    let id = send_text(&a, &carol, "still here").await;
+    let (from, got) = message(&mut c_rx, "still here").await;
+    assert_eq!((from, got), (alice.clone(), id));
+    let id = send_text(&c, &alice, "me too").await;
+    assert_eq!(message(&mut a_rx, "me too").await.1, id);
+    assert_eq!(s1.stats().await.unwrap().connections, 2);
+}
+
+async fn send_text(driver: &ClientDriver<Rng>, to: &Address, text: &str) -> MessageId {
+    send(driver, to, text).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_restarts_lose_nothing_acknowledged() {
+    let mut rng = Rng::from_seed([4; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let two = Node::new(&mut rng, "two.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 41).await;
+    let s2 = two.start(MemoryStore::new(), &dir, local(), 42).await;
+    let (addr1, addr2) = (s1.local_addr(), s2.local_addr());
+
+    let (alice, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (bob, b_client) = user(&mut rng, "bob", &two, s2.public_key());
+    let (a, mut a_rx) = drive(a_client, addr1).await;
+    let (b, mut b_rx) = drive(b_client, addr2).await;
+    online(&mut a_rx, "alice").await;
+    online(&mut b_rx, "bob").await;
+    prekeys_published(&s2, 1).await;
+
+    // A first message sets up the session.
+    let first = send(&a, &bob, "m0").await;
+    assert_eq!(message(&mut b_rx, "m0").await, (alice.clone(), first));
+
+    // Bob goes away and two.example stops (gracefully); alice keeps sending. one.example
+    // acknowledges each message: it is stored in its queue for two.example.
+    let bob_client = b.shutdown().await.unwrap();
+    let store2 = s2.shutdown().await.unwrap().into_store();
+    let mut ids = vec![first];
+    for i in 1..=5 {
+        let id = send(&a, &bob, &format!("m{i}")).await;
+        stored(&mut a_rx, id).await;
+        ids.push(id);
+    }
+    let queued = s1.stats().await.unwrap().outbound_items;
+    assert_eq!(queued, 5);
+
+    // one.example restarts from its store: the queue survives.
+    let store1 = s1.shutdown().await.unwrap().into_store();
+    let s1 = one.start(store1, &dir, addr1, 43).await;
+    assert_eq!(s1.stats().await.unwrap().outbound_items, 5);
+    // ...and so does two.example, which now takes the relayed messages.
+    let s2 = two.start(store2, &dir, addr2, 44).await;
+    online(&mut a_rx, "alice again").await;
+
+    // Bob comes back and gets every message exactly once.
+    let (b, mut b_rx) = drive(bob_client, addr2).await;
+    let got = messages(&mut b_rx, &alice, 5).await;
+    let want: Vec<_> = (1..=5)
+        .map(|i| (Content::Text(Text::plain(format!("m{i}"))), ids[i]))
+        .collect();
+    assert_eq!(got, want);
+    let settled = tokio::time::timeout(WAIT, async {
+        loop {
+            let (q, m) = (
+                s1.stats().await.unwrap().outbound_items,
+                s2.stats().await.unwrap().mailbox_items,
+            );
+            if q == 0 && m == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "queues did not drain");
+    // No duplicate shows up later.
+    let dup = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Some(DriverEvent::Client(ClientEvent::Message(_))) = b_rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(dup.is_err(), "a message arrived twice");
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    s1.shutdown().await.unwrap();
+    s2.shutdown().await.unwrap();
+}
