@@ -536,3 +536,201 @@ async fn provider_restarts_lose_nothing_acknowledged() {
     s1.shutdown().await.unwrap();
     s2.shutdown().await.unwrap();
 }
+
+/// Reads frames off a raw stream into a channel until it ends.
+fn frames(mut recv: quinn::RecvStream) -> tokio::sync::mpsc::Receiver<bytes::Bytes> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let mut len = [0u8; 4];
+            if recv.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+            if recv.read_exact(&mut frame).await.is_err() || tx.send(frame.into()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Connects to `server` as provider `three.example` (provider key `key`) over a raw QUIC
+/// connection made with `tls`, runs the protocol handshake with a `Provider` state machine
+/// as the connector, and returns whether the handshake succeeded and how the connection
+/// ended within two seconds after it (`None`: still open).
+async fn connect_as_provider(
+    server: &Server,
+    key: &ProviderKeyPair,
+    tls: quinn::ClientConfig,
+) -> (bool, Option<quinn::ConnectionError>) {
+    use kogge::protocol::ConnectionId;
+    use kogge::provider::{Direction, Provider, ProviderEvent, ProviderInput, ProviderOutput};
+
+    let endpoint = quinn::Endpoint::client(local()).unwrap();
+    let conn = endpoint
+        .connect_with(tls, server.local_addr(), server.domain().as_str())
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut binding = [0u8; quic::BINDING_LEN];
+    conn.export_keying_material(&mut binding, quic::BINDING_LABEL, b"")
+        .unwrap();
+    let domain = Domain::parse("three.example").unwrap();
+    let config = ProviderConfig::new(
+        domain,
+        ProviderKeyPair::from_secret_bytes(&key.secret_bytes()),
+    );
+    let mut p = Provider::new(
+        config,
+        MemoryStore::new(),
+        Rng::from_seed([5; 32]),
+        quic::now(),
+    )
+    .unwrap();
+    let id = ConnectionId(1);
+    p.handle_input(
+        quic::now(),
+        ProviderInput::Connected {
+            conn: id,
+            direction: Direction::Outbound {
+                domain: server.domain().clone(),
+                key: server.public_key(),
+            },
+            binding: bytes::Bytes::copy_from_slice(&binding),
+        },
+    );
+    let mut rx = frames(recv);
+    let mut authenticated = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        loop {
+            match p.poll_output(quic::now()) {
+                ProviderOutput::Transmit { bytes, .. } => {
+                    send.write_all(&(bytes.len() as u32).to_be_bytes())
+                        .await
+                        .unwrap();
+                    send.write_all(&bytes).await.unwrap();
+                }
+                ProviderOutput::Event(ProviderEvent::Authenticated { .. }) => authenticated = true,
+                ProviderOutput::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        if authenticated {
+            break;
+        }
+        tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(bytes) => p.handle_input(quic::now(), ProviderInput::Received { conn: id, bytes }),
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => panic!("handshake did not finish"),
+        }
+    }
+    let end = tokio::time::timeout(Duration::from_secs(2), conn.closed())
+        .await
+        .ok();
+    (authenticated, end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_tls_key_must_be_its_provider_key() {
+    let mut rng = Rng::from_seed([6; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 61).await;
+    let three = Domain::parse("three.example").unwrap();
+    let k3 = ProviderKeyPair::generate(&mut rng);
+    dir.add(&three, "127.0.0.1:9".parse().unwrap(), k3.public());
+    let q = QuicConfig::default();
+
+    // The right certificate: authenticated, and the connection stays up.
+    let cert = quic::provider_certificate(&k3, &three).unwrap();
+    let tls = quic::client_config_for_provider(&s1.public_key(), &cert, &q).unwrap();
+    let (ok, end) = connect_as_provider(&s1, &k3, tls).await;
+    assert!(ok);
+    assert!(end.is_none(), "closed: {end:?}");
+
+    // A TLS certificate of another key: the protocol's Auth proves the provider key, but
+    // the adapter closes the connection before the Welcome leaves.
+    let other = ProviderKeyPair::generate(&mut rng);
+    let cert = quic::provider_certificate(&other, &three).unwrap();
+    let tls = quic::client_config_for_provider(&s1.public_key(), &cert, &q).unwrap();
+    let (ok, end) = connect_as_provider(&s1, &k3, tls).await;
+    assert!(!ok, "welcomed");
+    assert_eq!(
+        app_code(end.expect("not closed")),
+        u64::from(quic::CLOSE_KEY_MISMATCH)
+    );
+
+    // No client certificate at all (as a device connects), then claiming to be a provider.
+    let tls = quic::client_config_for_device(&s1.public_key(), &q).unwrap();
+    let (ok, end) = connect_as_provider(&s1, &k3, tls).await;
+    assert!(!ok, "welcomed");
+    assert_eq!(
+        app_code(end.expect("not closed")),
+        u64::from(quic::CLOSE_KEY_MISMATCH)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_refuse_and_retry() {
+    let mut rng = Rng::from_seed([7; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let limited = QuicConfig {
+        max_connections: 1,
+        ..QuicConfig::default()
+    };
+    let s1 = ProviderServer::start(
+        one.config(),
+        MemoryStore::new(),
+        Rng::from_seed([71; 32]),
+        dir.clone(),
+        local(),
+        limited,
+    )
+    .unwrap();
+    // The first connection takes the only slot (it need not even open its stream)...
+    let config = quic::client_config_for_device(&s1.public_key(), &QuicConfig::default()).unwrap();
+    let endpoint = quinn::Endpoint::client(local()).unwrap();
+    let first = endpoint
+        .connect_with(config.clone(), s1.local_addr(), "one.example")
+        .unwrap()
+        .await
+        .unwrap();
+    // ...so the next is refused.
+    let second = endpoint
+        .connect_with(config, s1.local_addr(), "one.example")
+        .unwrap()
+        .await;
+    match second {
+        Err(quinn::ConnectionError::ConnectionClosed(c)) => {
+            assert_eq!(c.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED)
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    drop(first);
+
+    // Address validation: with the retry threshold at zero every new address gets a QUIC
+    // Retry first, and devices still connect.
+    let two = Node::new(&mut rng, "two.example");
+    let validating = QuicConfig {
+        retry_threshold: 0,
+        ..QuicConfig::default()
+    };
+    let s2 = ProviderServer::start(
+        two.config(),
+        MemoryStore::new(),
+        Rng::from_seed([72; 32]),
+        dir.clone(),
+        local(),
+        validating,
+    )
+    .unwrap();
+    let (_, client) = user(&mut rng, "dora", &two, s2.public_key());
+    let (_d, mut rx) = drive(client, s2.local_addr()).await;
+    online(&mut rx, "dora").await;
+}

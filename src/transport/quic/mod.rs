@@ -82,7 +82,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use client::{ClientDriver, ClientDriverConfig, DriverEvent, PersistFn};
 pub use server::ProviderServer;
 pub use tls::{
-    TlsIdentity, client_config_for_device, ed25519_key_of_certificate, provider_certificate,
+    TlsIdentity, client_config_for_device, client_config_for_provider, ed25519_key_of_certificate,
+    provider_certificate,
 };
 
 use crate::time::UnixMillis;

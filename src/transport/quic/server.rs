@@ -546,16 +546,43 @@ where
     }
 
     /// Acts on every output until the provider has nothing more to do.
+    ///
+    /// Frames and closes are collected first and handed to the connections once the
+    /// provider has nothing more to say: a connection dropped on the way (a provider whose
+    /// TLS key is not its provider key, seen in the `Authenticated` event that follows its
+    /// `Welcome`) never gets the frames queued for it.
     fn drain(&mut self) {
+        let mut wire = Vec::new();
+        loop {
+            self.poll_all(&mut wire);
+            if wire.is_empty() {
+                break;
+            }
+            let mut fed = false;
+            for (conn, frame) in wire.drain(..) {
+                match frame {
+                    Some(bytes) => fed |= self.transmit(now(), conn, bytes),
+                    None => {
+                        if let Some(e) = self.conns.remove(&conn) {
+                            self.closing.push(e.io.close(CLOSE_NORMAL, b"closed"));
+                        }
+                    }
+                }
+            }
+            if !fed {
+                break;
+            }
+        }
+        self.closing.retain(|w| !w.is_finished());
+    }
+
+    /// Polls every output; frames (`Some`) and closes (`None`) go to `wire` in order.
+    fn poll_all(&mut self, wire: &mut Vec<(ConnectionId, Option<Bytes>)>) {
         loop {
             let now = now();
             match self.provider.poll_output(now) {
-                ProviderOutput::Transmit { conn, bytes } => self.transmit(now, conn, bytes),
-                ProviderOutput::Close { conn } => {
-                    if let Some(e) = self.conns.remove(&conn) {
-                        self.closing.push(e.io.close(CLOSE_NORMAL, b"closed"));
-                    }
-                }
+                ProviderOutput::Transmit { conn, bytes } => wire.push((conn, Some(bytes))),
+                ProviderOutput::Close { conn } => wire.push((conn, None)),
                 ProviderOutput::Connect { domain } => self.connect(now, domain),
                 ProviderOutput::Resolve { domain } => {
                     let key = match self.resolver.resolve(&domain) {
@@ -575,7 +602,6 @@ where
                 }
             }
         }
-        self.closing.retain(|w| !w.is_finished());
     }
 
     fn drop_conn(&mut self, now: UnixMillis, conn: ConnectionId, code: u32, reason: &'static [u8]) {
@@ -586,12 +612,14 @@ where
         }
     }
 
-    fn transmit(&mut self, now: UnixMillis, conn: ConnectionId, bytes: Bytes) {
+    /// Queues a frame; `true` if that failed and the provider was told the connection is
+    /// gone (so it has new outputs).
+    fn transmit(&mut self, now: UnixMillis, conn: ConnectionId, bytes: Bytes) -> bool {
         let Some(entry) = self.conns.get(&conn) else {
-            return;
+            return false;
         };
         match entry.io.send(bytes) {
-            Ok(()) => {}
+            Ok(()) => return false,
             Err(SendError::Overflow) => {
                 tracing::warn!(%conn, peer = %entry.io.remote(), "closing a connection that does not read");
                 self.drop_conn(now, conn, CLOSE_SEND_OVERFLOW, b"send queue overflow");
@@ -602,6 +630,7 @@ where
             }
             Err(SendError::Closed) => self.drop_conn(now, conn, CLOSE_NORMAL, b"closed"),
         }
+        true
     }
 
     fn connect(&mut self, now: UnixMillis, domain: Domain) {

@@ -403,8 +403,9 @@ fn client_config(
 }
 
 /// The configuration a provider dials another provider with: accepts only `expected`,
-/// presents `identity` as client certificate.
-pub(crate) fn client_config_for_provider(
+/// presents `identity` as client certificate. Public so that tools and tests can open
+/// raw provider-to-provider connections.
+pub fn client_config_for_provider(
     expected: &ProviderKey,
     identity: &TlsIdentity,
     config: &QuicConfig,
