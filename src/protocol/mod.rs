@@ -461,6 +461,23 @@ fn challenge_parts<'a>(
     [hello_nonce, nonce, domain.as_bytes(), binding]
 }
 
+/// What the connector signs in `Auth` (SPEC.md 16.3).
+fn auth_parts<'a>(
+    challenge_nonce: &'a [u8],
+    hello_nonce: &'a [u8],
+    acceptor: &'a str,
+    binding: &'a [u8],
+    identity: &'a [u8],
+) -> [&'a [u8]; 5] {
+    [
+        challenge_nonce,
+        hello_nonce,
+        acceptor.as_bytes(),
+        binding,
+        identity,
+    ]
+}
+
 /// Signs a `Challenge` with the acceptor's provider key.
 pub(crate) fn sign_challenge(
     key: &SigningKey,
@@ -510,13 +527,7 @@ pub(crate) fn sign_auth(
     crypto::sign(
         key,
         Label::AuthSignature,
-        &[
-            challenge_nonce,
-            hello_nonce,
-            acceptor.as_bytes(),
-            binding,
-            identity,
-        ],
+        &auth_parts(challenge_nonce, hello_nonce, acceptor, binding, identity),
     )
 }
 
@@ -536,13 +547,7 @@ pub(crate) fn verify_auth(
     crypto::verify(
         key,
         Label::AuthSignature,
-        &[
-            challenge_nonce,
-            hello_nonce,
-            acceptor.as_bytes(),
-            binding,
-            identity,
-        ],
+        &auth_parts(challenge_nonce, hello_nonce, acceptor, binding, identity),
         &sig,
     )
     .is_ok()
