@@ -734,3 +734,63 @@ async fn connection_limits_refuse_and_retry() {
     let (_d, mut rx) = drive(client, s2.local_addr()).await;
     online(&mut rx, "dora").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_unless_kept_alive() {
+    let mut rng = Rng::from_seed([8; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let strict = QuicConfig {
+        idle_timeout: Duration::from_millis(600),
+        stream_open_timeout: Duration::from_millis(300),
+        ..QuicConfig::default()
+    };
+    let s1 = ProviderServer::start(
+        one.config(),
+        MemoryStore::new(),
+        Rng::from_seed([81; 32]),
+        dir.clone(),
+        local(),
+        strict,
+    )
+    .unwrap();
+
+    // A connection that never opens its stream is closed.
+    let config = quic::client_config_for_device(&s1.public_key(), &QuicConfig::default()).unwrap();
+    let endpoint = quinn::Endpoint::client(local()).unwrap();
+    let silent = endpoint
+        .connect_with(config, s1.local_addr(), "one.example")
+        .unwrap()
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(WAIT, silent.closed()).await.unwrap();
+    assert_eq!(app_code(end), u64::from(CLOSE_STREAM_ERROR));
+
+    // A device that sends keep-alives more often than the idle timeout stays connected.
+    let (_, client) = user(&mut rng, "erin", &one, s1.public_key());
+    let mut driver_config = ClientDriverConfig::new(s1.local_addr());
+    driver_config.quic.keep_alive_interval = Duration::from_millis(150);
+    let (d, mut rx) = ClientDriver::start(client, driver_config).unwrap();
+    online(&mut rx, "erin").await;
+    let offline = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(DriverEvent::Client(ClientEvent::Offline)) = rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(offline.is_err(), "dropped although kept alive");
+    assert!(d.is_online().await.unwrap());
+
+    // One that does not (keep-alive longer than the idle timeout) is dropped, and
+    // reconnects as its client asks.
+    let (_, client) = user(&mut rng, "finn", &one, s1.public_key());
+    let (_d2, mut rx) = drive(client, s1.local_addr()).await;
+    online(&mut rx, "finn").await;
+    wait_for(&mut rx, "finn offline", |e| {
+        matches!(e, DriverEvent::Client(ClientEvent::Offline)).then_some(())
+    })
+    .await;
+    online(&mut rx, "finn again").await;
+}
