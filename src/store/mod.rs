@@ -10,11 +10,21 @@
 //! [`MemoryStore`] is the in-memory implementation used by tests and the simulator: its
 //! "durable" contents are exactly what commits have made durable, so dropping a
 //! provider and rebuilding it from its store is a faithful crash-restart.
+//!
+//! `RedbStore` (cargo feature `redb`) keeps the tables in one redb database file and
+//! makes every commit durable with an `fsync` before it returns.
+
+#[cfg(feature = "redb")]
+mod redb;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
+
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use self::redb::{RedbOpenError, RedbStore};
 
 /// The tables a provider uses. The numbering is part of on-disk formats; never reuse
 /// a number.
