@@ -15,7 +15,7 @@ use kogge::protocol::Backoff;
 use kogge::provider::ProviderConfig;
 use kogge::resolve::{PeerInfo, ResolveError, Resolver, StaticDirectory};
 use kogge::session::Account;
-use kogge::store::{MemoryStore, Table};
+use kogge::store::{Contents, MemoryStore, Store, StoreError, StoreOp, Table};
 use kogge::transport::quic::{
     self, CLOSE_FRAME_TOO_LARGE, CLOSE_NORMAL, CLOSE_STREAM_ERROR, ClientDriver,
     ClientDriverConfig, DriverEvent, ProviderServer, QuicConfig,
@@ -86,6 +86,16 @@ impl Node {
         addr: SocketAddr,
         seed: u8,
     ) -> Server {
+        self.start_with(store, dir, addr, seed).await
+    }
+
+    async fn start_with<S: Store + Clone + Send + 'static>(
+        &self,
+        store: S,
+        dir: &Directory,
+        addr: SocketAddr,
+        seed: u8,
+    ) -> ProviderServer<S, Rng> {
         let mut last = None;
         for _ in 0..50 {
             match ProviderServer::start(
@@ -222,15 +232,13 @@ async fn stored(rx: &mut Receiver<DriverEvent>, id: MessageId) {
 }
 
 /// Waits until the provider stores prekeys for `n` devices (so bundles can be fetched).
-async fn prekeys_published(server: &Server, n: usize) {
+async fn prekeys_published<S: Store + Prekeys + Send + 'static>(
+    server: &ProviderServer<S, Rng>,
+    n: usize,
+) {
     let ok = tokio::time::timeout(WAIT, async {
         loop {
-            if server
-                .with_provider(|p| p.store().len(Table::Prekeys))
-                .await
-                .unwrap()
-                >= n
-            {
+            if server.with_provider(|p| p.store().prekeys()).await.unwrap() >= n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -793,4 +801,81 @@ async fn idle_connections_are_closed_unless_kept_alive() {
     })
     .await;
     online(&mut rx, "finn again").await;
+}
+
+/// A store that outlives its provider: what a crashed provider's disk still holds.
+#[derive(Clone, Default)]
+struct SharedStore(Arc<std::sync::Mutex<MemoryStore>>);
+
+impl Store for SharedStore {
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        self.0.lock().unwrap().load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.0.lock().unwrap().commit(ops)
+    }
+}
+
+trait Prekeys {
+    fn prekeys(&self) -> usize;
+}
+
+impl Prekeys for MemoryStore {
+    fn prekeys(&self) -> usize {
+        self.len(Table::Prekeys)
+    }
+}
+
+impl Prekeys for SharedStore {
+    fn prekeys(&self) -> usize {
+        self.0.lock().unwrap().len(Table::Prekeys)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_crash_loses_nothing_acknowledged() {
+    let mut rng = Rng::from_seed([9; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let two = Node::new(&mut rng, "two.example");
+    let disk = SharedStore::default();
+    let s1 = one.start_with(disk.clone(), &dir, local(), 91).await;
+    let s2 = two.start(MemoryStore::new(), &dir, local(), 92).await;
+    let (addr1, addr2) = (s1.local_addr(), s2.local_addr());
+    let (alice, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (bob, b_client) = user(&mut rng, "bob", &two, s2.public_key());
+    let (a, mut a_rx) = drive(a_client, addr1).await;
+    let (b, mut b_rx) = drive(b_client, addr2).await;
+    online(&mut a_rx, "alice").await;
+    online(&mut b_rx, "bob").await;
+    prekeys_published(&s2, 1).await;
+    let first = send(&a, &bob, "m0").await;
+    assert_eq!(message(&mut b_rx, "m0").await, (alice.clone(), first));
+
+    // two.example goes away; one.example acknowledges alice's messages, then crashes
+    // (dropped: no graceful anything) with them queued.
+    let bob_client = b.shutdown().await.unwrap();
+    let store2 = s2.shutdown().await.unwrap().into_store();
+    let mut ids = vec![first];
+    for i in 1..=3 {
+        let id = send(&a, &bob, &format!("m{i}")).await;
+        stored(&mut a_rx, id).await;
+        ids.push(id);
+    }
+    drop(s1);
+
+    // Restarted from what its disk holds, it relays them.
+    let s1 = one.start_with(disk.clone(), &dir, addr1, 93).await;
+    let s2 = two.start(store2, &dir, addr2, 94).await;
+    let (b, mut b_rx) = drive(bob_client, addr2).await;
+    let got = messages(&mut b_rx, &alice, 3).await;
+    let want: Vec<_> = (1..=3)
+        .map(|i| (Content::Text(Text::plain(format!("m{i}"))), ids[i]))
+        .collect();
+    assert_eq!(got, want);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    s1.shutdown().await.unwrap();
+    s2.shutdown().await.unwrap();
 }
