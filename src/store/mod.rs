@@ -111,7 +111,7 @@ impl fmt::Debug for StoreOp {
     }
 }
 
-/// A storage failure. The batch had no effect.
+/// A storage failure: the batch was applied entirely or not at all.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("storage failed: {0}")]
 pub struct StoreError(pub String);
@@ -125,7 +125,10 @@ pub trait Store {
     fn load(&mut self) -> Result<Contents, StoreError>;
 
     /// Applies `ops` in order, atomically (all or none) and durably: once this returns
-    /// `Ok`, the writes survive a crash of the process. On `Err` nothing was applied.
+    /// `Ok`, the writes survive a crash of the process. On `Err` the batch was applied
+    /// entirely or not at all (a disk whose final flush fails cannot say which): the
+    /// caller must [`load`](Self::load) again to know, and must not acknowledge anything
+    /// that depended on the batch.
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
 }
 
