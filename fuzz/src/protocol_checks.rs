@@ -1,0 +1,3702 @@
+//! The bodies of the protocol fuzz targets and the seeds of their corpora (STYLE.md C12):
+//! every decoder of SPEC.md section 16 and every input of the two state machines.
+//!
+//! | target | drives | checks beyond "does not panic" |
+//! |---|---|---|
+//! | `frame_decode` | `protocol::check_frame` | the kind named is the frame's last top-level body field (prost's oneof rule), read by an independent protobuf reader; `hello`/`challenge` fixed lengths hold |
+//! | `directory_parse` | `StaticDirectory::parse` | `to_text` parses back to the same directory; every entry resolves; line numbers of errors exist |
+//! | `provider_input` | `Provider::handle_input`, `handle_timeout`, `poll_output` | see [`PRun`]: frames, routing, limits, store consistency |
+//! | `client_input` | `Client::handle_input`, `handle_timeout`, `send`, `mark_read` | see [`CRun`]: frames, resends, acks, events, bounds |
+//! | `provider_store_load` | `Provider::new` over arbitrary store rows, then a drive | corrupt rows are counted, never fatal; what loads is bounded by the rows; frames pass `check_frame` |
+//!
+//! This one file is compiled three ways, always by `#[path]`: into each protocol fuzz
+//! target (`fuzz/fuzz_targets/<target>.rs`), into the seed generator
+//! `fuzz/src/bin/gen_protocol_corpus.rs`, and into `tests/fuzz_corpus_protocol.rs`, which
+//! replays `fuzz/corpus/<target>/*` under `cargo test`. It uses only the public `kogge`
+//! API plus `bytes`, `ed25519-dalek`, `rand_chacha` and `rand_core`.
+//!
+//! The state-machine targets get past authentication the way a real peer does: the
+//! harness holds the keys of the world (devices, remote providers), answers challenges
+//! and signs `Auth` itself, and builds frames with its own small protobuf writer
+//! ([`pb`]), so the fuzzer spends its time after the handshake. Inputs are programs:
+//! a flags byte, then operations, each an opcode byte and its arguments; reading past the
+//! end gives zeros, so every byte string is a valid program.
+//!
+//! Every check must return normally for any input; a panic (a failed `assert!` included)
+//! is a finding. The worlds (keys, device lists, prekeys, envelopes, a provider store with
+//! users, mailboxes and queues) are built once per process in a [`LazyLock`].
+//! `KOGGE_FUZZ_TRACE=1` prints every input and output of the state machines.
+//!
+//! One finding is tolerated for now, so that `provider_store_load` keeps looking for
+//! others: [`KNOWN_UNCHECKED_STORED_MAIL`] (the provider loads and delivers stored
+//! mailbox items that the wire format refuses).
+
+// A failed check must panic: that is how libFuzzer and the test report a finding.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use ed25519_dalek::{Signer, SigningKey};
+use kogge::UnixMillis;
+use kogge::address::{Address, Domain};
+use kogge::client::{Client, ClientConfig, ClientEvent, ClientInput, ClientOutput};
+use kogge::crypto::{self, Label, Secret};
+use kogge::envelope::UnverifiedEnvelope;
+use kogge::envelope::{self, Content, MessageId, Outgoing, Receipt, ReceiptKind, Text};
+use kogge::identity::{
+    Device, DeviceKeyPair, DeviceList, IdentityKeyPair, ProviderKey, ProviderKeyPair,
+};
+use kogge::limits::{
+    AUTH_NONCE_LEN, AUTH_TIMEOUT_MS, FORWARD_TIMEOUT_MS, MAX_ACK_SEQS, MAX_CLIENT_PENDING,
+    MAX_DEDUP_ENTRIES, MAX_DOMAIN_LEN, MAX_FRAME_LEN, MAX_MAILBOX_DEPTH,
+    MAX_PENDING_REMOTE_FETCHES, MAX_REMOTE_QUEUE_DEPTH, RELAY_EXPIRY_MS, RESEND_AFTER_MS,
+    RETRY_MAX_MS, SUBMIT_EXPIRY_MS,
+};
+use kogge::protocol::{self, ConnectionId, ErrorCode};
+use kogge::provider::{
+    Direction, PeerIdentity, Provider, ProviderConfig, ProviderEvent, ProviderInput,
+    ProviderLimits, ProviderOutput,
+};
+use kogge::resolve::{ResolveError, Resolver, StaticDirectory};
+use kogge::session::{Account, PrekeyBundle, PrekeyStore};
+use kogge::store::{MemoryStore, Store, StoreError, StoreOp, Table};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+/// The check of one target: returns normally for every input, or panics on a finding.
+pub type Check = fn(&[u8]);
+
+/// Every protocol target: its name (`fuzz/fuzz_targets/<name>.rs`, `fuzz/corpus/<name>/`)
+/// and its check.
+pub const TARGETS: &[(&str, Check)] = &[
+    ("frame_decode", frame_decode),
+    ("directory_parse", directory_parse),
+    ("provider_input", provider_input),
+    ("client_input", client_input),
+    ("provider_store_load", provider_store_load),
+];
+
+/// The clock every run starts at.
+pub const NOW: UnixMillis = UnixMillis(1_760_000_000_000);
+const HOUR: u64 = 3600 * 1000;
+const DAY: u64 = 24 * HOUR;
+const YEAR: u64 = 365 * DAY;
+
+/// Most operations one input runs (the rest is ignored).
+const MAX_OPS: usize = 48;
+/// Most outputs one drain may produce before the state machine counts as spinning.
+const MAX_OUTPUTS: usize = 100_000;
+/// Frames remembered per run for the "edit and resend" operations.
+const MAX_REMEMBERED: usize = 48;
+
+// ---------------------------------------------------------------------------------------
+// Reading inputs.
+// ---------------------------------------------------------------------------------------
+
+/// Reads a fuzz input front to back. Past the end every byte reads as 0, so any input is
+/// a complete program; [`Cursor::done`] ends the operation loop.
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self { data, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    fn u8(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos = self.pos.saturating_add(1);
+        b
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+
+    /// Up to `n` bytes (fewer at the end of the input).
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let start = self.pos.min(self.data.len());
+        let end = start.saturating_add(n).min(self.data.len());
+        self.pos = self.pos.saturating_add(n);
+        &self.data[start..end]
+    }
+
+    /// `items[byte % len]`.
+    fn pick<'b, T>(&mut self, items: &'b [T]) -> &'b T {
+        &items[usize::from(self.u8()) % items.len()]
+    }
+}
+
+/// Applies byte edits `[op, pos_hi, pos_lo, value]*`: `op % 4` is 0 xor `value` into the
+/// byte at pos, 1 insert `value` at pos, 2 delete the byte at pos, 3 truncate at pos.
+/// Positions are taken modulo `len + 1`.
+fn apply_edits(base: &[u8], edits: &[u8]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    for e in edits.chunks_exact(4) {
+        let pos = usize::from(u16::from_be_bytes([e[1], e[2]])) % (out.len() + 1);
+        let value = e[3];
+        match e[0] % 4 {
+            0 => {
+                if let Some(b) = out.get_mut(pos) {
+                    *b ^= value;
+                }
+            }
+            1 => out.insert(pos, value),
+            2 => {
+                if pos < out.len() {
+                    out.remove(pos);
+                }
+            }
+            _ => out.truncate(pos),
+        }
+    }
+    out
+}
+
+/// `base` after `n % 5` edits read from the cursor.
+fn edited(base: &[u8], cur: &mut Cursor<'_>) -> Bytes {
+    let n = usize::from(cur.u8() % 5);
+    let edits = cur.take(4 * n);
+    Bytes::from(apply_edits(base, edits))
+}
+
+/// Whether to print what the state machines do (`KOGGE_FUZZ_TRACE=1`, for writing seeds
+/// and reading findings).
+fn tracing() -> bool {
+    static ON: LazyLock<bool> = LazyLock::new(|| std::env::var_os("KOGGE_FUZZ_TRACE").is_some());
+    *ON
+}
+
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if tracing() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+fn seeded(n: u8) -> ChaCha20Rng {
+    ChaCha20Rng::from_seed([n; 32])
+}
+
+// ---------------------------------------------------------------------------------------
+// A small protobuf writer and reader, independent of kogge's prost types (which are
+// crate-private): the harness builds frames field by field and reads what the state
+// machines send.
+// ---------------------------------------------------------------------------------------
+
+/// Protobuf encoding by hand (SPEC.md 16.2 and `proto/kogge/v1/protocol.proto`).
+pub mod pb {
+    /// A message being written: fields in the order given, defaults written explicitly.
+    #[derive(Clone, Debug, Default)]
+    pub struct Msg(pub Vec<u8>);
+
+    /// Appends a base-128 varint.
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    impl Msg {
+        /// An empty message.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// A varint field.
+        pub fn uint(mut self, field: u32, v: u64) -> Self {
+            varint(&mut self.0, u64::from(field) << 3);
+            varint(&mut self.0, v);
+            self
+        }
+
+        /// A length-delimited field.
+        pub fn bytes(mut self, field: u32, b: &[u8]) -> Self {
+            varint(&mut self.0, (u64::from(field) << 3) | 2);
+            varint(&mut self.0, b.len() as u64);
+            self.0.extend_from_slice(b);
+            self
+        }
+
+        /// A string field.
+        pub fn str(self, field: u32, s: &str) -> Self {
+            self.bytes(field, s.as_bytes())
+        }
+
+        /// An embedded message field.
+        pub fn msg(self, field: u32, m: Msg) -> Self {
+            self.bytes(field, &m.0)
+        }
+    }
+
+    /// A field value as read.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Val<'a> {
+        /// Wire type 0.
+        Varint(u64),
+        /// Wire type 1 or 5.
+        Fixed(u64),
+        /// Wire type 2.
+        Bytes(&'a [u8]),
+    }
+
+    fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&b, rest) = buf.split_first()?;
+            *buf = rest;
+            if i == 9 && b > 1 {
+                return None;
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The top-level fields of a message in order, or `None` if it is not well formed
+    /// (or uses groups, which this reader does not follow).
+    pub fn fields(mut buf: &[u8]) -> Option<Vec<(u32, Val<'_>)>> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let tag = read_varint(&mut buf)?;
+            let field = u32::try_from(tag >> 3).ok()?;
+            if field == 0 || tag > u64::from(u32::MAX) {
+                return None;
+            }
+            let val = match tag & 7 {
+                0 => Val::Varint(read_varint(&mut buf)?),
+                1 => {
+                    let (b, rest) = buf.split_first_chunk::<8>()?;
+                    buf = rest;
+                    Val::Fixed(u64::from_le_bytes(*b))
+                }
+                2 => {
+                    let len = usize::try_from(read_varint(&mut buf)?).ok()?;
+                    if len > buf.len() {
+                        return None;
+                    }
+                    let (b, rest) = buf.split_at(len);
+                    buf = rest;
+                    Val::Bytes(b)
+                }
+                5 => {
+                    let (b, rest) = buf.split_first_chunk::<4>()?;
+                    buf = rest;
+                    Val::Fixed(u64::from(u32::from_le_bytes(*b)))
+                }
+                _ => return None,
+            };
+            out.push((field, val));
+        }
+        Some(out)
+    }
+
+    /// The last length-delimited value of `field`.
+    pub fn last_bytes<'a>(fields: &[(u32, Val<'a>)], field: u32) -> Option<&'a [u8]> {
+        fields.iter().rev().find_map(|(f, v)| match v {
+            Val::Bytes(b) if *f == field => Some(*b),
+            _ => None,
+        })
+    }
+
+    /// The last varint value of `field` (0 if absent, as proto3 reads it).
+    pub fn last_varint(fields: &[(u32, Val<'_>)], field: u32) -> u64 {
+        fields
+            .iter()
+            .rev()
+            .find_map(|(f, v)| match v {
+                Val::Varint(x) if *f == field => Some(*x),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// Every length-delimited value of `field`, in order.
+    pub fn all_bytes<'a>(fields: &[(u32, Val<'a>)], field: u32) -> Vec<&'a [u8]> {
+        fields
+            .iter()
+            .filter_map(|(f, v)| match v {
+                Val::Bytes(b) if *f == field => Some(*b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every value of a repeated varint `field`, packed or not.
+    pub fn all_varints(fields: &[(u32, Val<'_>)], field: u32) -> Option<Vec<u64>> {
+        let mut out = Vec::new();
+        for (f, v) in fields {
+            if *f != field {
+                continue;
+            }
+            match *v {
+                Val::Varint(x) => out.push(x),
+                Val::Bytes(mut b) => {
+                    while !b.is_empty() {
+                        out.push(read_varint(&mut b)?);
+                    }
+                }
+                Val::Fixed(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// A frame's body as prost decodes it: the field number of the last top-level field
+    /// numbered 1 to 9, and the concatenation of the trailing run of that field's values
+    /// (prost merges repeated occurrences of the same oneof variant and replaces the
+    /// value when another variant comes in between). `None` if there is no such field
+    /// or the frame is not well formed for this reader.
+    pub fn frame_body(frame: &[u8]) -> Option<(u32, Vec<u8>)> {
+        let fields = fields(frame)?;
+        let mut kind = None;
+        let mut body = Vec::new();
+        for (f, v) in &fields {
+            if !(1..=9).contains(f) {
+                continue;
+            }
+            let Val::Bytes(b) = v else {
+                return None;
+            };
+            if kind != Some(*f) {
+                kind = Some(*f);
+                body.clear();
+            }
+            body.extend_from_slice(b);
+        }
+        kind.map(|k| (k, body))
+    }
+}
+
+use pb::Msg;
+
+/// Top-level `Frame` field numbers (`protocol.proto`).
+const F_HELLO: u32 = 1;
+const F_CHALLENGE: u32 = 2;
+const F_AUTH: u32 = 3;
+const F_WELCOME: u32 = 4;
+const F_REQUEST: u32 = 5;
+const F_RESPONSE: u32 = 6;
+const F_DELIVER: u32 = 7;
+const F_DELIVER_ACK: u32 = 8;
+const F_GOODBYE: u32 = 9;
+
+/// `Request.body` field numbers.
+const RQ_PUBLISH_LIST: u32 = 2;
+const RQ_PUBLISH_PREKEYS: u32 = 3;
+const RQ_FETCH_BUNDLES: u32 = 4;
+const RQ_SUBMIT: u32 = 5;
+const RQ_RELAY: u32 = 6;
+const RQ_FETCH_LIST: u32 = 7;
+
+/// `Response.body` field numbers.
+const RS_ERROR: u32 = 2;
+const RS_DONE: u32 = 3;
+const RS_BUNDLES: u32 = 4;
+const RS_RELAY_RESULT: u32 = 5;
+const RS_DEVICE_LIST: u32 = 6;
+
+/// The frame kinds, by field number, as `check_frame` names them.
+const KINDS: [&str; 10] = [
+    "",
+    "hello",
+    "challenge",
+    "auth",
+    "welcome",
+    "request",
+    "response",
+    "deliver",
+    "deliver_ack",
+    "goodbye",
+];
+
+fn frame(kind: u32, body: Msg) -> Bytes {
+    Bytes::from(Msg::new().msg(kind, body).0)
+}
+
+fn error_msg(code: &str, message: &str, retryable: bool, retry_after_ms: u64) -> Msg {
+    Msg::new()
+        .str(1, code)
+        .str(2, message)
+        .uint(3, u64::from(retryable))
+        .uint(4, retry_after_ms)
+}
+
+fn hello_frame(version: u64, nonce: &[u8], role: u64, acceptor: &str) -> Bytes {
+    frame(
+        F_HELLO,
+        Msg::new()
+            .uint(1, version)
+            .bytes(2, nonce)
+            .uint(3, role)
+            .str(4, acceptor),
+    )
+}
+
+fn challenge_frame(nonce: &[u8], domain: &str, key: &[u8], signature: &[u8]) -> Bytes {
+    frame(
+        F_CHALLENGE,
+        Msg::new()
+            .bytes(1, nonce)
+            .str(2, domain)
+            .bytes(3, key)
+            .bytes(4, signature),
+    )
+}
+
+fn auth_device_frame(cert: &[u8], list: &[u8], signature: &[u8]) -> Bytes {
+    frame(
+        F_AUTH,
+        Msg::new()
+            .msg(1, Msg::new().bytes(1, cert).bytes(2, list))
+            .bytes(3, signature),
+    )
+}
+
+fn auth_provider_frame(domain: &str, signature: &[u8]) -> Bytes {
+    frame(
+        F_AUTH,
+        Msg::new()
+            .msg(2, Msg::new().str(1, domain))
+            .bytes(3, signature),
+    )
+}
+
+fn welcome_frame(time: u64) -> Bytes {
+    frame(F_WELCOME, Msg::new().uint(1, time))
+}
+
+fn goodbye_frame(error: Option<Msg>) -> Bytes {
+    frame(
+        F_GOODBYE,
+        error.map_or_else(Msg::new, |e| Msg::new().msg(1, e)),
+    )
+}
+
+fn request_frame(id: u64, body: Option<(u32, Msg)>) -> Bytes {
+    let m = Msg::new().uint(1, id);
+    frame(
+        F_REQUEST,
+        match body {
+            Some((f, b)) => m.msg(f, b),
+            None => m,
+        },
+    )
+}
+
+fn response_frame(id: u64, body: Option<(u32, Msg)>) -> Bytes {
+    let m = Msg::new().uint(1, id);
+    frame(
+        F_RESPONSE,
+        match body {
+            Some((f, b)) => m.msg(f, b),
+            None => m,
+        },
+    )
+}
+
+fn envelopes_msg(envelopes: &[Bytes]) -> Msg {
+    envelopes.iter().fold(Msg::new(), |m, e| m.bytes(1, e))
+}
+
+fn deliver_ack_frame(seqs: &[u64]) -> Bytes {
+    let mut packed = Vec::new();
+    for s in seqs {
+        pb::varint(&mut packed, *s);
+    }
+    frame(F_DELIVER_ACK, Msg::new().bytes(1, &packed))
+}
+
+/// A mailbox item of a `Deliver`.
+enum Item {
+    Envelope(Bytes),
+    Undeliverable {
+        message_id: Vec<u8>,
+        recipient: String,
+        device: Vec<u8>,
+        reason: Option<Msg>,
+    },
+    PrekeysLow(u32),
+    Empty,
+}
+
+fn deliver_frame(items: &[(u64, Item)]) -> Bytes {
+    let mut m = Msg::new();
+    for (seq, item) in items {
+        let mut i = Msg::new().uint(1, *seq);
+        i = match item {
+            Item::Envelope(e) => i.bytes(2, e),
+            Item::Undeliverable {
+                message_id,
+                recipient,
+                device,
+                reason,
+            } => {
+                let mut u = Msg::new()
+                    .bytes(1, message_id)
+                    .str(2, recipient)
+                    .bytes(3, device);
+                if let Some(r) = reason {
+                    u = u.msg(4, r.clone());
+                }
+                i.msg(3, Msg::new().msg(1, u))
+            }
+            Item::PrekeysLow(n) => i.msg(3, Msg::new().msg(2, Msg::new().uint(1, u64::from(*n)))),
+            Item::Empty => i,
+        };
+        m = m.msg(1, i);
+    }
+    frame(F_DELIVER, m)
+}
+
+/// The body of an own frame (one the harness or a state machine encoded), parsed.
+fn body_fields(body: &[u8]) -> Vec<(u32, pb::Val<'_>)> {
+    pb::fields(body).expect("a frame that check_frame accepts parses")
+}
+
+/// A frame's kind and, for requests and responses, the body (and an error's code), for
+/// traces.
+fn describe(bytes: &[u8]) -> String {
+    let kind = match protocol::check_frame(bytes) {
+        Ok(k) => k.to_owned(),
+        Err(e) => return format!("refused frame ({e})"),
+    };
+    let Some((field, body)) = pb::frame_body(bytes) else {
+        return kind;
+    };
+    let Some(f) = pb::fields(&body) else {
+        return kind;
+    };
+    let inner = f.iter().rev().find_map(|(n, v)| match v {
+        pb::Val::Bytes(b) if *n != 1 => Some((*n, *b)),
+        _ => None,
+    });
+    match (field, inner) {
+        (F_REQUEST, Some((n, _))) => {
+            let names = [
+                "",
+                "",
+                "publish_device_list",
+                "publish_prekeys",
+                "fetch_bundles",
+                "submit",
+                "relay",
+                "fetch_device_list",
+            ];
+            format!(
+                "request {} #{}",
+                names.get(n as usize).unwrap_or(&"?"),
+                pb::last_varint(&f, 1)
+            )
+        }
+        (F_RESPONSE, Some((RS_ERROR, e))) => {
+            let code = pb::fields(e).and_then(|e| {
+                pb::last_bytes(&e, 1).map(|c| String::from_utf8_lossy(c).into_owned())
+            });
+            format!(
+                "response #{} error {}",
+                pb::last_varint(&f, 1),
+                code.unwrap_or_default()
+            )
+        }
+        (F_RESPONSE, Some((n, _))) => {
+            let names = [
+                "",
+                "",
+                "error",
+                "done",
+                "bundles",
+                "relay_result",
+                "device_list",
+            ];
+            format!(
+                "response #{} {}",
+                pb::last_varint(&f, 1),
+                names.get(n as usize).unwrap_or(&"?")
+            )
+        }
+        _ => kind,
+    }
+}
+
+/// `Label`-framed Ed25519 signature, as `kogge::crypto` makes them (SPEC.md 2.2).
+fn sign(key: &SigningKey, label: Label, parts: &[&[u8]]) -> [u8; 64] {
+    key.sign(&crypto::framed(label, parts)).to_bytes()
+}
+
+fn verifies(key: &ed25519_dalek::VerifyingKey, label: Label, parts: &[&[u8]], sig: &[u8]) -> bool {
+    crypto::signature(sig)
+        .ok()
+        .is_some_and(|s| crypto::verify_message(key, &crypto::framed(label, parts), &s).is_ok())
+}
+
+fn provider_signing(key: &ProviderKeyPair) -> SigningKey {
+    SigningKey::from_bytes(key.secret_bytes().expose())
+}
+
+fn device_signing(device: &Device) -> SigningKey {
+    SigningKey::from_bytes(device.keys().secret_bytes().0.expose())
+}
+
+/// The error codes a harness answers with: every code of SPEC.md 16.8 and one unknown.
+fn error_codes() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    v.push("no_such_code");
+    v.push("");
+    v
+}
+
+/// Retry hints the harnesses answer with.
+const RETRY_AFTER: [u64; 6] = [0, 1, RESEND_AFTER_MS, RETRY_MAX_MS, DAY, u64::MAX];
+
+/// A time step: `NOW`-relative jumps that reach every timer of both state machines.
+fn time_step(b: u8) -> u64 {
+    match b % 14 {
+        0 => 0,
+        1 => 1,
+        2 => 100,
+        3 => RESEND_AFTER_MS,
+        4 => AUTH_TIMEOUT_MS,
+        5 => FORWARD_TIMEOUT_MS,
+        6 => 60_000,
+        7 => RETRY_MAX_MS,
+        8 => HOUR,
+        9 => DAY,
+        10 => RELAY_EXPIRY_MS + 1,
+        11 => SUBMIT_EXPIRY_MS + 1,
+        12 => 400 * DAY,
+        _ => 250,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// frame_decode
+// ---------------------------------------------------------------------------------------
+
+/// `frame_decode`: [`protocol::check_frame`] on the raw input.
+///
+/// Invariants: it never panics; an error has a message; a frame longer than
+/// `MAX_FRAME_LEN` is `TooLarge` and nothing else is; an accepted frame's kind is the
+/// field number of its last top-level body field (the oneof rule), as read by [`pb`]; an
+/// accepted `hello` or `challenge` has 32-byte nonces (and a 32-byte key and 64-byte
+/// signature) in the fields prost would keep.
+pub fn frame_decode(data: &[u8]) {
+    let result = protocol::check_frame(data);
+    let too_large = matches!(result, Err(protocol::FrameError::TooLarge { .. }));
+    assert_eq!(too_large, data.len() > MAX_FRAME_LEN, "{result:?}");
+    let kind = match result {
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+        Ok(kind) => kind,
+    };
+    assert!(KINDS[1..].contains(&kind), "unknown kind {kind}");
+    // A well-formed frame for our reader must name the same body.
+    let Some((field, body)) = pb::frame_body(data) else {
+        // Our reader does not follow groups; prost skips them in unknown fields.
+        return;
+    };
+    assert_eq!(
+        KINDS[field as usize], kind,
+        "check_frame names another body than the last body field"
+    );
+    let Some(fields) = pb::fields(&body) else {
+        return;
+    };
+    match kind {
+        "hello" => {
+            let nonce = pb::last_bytes(&fields, 2).unwrap_or_default();
+            assert_eq!(nonce.len(), AUTH_NONCE_LEN, "hello nonce");
+            let acceptor = pb::last_bytes(&fields, 4).unwrap_or_default();
+            assert!(acceptor.len() <= MAX_DOMAIN_LEN, "hello acceptor");
+        }
+        "challenge" => {
+            let len = |f| pb::last_bytes(&fields, f).unwrap_or_default().len();
+            assert_eq!(len(1), AUTH_NONCE_LEN, "challenge nonce");
+            assert_eq!(len(3), 32, "challenge key");
+            assert_eq!(len(4), 64, "challenge signature");
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// directory_parse
+// ---------------------------------------------------------------------------------------
+
+/// Domains, endpoints and separators the structured mode of `directory_parse` draws from.
+const DIR_DOMAINS: &[&str] = &[
+    "one.example",
+    "two.example",
+    "three.example",
+    "One.Example",
+    "xn--bcher-kva.example",
+    "a",
+    "-bad-.example",
+    "one.example.",
+    "bücher.example",
+    "",
+];
+const DIR_ENDPOINTS: &[&str] = &[
+    "127.0.0.1:4433",
+    "[::1]:4433",
+    "one.example:443",
+    "#",
+    "a\u{a0}b",
+    "x\u{b}y",
+    "\u{3000}",
+    "",
+];
+const DIR_SEPARATORS: &[&str] = &[" ", "\t", "  ", " \t ", "\u{a0}", "\u{3000}", "\r", ""];
+const DIR_LINE_ENDS: &[&str] = &["\n", "\r\n", "\r", "\n\n", "\u{2028}", "\u{85}"];
+
+/// Provider keys (hex) for directory lines: valid keys, an invalid one (a point that
+/// does not decompress), upper case, too short.
+fn dir_keys() -> &'static [String] {
+    static KEYS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        let k = |n| {
+            ProviderKeyPair::generate(&mut seeded(n))
+                .public()
+                .to_string()
+        };
+        let valid = k(0x71);
+        vec![
+            valid.clone(),
+            k(0x72),
+            valid.to_uppercase(),
+            valid[..62].to_owned(),
+            "00".repeat(32),
+            "ff".repeat(32),
+            format!("{valid}0"),
+        ]
+    });
+    &KEYS
+}
+
+/// `directory_parse`: [`StaticDirectory::parse`]. The first byte selects the mode
+/// (`% 2`): 0 the rest is the file's text (lossy UTF-8); 1 the rest is lines
+/// `[flags, domain, endpoint, key, separator, line end]*` drawn from fixed tables (valid
+/// keys, case and trailing-dot variants, Unicode white space), so the fuzzer reaches
+/// duplicate domains and the round trip with many entries.
+///
+/// Invariants: never panics; `Ok` directories print with `to_text` and parse back to
+/// the same directory; every entry resolves to itself; entries are no more than the
+/// lines; a `BadLine` error names a line that exists (0 only for an oversized file).
+pub fn directory_parse(data: &[u8]) {
+    let (&mode, rest) = data.split_first().unwrap_or((&0, &[]));
+    let text = if mode % 2 == 0 {
+        String::from_utf8_lossy(rest).into_owned()
+    } else {
+        let mut cur = Cursor::new(rest);
+        let mut text = String::new();
+        let keys = dir_keys();
+        while !cur.done() {
+            let flags = cur.u8();
+            let domain = *cur.pick(DIR_DOMAINS);
+            let endpoint = *cur.pick(DIR_ENDPOINTS);
+            let key = cur.pick(keys).clone();
+            let sep = *cur.pick(DIR_SEPARATORS);
+            let end = *cur.pick(DIR_LINE_ENDS);
+            if flags & 1 != 0 {
+                text.push('#');
+            }
+            if flags & 2 != 0 {
+                text.push_str(sep);
+            }
+            text.push_str(domain);
+            text.push_str(sep);
+            text.push_str(endpoint);
+            text.push(' ');
+            text.push_str(&key);
+            if flags & 4 != 0 {
+                text.push_str(" extra");
+            }
+            if flags & 8 != 0 {
+                text.push_str(sep);
+            }
+            text.push_str(end);
+        }
+        text
+    };
+    let lines = text.lines().count();
+    match StaticDirectory::parse(&text) {
+        Err(ResolveError::BadLine { line, reason }) => {
+            assert!(!reason.is_empty());
+            assert!(
+                line <= lines && (line >= 1 || text.len() > kogge::limits::MAX_DIRECTORY_LEN),
+                "error names line {line} of {lines}"
+            );
+        }
+        Err(e) => panic!("parse gave {e:?}"),
+        Ok(dir) => {
+            let entries: Vec<_> = dir.entries().cloned().collect();
+            assert!(entries.len() <= lines, "more entries than lines");
+            for e in &entries {
+                assert_eq!(dir.resolve(&e.domain).as_ref(), Ok(e));
+                assert_eq!(
+                    Domain::parse_canonical(e.domain.as_str()).as_ref(),
+                    Ok(&e.domain),
+                    "a non-canonical domain was accepted"
+                );
+                assert!(!e.endpoint.is_empty(), "an empty endpoint");
+            }
+            let printed = dir.to_text();
+            let again = StaticDirectory::parse(&printed)
+                .unwrap_or_else(|e| panic!("to_text does not parse back: {e}\n{printed:?}"));
+            assert_eq!(again, dir, "to_text does not round-trip:\n{printed:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The provider world.
+// ---------------------------------------------------------------------------------------
+
+/// The domain of the provider under test.
+pub const HOME: &str = "one.example";
+
+/// A device the harness can act as.
+pub struct Dev {
+    /// Its keys and certificate.
+    pub device: Device,
+    /// Its signing key (for `Auth`).
+    pub signing: SigningKey,
+    /// The device list it attaches by default (its user's current list).
+    pub list: Bytes,
+    /// Prekey generations: (signed, ML-KEM, one-time prekeys), each newer than the last.
+    pub prekeys: Vec<(Bytes, Bytes, Vec<Bytes>)>,
+}
+
+/// A provider the harness can act as (or that no one can).
+pub struct Remote {
+    /// Its domain.
+    pub domain: Domain,
+    /// Its key pair.
+    pub key: ProviderKeyPair,
+    /// The same key for signing (the harness signs challenges and `Auth` with it).
+    pub signing: SigningKey,
+}
+
+/// Everything `provider_input` and `provider_store_load` need, built once.
+pub struct ProviderWorld {
+    /// The provider under test.
+    pub domain: Domain,
+    /// Its key (kept as a secret to make a fresh key pair per run).
+    pub key_secret: [u8; 32],
+    /// Its public key.
+    pub public: ProviderKey,
+    /// Remote providers: two.example, three.example, four.example (no one resolves the
+    /// last; the harness still holds a key for it).
+    pub remotes: Vec<Remote>,
+    /// Devices: alice1, alice2, bob1, dave1 (unregistered), alice3 (under another
+    /// identity key), rita1 (at two.example), tom1 (at three.example).
+    pub devs: Vec<Dev>,
+    /// Signed device lists (local and remote, current and stale).
+    pub lists: Vec<Bytes>,
+    /// One-shot envelopes between the devices (local, outgoing, incoming, misrouted).
+    pub envelopes: Vec<Bytes>,
+    /// Encoded prekey bundles of remote devices (for answers to forwarded fetches).
+    pub bundles: Vec<Bytes>,
+    /// Addresses for fetches (valid, foreign, unknown, non-canonical, garbage).
+    pub addresses: Vec<String>,
+    /// Requesters for fetches.
+    pub requesters: Vec<String>,
+}
+
+/// Indexes into [`ProviderWorld::devs`].
+const ALICE1: usize = 0;
+const ALICE2: usize = 1;
+const BOB1: usize = 2;
+
+fn provider_world() -> &'static ProviderWorld {
+    static WORLD: LazyLock<ProviderWorld> = LazyLock::new(build_provider_world);
+    &WORLD
+}
+
+fn new_device(identity: &IdentityKeyPair, address: &Address, n: u8) -> Device {
+    Device::new(
+        identity,
+        address.clone(),
+        DeviceKeyPair::generate(&mut seeded(n)),
+        UnixMillis(NOW.0 - YEAR),
+        UnixMillis(NOW.0 + YEAR),
+    )
+    .expect("certificate issues")
+}
+
+fn list_of(identity: &IdentityKeyPair, address: &Address, serial: u64, devs: &[&Device]) -> Bytes {
+    let certs: Vec<_> = devs.iter().map(|d| d.certificate().clone()).collect();
+    DeviceList::sign(identity, address, serial, NOW, &certs)
+        .expect("list signs")
+        .encoded()
+        .clone()
+}
+
+/// Two prekey generations of `device`, with `n` one-time prekeys each.
+fn prekey_generations(device: &Device, n: usize, seed: u8) -> Vec<(Bytes, Bytes, Vec<Bytes>)> {
+    let mut rng = seeded(seed);
+    let mut store = PrekeyStore::new(device, NOW, &mut rng);
+    let mut gens = Vec::new();
+    for _ in 0..2 {
+        let otk: Vec<Bytes> = store
+            .mint_one_time(device, n, NOW, &mut rng)
+            .iter()
+            .map(|k| k.encoded().clone())
+            .collect();
+        let p = store.published();
+        gens.push((
+            p.signed_prekey.encoded().clone(),
+            p.kem_prekey.encoded().clone(),
+            otk,
+        ));
+        store.rotate(device, NOW, &mut rng);
+    }
+    gens
+}
+
+fn one_shot(from: &Device, to: &Device, body: &str, n: u8) -> Bytes {
+    let content = Content::Text(Text::plain(body));
+    envelope::seal(
+        from,
+        &Outgoing {
+            recipient: to.certificate(),
+            message_id: MessageId::from_bytes([n; 16]),
+            timestamp: NOW,
+            content: &content,
+        },
+        &mut seeded(n),
+    )
+    .expect("one-shot seals")
+}
+
+fn build_provider_world() -> ProviderWorld {
+    let addr = |s: &str| Address::parse(s).expect("fixed address");
+    let (alice, bob, dave) = (
+        addr("alice@one.example"),
+        addr("bob@one.example"),
+        addr("dave@one.example"),
+    );
+    let (rita, tom) = (addr("rita@two.example"), addr("tom@three.example"));
+    let ida = IdentityKeyPair::generate(&mut seeded(1));
+    let ida2 = IdentityKeyPair::generate(&mut seeded(2));
+    let idb = IdentityKeyPair::generate(&mut seeded(3));
+    let idd = IdentityKeyPair::generate(&mut seeded(4));
+    let idr = IdentityKeyPair::generate(&mut seeded(5));
+    let idt = IdentityKeyPair::generate(&mut seeded(6));
+    let alice1 = new_device(&ida, &alice, 11);
+    let alice2 = new_device(&ida, &alice, 12);
+    let bob1 = new_device(&idb, &bob, 13);
+    let dave1 = new_device(&idd, &dave, 14);
+    let alice3 = new_device(&ida2, &alice, 15);
+    let rita1 = new_device(&idr, &rita, 16);
+    let tom1 = new_device(&idt, &tom, 17);
+
+    let alice_v1 = list_of(&ida, &alice, 1, &[&alice1]);
+    let alice_v2 = list_of(&ida, &alice, 2, &[&alice1, &alice2]);
+    let alice_v3 = list_of(&ida, &alice, 3, &[&alice2]);
+    let alice_other = list_of(&ida2, &alice, 5, &[&alice3]);
+    let bob_v1 = list_of(&idb, &bob, 1, &[&bob1]);
+    let dave_v1 = list_of(&idd, &dave, 1, &[&dave1]);
+    let rita_v1 = list_of(&idr, &rita, 1, &[&rita1]);
+    let tom_v1 = list_of(&idt, &tom, 1, &[&tom1]);
+
+    let envelopes = vec![
+        one_shot(&alice1, &bob1, "alice to bob", 0x20),
+        one_shot(&bob1, &alice1, "bob to alice", 0x21),
+        one_shot(&alice1, &alice2, "alice to her other device", 0x22),
+        one_shot(&alice1, &rita1, "alice to rita", 0x23),
+        one_shot(&alice1, &tom1, "alice to tom", 0x24),
+        one_shot(&rita1, &alice1, "rita to alice", 0x25),
+        one_shot(&rita1, &bob1, "rita to bob", 0x26),
+        one_shot(&tom1, &alice1, "tom to alice", 0x27),
+        one_shot(&alice1, &dave1, "alice to dave", 0x28),
+        one_shot(&bob1, &alice1, &"long ".repeat(400), 0x29),
+        one_shot(&alice2, &bob1, "alice2 to bob", 0x2a),
+        one_shot(&dave1, &alice1, "dave to alice", 0x2b),
+        one_shot(&alice3, &bob1, "alice3 to bob", 0x2c),
+        // More copies to the same devices, to fill mailboxes and queues.
+        one_shot(&alice1, &bob1, "alice to bob again", 0x2d),
+        one_shot(&alice1, &bob1, "alice to bob a third time", 0x2e),
+        one_shot(&alice1, &rita1, "alice to rita again", 0x2f),
+        one_shot(&alice1, &rita1, "alice to rita a third time", 0x30),
+        one_shot(&alice1, &tom1, "alice to tom again", 0x31),
+    ];
+
+    let remote_bundle = |d: &Device, seed: u8| {
+        let mut rng = seeded(seed);
+        let store = PrekeyStore::new(d, NOW, &mut rng);
+        let p = store.published();
+        PrekeyBundle::new(d.certificate().clone(), p.signed_prekey, p.kem_prekey, None)
+            .expect("bundle")
+            .encode()
+    };
+    let bundles = vec![remote_bundle(&rita1, 0x30), remote_bundle(&tom1, 0x31)];
+
+    let devs = vec![
+        (alice1, alice_v2.clone(), 0x40),
+        (alice2, alice_v2.clone(), 0x41),
+        (bob1, bob_v1.clone(), 0x42),
+        (dave1, dave_v1.clone(), 0x43),
+        (alice3, alice_other.clone(), 0x44),
+        (rita1, rita_v1.clone(), 0x45),
+        (tom1, tom_v1.clone(), 0x46),
+    ]
+    .into_iter()
+    .map(|(device, list, seed)| Dev {
+        signing: device_signing(&device),
+        prekeys: prekey_generations(&device, 3, seed),
+        device,
+        list,
+    })
+    .collect();
+
+    let remotes = [
+        ("two.example", 0x51),
+        ("three.example", 0x52),
+        ("four.example", 0x53),
+    ]
+    .into_iter()
+    .map(|(d, seed)| {
+        let key = ProviderKeyPair::generate(&mut seeded(seed));
+        Remote {
+            domain: Domain::parse(d).expect("fixed domain"),
+            signing: provider_signing(&key),
+            key,
+        }
+    })
+    .collect();
+
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let key = ProviderKeyPair::generate(&mut seeded(0x50));
+    ProviderWorld {
+        domain: Domain::parse(HOME).expect("fixed domain"),
+        key_secret: *key.secret_bytes().expose(),
+        public: key.public(),
+        remotes,
+        devs,
+        lists: vec![
+            alice_v1,
+            alice_v2,
+            alice_v3,
+            alice_other,
+            bob_v1,
+            dave_v1,
+            rita_v1,
+            tom_v1,
+        ],
+        envelopes,
+        bundles,
+        addresses: strings(&[
+            "alice@one.example",
+            "bob@one.example",
+            "dave@one.example",
+            "nobody@one.example",
+            "rita@two.example",
+            "tom@three.example",
+            "x@four.example",
+            "Alice@one.example",
+            "",
+            "not an address",
+        ]),
+        requesters: strings(&[
+            "",
+            "rita@two.example",
+            "tom@three.example",
+            "alice@one.example",
+            "bad",
+        ]),
+    }
+}
+
+impl ProviderWorld {
+    fn key(&self) -> ProviderKeyPair {
+        ProviderKeyPair::from_secret_bytes(&Secret::new(self.key_secret))
+    }
+
+    /// The remote the harness plays for `domain` (four.example's key for any other).
+    fn remote(&self, domain: &Domain) -> &Remote {
+        self.remotes
+            .iter()
+            .find(|r| &r.domain == domain)
+            .unwrap_or(&self.remotes[2])
+    }
+
+    /// Remote domains the harness names: the remotes and one no one knows (for answers
+    /// the provider did not ask for). Never this provider's own domain: a driver that
+    /// connects a provider to itself is broken, not a peer.
+    fn domains(&self) -> Vec<Domain> {
+        let mut v: Vec<Domain> = self.remotes.iter().map(|r| r.domain.clone()).collect();
+        v.push(Domain::parse("five.example").expect("fixed domain"));
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Driving a provider.
+// ---------------------------------------------------------------------------------------
+
+/// A [`MemoryStore`] shared with the harness, which makes commits fail and restarts
+/// providers from what is durable.
+struct SharedStore(Rc<RefCell<MemoryStore>>);
+
+impl Store for SharedStore {
+    fn load(&mut self) -> Result<kogge::store::Contents, StoreError> {
+        self.0.borrow_mut().load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.0.borrow_mut().commit(ops)
+    }
+}
+
+/// One connection, as the harness sees it.
+#[derive(Default)]
+struct PConn {
+    /// `Some(domain)`: the provider opened it (after `Connect`) to `domain`.
+    outbound: Option<Domain>,
+    /// Open: connected, and closed by neither side yet.
+    open: bool,
+    binding: Bytes,
+    // What the harness sent (inbound).
+    hello_nonce: Vec<u8>,
+    /// Devices the harness sent a correctly signed `Auth` for.
+    auth_devices: Vec<usize>,
+    /// Request ids the harness may have sent (`None`: a frame it could not read).
+    requests: Option<HashSet<u64>>,
+    // What the provider sent (or said).
+    challenge: Option<Bytes>,
+    welcomed: bool,
+    /// The device the provider authenticated (its event).
+    device: Option<usize>,
+    peer: Option<Domain>,
+    /// Outbound: the nonce of the provider's `Hello`; whether it sent `Auth`.
+    hello: Option<Bytes>,
+    authed: bool,
+    /// Mailbox sequence numbers delivered on it.
+    delivered: Vec<u64>,
+    /// Outbound: requests the provider sent (id, body field).
+    peer_requests: Vec<(u64, u32, usize)>,
+}
+
+/// Known issue, tolerated so that `provider_store_load` keeps looking for others: the
+/// store loader (`src/provider/state.rs`, `MailItem::decode` in `Durable::load`) accepts
+/// mailbox items that the wire format refuses (an envelope longer than
+/// `MAX_ENVELOPE_LEN`, a notice with malformed fields), and the provider then sends
+/// its device a `Deliver` that `check_frame` refuses; the device drops the connection
+/// with `bad_frame` every time, so its mailbox never drains. Reproducer (`cargo fuzz run
+/// provider_store_load` on the 5 bytes `01 89 06 26 87`): base store, bob1's stored
+/// envelope replaced by one of 138,241 bytes. With the loader fixed (such records
+/// counted corrupt), set this to `false` and add the reproducer to the corpus.
+const KNOWN_UNCHECKED_STORED_MAIL: bool = true;
+
+/// Flags of a provider run (the first input byte).
+const P_OPEN_REGISTRATION: u8 = 1;
+const P_TINY_LIMITS: u8 = 2;
+const P_EMPTY_STORE: u8 = 4;
+
+/// One provider under test and everything the harness knows about it.
+///
+/// Invariants checked after every output:
+/// * every `Transmit` passes `check_frame`, goes to a connection that is open, and is a
+///   frame its side may send: on connections opened to it `challenge` (once), `welcome`
+///   (once, after the challenge), `response`s (after the welcome, answering ids the peer
+///   sent on that connection), `deliver`s (only to an authenticated device, every
+///   envelope addressed to that very device), `goodbye`; on connections it opened
+///   `hello` (once), `auth` (once, after a challenge, signed correctly by its provider
+///   key), `request`s (after its auth; relays only of its users' envelopes to users of
+///   that provider, fetches only for that provider's users on behalf of its own), and
+///   `goodbye`;
+/// * `Close` only of an open connection; `Authenticated` only for a device whose correct
+///   `Auth` the harness sent on that connection; `Registered` only with open
+///   registration; never `CorruptRecords` for records it wrote itself; `StorageFailed`
+///   no more often than failures were injected;
+/// * `stats()` within `limits.rs` and the configured limits, and no more connections than
+///   are open;
+/// * after `handle_timeout(now)`, the next deadline is later than `now`;
+/// * at the end, a provider restarted from the store reports no corrupt record and the
+///   same users, mailboxes, queues and dedup entries (nothing in memory that is not
+///   durable, nothing durable that is not in memory).
+struct PRun<'w> {
+    w: &'w ProviderWorld,
+    p: Provider<SharedStore, ChaCha20Rng>,
+    store: Rc<RefCell<MemoryStore>>,
+    limits: ProviderLimits,
+    open_registration: bool,
+    now: UnixMillis,
+    conns: Vec<PConn>,
+    connects: Vec<Domain>,
+    resolves: Vec<Domain>,
+    /// Frames sent either way, for edits.
+    frames: Vec<Bytes>,
+    /// Commit failures injected, and storage failures reported.
+    injected: u32,
+    storage_failures: u32,
+    /// Whether the store may hold records this provider did not write.
+    foreign_store: bool,
+    corrupt_reported: Option<usize>,
+}
+
+fn tiny_limits() -> ProviderLimits {
+    ProviderLimits {
+        max_mailbox_depth: 2,
+        max_remote_queue_depth: 2,
+        client_burst: 6,
+        client_rate: 1,
+        provider_burst: 4,
+        provider_rate: 1,
+        fetch_burst: 3,
+        fetches_per_minute: 1,
+        one_time_burst: 1,
+        one_time_per_hour: 1,
+        relay_expiry_ms: HOUR,
+    }
+}
+
+impl<'w> PRun<'w> {
+    fn new(w: &'w ProviderWorld, store: MemoryStore, flags: u8, foreign_store: bool) -> Self {
+        let limits = if flags & P_TINY_LIMITS != 0 {
+            tiny_limits()
+        } else {
+            ProviderLimits::default()
+        };
+        let open_registration = flags & P_OPEN_REGISTRATION != 0;
+        let mut config = ProviderConfig::new(w.domain.clone(), w.key());
+        config.open_registration = open_registration;
+        config.limits = limits;
+        let store = Rc::new(RefCell::new(store));
+        let p = Provider::new(config, SharedStore(store.clone()), seeded(0x60), NOW)
+            .expect("a MemoryStore loads");
+        let mut run = Self {
+            w,
+            p,
+            store,
+            limits,
+            open_registration,
+            now: NOW,
+            conns: Vec::new(),
+            connects: Vec::new(),
+            resolves: Vec::new(),
+            frames: Vec::new(),
+            injected: 0,
+            storage_failures: 0,
+            foreign_store,
+            corrupt_reported: None,
+        };
+        run.drain();
+        run
+    }
+
+    fn remember(&mut self, bytes: &Bytes) {
+        if self.frames.len() >= MAX_REMEMBERED {
+            self.frames.remove(0);
+        }
+        self.frames.push(bytes.clone());
+    }
+
+    /// Polls until `Timeout`, checking every output; returns the deadline.
+    fn drain(&mut self) -> Option<UnixMillis> {
+        for _ in 0..MAX_OUTPUTS {
+            let o = self.p.poll_output(self.now);
+            match &o {
+                ProviderOutput::Transmit { conn, bytes } => {
+                    trace!("  provider -> {conn}: {}", describe(bytes))
+                }
+                ProviderOutput::Timeout(_) => {}
+                other => trace!("  provider: {other:?}"),
+            }
+            match o {
+                ProviderOutput::Timeout(t) => {
+                    self.check_stats();
+                    return t;
+                }
+                ProviderOutput::Transmit { conn, bytes } => self.on_transmit(conn, bytes),
+                ProviderOutput::Close { conn } => {
+                    let c = self
+                        .conns
+                        .get_mut(conn.0 as usize)
+                        .unwrap_or_else(|| panic!("Close of {conn}, never opened"));
+                    assert!(c.open, "Close of {conn}, closed already");
+                    c.open = false;
+                }
+                ProviderOutput::Connect { domain } => {
+                    assert_ne!(domain, self.w.domain, "the provider connects to itself");
+                    self.connects.push(domain);
+                }
+                ProviderOutput::Resolve { domain } => self.resolves.push(domain),
+                ProviderOutput::Event(e) => self.on_event(e),
+            }
+        }
+        panic!("poll_output did not return Timeout after {MAX_OUTPUTS} outputs");
+    }
+
+    fn on_event(&mut self, e: ProviderEvent) {
+        match e {
+            ProviderEvent::CorruptRecords(n) => {
+                assert!(
+                    self.foreign_store,
+                    "the provider found {n} of its own records corrupt"
+                );
+                assert!(
+                    self.corrupt_reported.is_none(),
+                    "corrupt records reported twice"
+                );
+                self.corrupt_reported = Some(n);
+            }
+            ProviderEvent::StorageFailed(_) => {
+                self.storage_failures += 1;
+                assert!(
+                    self.storage_failures <= self.injected,
+                    "a storage failure that was not injected"
+                );
+            }
+            ProviderEvent::Authenticated { conn, peer } => {
+                let c = self
+                    .conns
+                    .get_mut(conn.0 as usize)
+                    .unwrap_or_else(|| panic!("{conn} authenticated, never opened"));
+                match peer {
+                    PeerIdentity::Device { address, device } => {
+                        let k = c
+                            .auth_devices
+                            .iter()
+                            .copied()
+                            .find(|k| {
+                                let d = &self.w.devs[*k].device;
+                                d.address() == &address && d.id() == device
+                            })
+                            .unwrap_or_else(|| {
+                                panic!("{conn} authenticated as {address}, which never signed in")
+                            });
+                        assert!(
+                            c.device.is_none() && c.peer.is_none(),
+                            "{conn} authenticated twice"
+                        );
+                        c.device = Some(k);
+                    }
+                    PeerIdentity::Provider(domain) => {
+                        assert_ne!(domain, self.w.domain);
+                        assert!(
+                            c.device.is_none() && c.peer.is_none(),
+                            "{conn} authenticated twice"
+                        );
+                        if let Some(d) = &c.outbound {
+                            assert_eq!(d, &domain, "{conn} authenticated as another provider");
+                        }
+                        c.peer = Some(domain);
+                    }
+                }
+            }
+            ProviderEvent::Registered { address } => {
+                assert!(
+                    self.open_registration,
+                    "{address} registered without open registration"
+                );
+                assert!(address.is_at(&self.w.domain));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_transmit(&mut self, conn: ConnectionId, bytes: Bytes) {
+        let kind = match protocol::check_frame(&bytes) {
+            Ok(kind) => kind,
+            Err(protocol::FrameError::InvalidField(field))
+                if KNOWN_UNCHECKED_STORED_MAIL
+                    && self.foreign_store
+                    && (field.starts_with("deliver.") || field.starts_with("undeliverable.")) =>
+            {
+                // See KNOWN_UNCHECKED_STORED_MAIL.
+                self.remember(&bytes);
+                return;
+            }
+            Err(e) => panic!("the provider sent a frame check_frame refuses on {conn}: {e}"),
+        };
+        let home = self.w.domain.clone();
+        let public = self.w.public;
+        let foreign = self.foreign_store;
+        let c = self
+            .conns
+            .get_mut(conn.0 as usize)
+            .unwrap_or_else(|| panic!("{kind} on {conn}, never opened"));
+        assert!(c.open, "{kind} on {conn} after it was closed");
+        let (field, body) = pb::frame_body(&bytes).expect("own frames parse");
+        let f = body_fields(&body);
+        match (&c.outbound, field) {
+            (None, F_CHALLENGE) => {
+                assert!(c.challenge.is_none(), "a second challenge on {conn}");
+                c.challenge = Some(Bytes::copy_from_slice(
+                    pb::last_bytes(&f, 1).unwrap_or_default(),
+                ));
+            }
+            (None, F_WELCOME) => {
+                assert!(
+                    c.challenge.is_some() && !c.welcomed,
+                    "welcome out of place on {conn}"
+                );
+                c.welcomed = true;
+            }
+            (None, F_RESPONSE) => {
+                assert!(c.welcomed, "a response before the welcome on {conn}");
+                let id = pb::last_varint(&f, 1);
+                if let Some(ids) = &c.requests {
+                    assert!(
+                        ids.contains(&id),
+                        "a response to request {id}, never made on {conn}"
+                    );
+                }
+            }
+            (None, F_DELIVER) => {
+                assert!(c.welcomed, "a delivery before the welcome on {conn}");
+                let k = c
+                    .device
+                    .unwrap_or_else(|| panic!("a delivery on {conn}, where no device signed in"));
+                let dev = &self.w.devs[k].device;
+                for item in pb::all_bytes(&f, 1) {
+                    let i = body_fields(item);
+                    c.delivered.push(pb::last_varint(&i, 1));
+                    // What a foreign store holds is delivered as it is (recipients
+                    // verify end to end); what this provider accepted must be routed.
+                    if let Some(e) = pb::last_bytes(&i, 2)
+                        && !foreign
+                    {
+                        let env = UnverifiedEnvelope::decode(Bytes::copy_from_slice(e))
+                            .expect("a delivered envelope decodes");
+                        let h = env.claimed_header();
+                        assert!(
+                            &h.recipient == dev.address() && h.recipient_device == dev.id(),
+                            "an envelope for {} delivered to {}",
+                            h.recipient,
+                            dev.address()
+                        );
+                    }
+                }
+            }
+            (Some(domain), F_HELLO) => {
+                assert!(c.hello.is_none(), "a second hello on {conn}");
+                assert_eq!(pb::last_varint(&f, 3), 2, "hello role");
+                assert_eq!(pb::last_bytes(&f, 4), Some(domain.as_str().as_bytes()));
+                c.hello = Some(Bytes::copy_from_slice(
+                    pb::last_bytes(&f, 2).unwrap_or_default(),
+                ));
+            }
+            (Some(domain), F_AUTH) => {
+                assert!(!c.authed, "a second auth on {conn}");
+                let hello = c.hello.clone().expect("auth before hello");
+                let who = pb::last_bytes(&f, 2).expect("provider auth");
+                let who = body_fields(who);
+                assert_eq!(pb::last_bytes(&who, 1), Some(home.as_str().as_bytes()));
+                let sig = pb::last_bytes(&f, 3).unwrap_or_default();
+                let challenge = c.challenge.clone().expect("auth before a challenge");
+                assert!(
+                    verifies(
+                        public.as_verifying_key(),
+                        Label::AuthSignature,
+                        &[
+                            &challenge,
+                            &hello,
+                            domain.as_str().as_bytes(),
+                            &c.binding,
+                            home.as_str().as_bytes()
+                        ],
+                        sig
+                    ),
+                    "the provider's auth signature does not verify"
+                );
+                c.authed = true;
+            }
+            (Some(domain), F_REQUEST) => {
+                assert!(c.authed, "a request before the auth on {conn}");
+                let id = pb::last_varint(&f, 1);
+                let (rq, payload) = f
+                    .iter()
+                    .rev()
+                    .find_map(|(n, v)| match v {
+                        pb::Val::Bytes(b) if *n != 1 => Some((*n, *b)),
+                        _ => None,
+                    })
+                    .expect("a request with a body");
+                let p = body_fields(payload);
+                let mut count = 1;
+                match rq {
+                    RQ_RELAY => {
+                        let envs = pb::all_bytes(&p, 1);
+                        count = envs.len();
+                        for e in envs {
+                            let env = UnverifiedEnvelope::decode(Bytes::copy_from_slice(e))
+                                .expect("a relayed envelope decodes");
+                            let h = env.claimed_header();
+                            assert!(
+                                foreign || (h.recipient.is_at(domain) && h.sender.is_at(&home)),
+                                "relayed to {domain}: {} -> {}",
+                                h.sender,
+                                h.recipient
+                            );
+                        }
+                    }
+                    RQ_FETCH_BUNDLES | RQ_FETCH_LIST => {
+                        let addr = |n| {
+                            String::from_utf8_lossy(pb::last_bytes(&p, n).unwrap_or_default())
+                                .into_owned()
+                        };
+                        let (address, requester) = if rq == RQ_FETCH_BUNDLES {
+                            (addr(1), addr(3))
+                        } else {
+                            (addr(1), addr(2))
+                        };
+                        let ok = |s: &str, d: &Domain| {
+                            Address::parse_canonical(s).is_ok_and(|a| a.is_at(d))
+                        };
+                        assert!(
+                            ok(&address, domain),
+                            "fetch of {address} forwarded to {domain}"
+                        );
+                        assert!(ok(&requester, &home), "fetch forwarded for {requester}");
+                    }
+                    other => panic!("the provider sent request body {other} to {domain}"),
+                }
+                c.peer_requests.push((id, rq, count));
+            }
+            (_, F_GOODBYE) => {}
+            (out, k) => panic!(
+                "the provider sent {} on an {} connection",
+                KINDS[k as usize],
+                if out.is_some() { "outbound" } else { "inbound" }
+            ),
+        }
+        self.remember(&bytes);
+    }
+
+    fn check_stats(&self) {
+        let s = self.p.stats();
+        let open = self.conns.iter().filter(|c| c.open).count();
+        assert!(
+            s.connections <= open,
+            "{} connections, {open} open",
+            s.connections
+        );
+        assert!(
+            s.max_mailbox_depth <= self.limits.max_mailbox_depth.min(MAX_MAILBOX_DEPTH)
+                || self.foreign_store,
+            "mailbox depth {} over the limit",
+            s.max_mailbox_depth
+        );
+        assert!(
+            s.max_remote_queue_depth
+                <= self
+                    .limits
+                    .max_remote_queue_depth
+                    .min(MAX_REMOTE_QUEUE_DEPTH)
+                || self.foreign_store,
+            "remote queue depth {} over the limit",
+            s.max_remote_queue_depth
+        );
+        assert!(s.dedup_entries <= MAX_DEDUP_ENTRIES);
+        assert!(s.pending_fetches <= MAX_PENDING_REMOTE_FETCHES);
+        assert!(s.max_mailbox_depth <= s.mailbox_items);
+        assert!(s.max_remote_queue_depth <= s.outbound_items);
+    }
+
+    fn input(&mut self, input: ProviderInput) {
+        match &input {
+            ProviderInput::Received { conn, bytes } => trace!(
+                "{conn} -> provider: {} ({} bytes)",
+                describe(bytes),
+                bytes.len()
+            ),
+            other => trace!("input: {other:?}"),
+        }
+        self.p.handle_input(self.now, input);
+        self.drain();
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now = UnixMillis(self.now.0.saturating_add(ms));
+        trace!("time +{ms} ms");
+        self.p.handle_timeout(self.now);
+        if let Some(t) = self.drain() {
+            assert!(
+                t > self.now,
+                "after handle_timeout({:?}) the deadline is {t:?}",
+                self.now
+            );
+        }
+    }
+
+    /// A connection id: recent ones for small bytes, `0xff` one never opened.
+    fn pick_conn(&self, b: u8) -> u64 {
+        let n = self.conns.len();
+        if b == 0xff || n == 0 {
+            return n as u64;
+        }
+        (n - 1 - usize::from(b) % n) as u64
+    }
+
+    fn pick_outbound(&self, b: u8) -> Option<u64> {
+        let out: Vec<u64> = (0..self.conns.len() as u64)
+            .filter(|i| self.conns[*i as usize].outbound.is_some())
+            .collect();
+        if out.is_empty() {
+            return None;
+        }
+        Some(out[out.len() - 1 - usize::from(b) % out.len()])
+    }
+
+    fn send(&mut self, conn: u64, bytes: Bytes) {
+        if let Some(c) = self.conns.get_mut(conn as usize) {
+            // Every request id this frame may carry (prost keeps the last of a run).
+            let ids = pb::fields(&bytes).map(|fields| {
+                fields
+                    .iter()
+                    .filter_map(|(n, v)| match v {
+                        pb::Val::Bytes(b) if *n == F_REQUEST => pb::fields(b),
+                        _ => None,
+                    })
+                    .flat_map(|r| {
+                        r.iter()
+                            .filter_map(|(n, v)| match v {
+                                pb::Val::Varint(x) if *n == 1 => Some(*x),
+                                _ => None,
+                            })
+                            .chain([0])
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let unreadable = pb::fields(&bytes).is_some_and(|fields| {
+                fields.iter().any(|(n, v)| matches!(v, pb::Val::Bytes(b) if *n == F_REQUEST && pb::fields(b).is_none()))
+            });
+            match (ids, unreadable) {
+                (Some(ids), false) => {
+                    if let Some(known) = &mut c.requests {
+                        known.extend(ids);
+                    }
+                }
+                _ => c.requests = None,
+            }
+        }
+        self.remember(&bytes);
+        self.input(ProviderInput::Received {
+            conn: ConnectionId(conn),
+            bytes,
+        });
+    }
+
+    fn connect_inbound(&mut self, binding: Bytes) -> u64 {
+        let id = self.conns.len() as u64;
+        self.conns.push(PConn {
+            open: true,
+            binding: binding.clone(),
+            requests: Some(HashSet::new()),
+            ..PConn::default()
+        });
+        self.input(ProviderInput::Connected {
+            conn: ConnectionId(id),
+            direction: Direction::Inbound,
+            binding,
+        });
+        id
+    }
+
+    fn connect_outbound(&mut self, domain: Domain, key: ProviderKey, binding: Bytes) -> u64 {
+        let id = self.conns.len() as u64;
+        self.conns.push(PConn {
+            outbound: Some(domain.clone()),
+            open: true,
+            binding: binding.clone(),
+            requests: Some(HashSet::new()),
+            ..PConn::default()
+        });
+        self.input(ProviderInput::Connected {
+            conn: ConnectionId(id),
+            direction: Direction::Outbound { domain, key },
+            binding,
+        });
+        id
+    }
+
+    fn hello(&mut self, conn: u64, role: u64, variant: u8) {
+        let nonce = vec![0x40 ^ (conn as u8); AUTH_NONCE_LEN];
+        let home = self.w.domain.as_str().to_owned();
+        let f = match variant % 8 {
+            0 | 1 => hello_frame(1, &nonce, role, &home),
+            2 => hello_frame(2, &nonce, role, &home),
+            3 => hello_frame(1, &nonce, role, "two.example"),
+            4 => hello_frame(1, &nonce, 0, &home),
+            5 => hello_frame(1, &nonce, 7, &home),
+            6 => hello_frame(1, &nonce[1..], role, &home),
+            _ => hello_frame(1, &nonce, role, "ONE.example"),
+        };
+        if let Some(c) = self.conns.get_mut(conn as usize) {
+            c.hello_nonce = nonce;
+        }
+        self.send(conn, f);
+    }
+
+    /// The parts the connector signs in `Auth` on `conn` (SPEC.md 16.3).
+    fn auth_parts(&self, conn: u64) -> (Bytes, Vec<u8>, Bytes) {
+        self.conns.get(conn as usize).map_or_else(
+            || (Bytes::new(), vec![0; AUTH_NONCE_LEN], Bytes::new()),
+            |c| {
+                (
+                    c.challenge.clone().unwrap_or_default(),
+                    c.hello_nonce.clone(),
+                    c.binding.clone(),
+                )
+            },
+        )
+    }
+
+    fn auth_device(&mut self, conn: u64, dev: usize, variant: u8) {
+        let w = self.w;
+        let d = &w.devs[dev % w.devs.len()];
+        let cert = d.device.certificate().encoded().clone();
+        let list: Bytes = match variant % 4 {
+            0 => Bytes::new(),
+            1 => d.list.clone(),
+            2 => w.lists[usize::from(variant / 4) % w.lists.len()].clone(),
+            _ => Bytes::from_static(b"\x0a\x03not a list"),
+        };
+        let (challenge, hello, binding) = self.auth_parts(conn);
+        let home = w.domain.as_str().as_bytes();
+        let good = variant & 0x80 == 0;
+        let sig = if good {
+            sign(
+                &d.signing,
+                Label::AuthSignature,
+                &[&challenge, &hello, home, &binding, &cert],
+            )
+        } else {
+            sign(
+                &d.signing,
+                Label::AuthSignature,
+                &[&hello, &challenge, home, &binding, &cert],
+            )
+        };
+        if good && let Some(c) = self.conns.get_mut(conn as usize) {
+            c.auth_devices.push(dev % w.devs.len());
+        }
+        self.send(conn, auth_device_frame(&cert, &list, &sig));
+    }
+
+    /// Hello and Auth as `dev`, attaching its list if `with_list`.
+    fn login(&mut self, conn: u64, dev: usize, with_list: bool) {
+        self.hello(conn, 1, 0);
+        self.auth_device(conn, dev, u8::from(with_list));
+    }
+
+    fn peer_login(&mut self, conn: u64, domain: &str, variant: u8) {
+        self.hello(conn, 2, 0);
+        let w = self.w;
+        let (challenge, hello, binding) = self.auth_parts(conn);
+        let d = Domain::parse(domain).unwrap_or_else(|_| w.domain.clone());
+        let key = &w.remote(&d).signing;
+        let parts: [&[u8]; 5] = [
+            &challenge,
+            &hello,
+            w.domain.as_str().as_bytes(),
+            &binding,
+            domain.as_bytes(),
+        ];
+        let sig = if variant & 1 == 0 {
+            sign(key, Label::AuthSignature, &parts)
+        } else {
+            sign(key, Label::ChallengeSignature, &parts)
+        };
+        self.send(conn, auth_provider_frame(domain, &sig));
+        if variant & 2 != 0 {
+            // Answer the resolve at once, with the right key.
+            if let Some(i) = self.resolves.iter().position(|r| r == &d) {
+                self.resolves.remove(i);
+                let key = w.remote(&d).key.public();
+                self.input(ProviderInput::Resolved {
+                    domain: d,
+                    key: Some(key),
+                });
+            }
+        }
+    }
+
+    /// A request a device or a peer provider might send, drawn from the world.
+    fn request(&self, cur: &mut Cursor<'_>) -> Bytes {
+        let w = self.w;
+        let id = match cur.u8() {
+            0xff => u64::MAX,
+            b => u64::from(b % 16),
+        };
+        let body = match cur.u8() % 9 {
+            0 => Some((
+                RQ_PUBLISH_LIST,
+                Msg::new().bytes(1, cur.pick::<Bytes>(&w.lists)),
+            )),
+            1 => {
+                let d = cur.pick(&w.devs);
+                let flags = cur.u8();
+                let other = cur.pick(&w.devs);
+                let (signed, kem, otk) = &d.prekeys[usize::from(flags & 1)];
+                let (signed, kem) = match (flags >> 1) % 4 {
+                    0 => (signed.clone(), kem.clone()),
+                    1 => (kem.clone(), signed.clone()),
+                    2 => (other.prekeys[0].0.clone(), other.prekeys[0].1.clone()),
+                    _ => (signed.clone(), otk.first().cloned().unwrap_or_default()),
+                };
+                let mask = cur.u8();
+                let mut m = Msg::new().bytes(1, &signed).bytes(2, &kem);
+                for (i, k) in d.prekeys.iter().flat_map(|g| &g.2).enumerate() {
+                    if mask & (1 << i) != 0 {
+                        m = m.bytes(3, k);
+                    }
+                }
+                Some((RQ_PUBLISH_PREKEYS, m))
+            }
+            2 => {
+                let address = cur.pick(&w.addresses).clone();
+                let mask = cur.u8();
+                let mut m = Msg::new().str(1, &address);
+                for (i, d) in w.devs.iter().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        m = m.bytes(2, d.device.id().as_bytes());
+                    }
+                }
+                if mask & 0x80 != 0 {
+                    m = m.bytes(2, &[7; 16]);
+                }
+                Some((
+                    RQ_FETCH_BUNDLES,
+                    m.str(3, cur.pick::<String>(&w.requesters)),
+                ))
+            }
+            3 => {
+                let address = cur.pick(&w.addresses).clone();
+                Some((
+                    RQ_FETCH_LIST,
+                    Msg::new()
+                        .str(1, &address)
+                        .str(2, cur.pick::<String>(&w.requesters)),
+                ))
+            }
+            4 | 5 => {
+                let n = 1 + usize::from(cur.u8() % 3);
+                let mut envs = Vec::new();
+                for _ in 0..n {
+                    let e = cur.pick(&w.envelopes).clone();
+                    envs.push(if cur.u8() & 1 == 0 {
+                        e
+                    } else {
+                        edited(&e, cur)
+                    });
+                }
+                let field = if cur.u8() & 1 == 0 {
+                    RQ_SUBMIT
+                } else {
+                    RQ_RELAY
+                };
+                Some((field, envelopes_msg(&envs)))
+            }
+            6 => None,
+            7 => {
+                // The same envelope many times (deduplicated within one submit).
+                let e = cur.pick(&w.envelopes).clone();
+                let n = 1 + usize::from(cur.u8() % 32);
+                Some((RQ_SUBMIT, envelopes_msg(&vec![e; n])))
+            }
+            _ => Some((RQ_SUBMIT, Msg::new())),
+        };
+        request_frame(id, body)
+    }
+
+    /// A step on a connection the provider opened: the remote's side of the handshake
+    /// and answers to the provider's requests. `[step, ..]`, `step % 9`: 0-2 a challenge
+    /// `[variant]` (0 valid, 1 another domain, 2 a bad signature); 3 welcome; 4 a relay
+    /// result for the last relay, one byte per envelope (bit 0 an error, bits 1-6 its
+    /// code, bit 7 retryable; `step` bit 7 adds one result too many); 5 an error answer
+    /// to the last request `[code, retry after]`; 6-7 an answer to the last forwarded
+    /// fetch `[list, kind, bundles]`; 8 a response without a body `[id]`.
+    fn outbound_step(&mut self, conn: u64, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        let Some(c) = self.conns.get(conn as usize) else {
+            return;
+        };
+        let Some(domain) = c.outbound.clone() else {
+            return;
+        };
+        let remote = w.remote(&domain);
+        let key = &remote.signing;
+        let hello = c.hello.clone().unwrap_or_default();
+        let binding = c.binding.clone();
+        let last = |kind: u32| c.peer_requests.iter().rev().find(|r| r.1 == kind).copied();
+        let (last_relay, last_fetch) = (
+            last(RQ_RELAY),
+            last(RQ_FETCH_BUNDLES).or(last(RQ_FETCH_LIST)),
+        );
+        let nonce = [0x33u8; AUTH_NONCE_LEN];
+        let step = cur.u8();
+        let f = match step % 9 {
+            0..=2 => {
+                let variant = cur.u8() % 3;
+                let shown = match variant {
+                    1 => "six.example",
+                    _ => domain.as_str(),
+                };
+                let sig = sign(
+                    key,
+                    Label::ChallengeSignature,
+                    &[&hello, &nonce, shown.as_bytes(), &binding],
+                );
+                let sig = if variant == 2 {
+                    sign(key, Label::AuthSignature, &[&hello])
+                } else {
+                    sig
+                };
+                if let Some(c) = self.conns.get_mut(conn as usize) {
+                    c.challenge = Some(Bytes::copy_from_slice(&nonce));
+                }
+                challenge_frame(&nonce, shown, &remote.key.public().to_bytes(), &sig)
+            }
+            3 => welcome_frame(NOW.0),
+            4 => {
+                let (id, n) = last_relay.map_or_else(|| (u64::from(cur.u8()), 1), |r| (r.0, r.2));
+                let codes = error_codes();
+                let mut m = Msg::new();
+                for _ in 0..n {
+                    let b = cur.u8();
+                    m = m.msg(
+                        1,
+                        if b & 1 == 0 {
+                            Msg::new()
+                        } else {
+                            error_msg(
+                                codes[usize::from(b >> 1) % codes.len()],
+                                "",
+                                b & 0x80 != 0,
+                                RETRY_AFTER[usize::from(b) % RETRY_AFTER.len()],
+                            )
+                        },
+                    );
+                }
+                if step & 0x80 != 0 {
+                    // One result too many.
+                    m = m.msg(1, Msg::new());
+                }
+                response_frame(id, Some((RS_RELAY_RESULT, m)))
+            }
+            5 => {
+                let id = last_relay
+                    .or(last_fetch)
+                    .map_or_else(|| u64::from(cur.u8()), |r| r.0);
+                let codes = error_codes();
+                let b = cur.u8();
+                response_frame(
+                    id,
+                    Some((
+                        RS_ERROR,
+                        error_msg(
+                            codes[usize::from(b) % codes.len()],
+                            "x",
+                            b & 0x80 != 0,
+                            RETRY_AFTER[usize::from(cur.u8()) % RETRY_AFTER.len()],
+                        ),
+                    )),
+                )
+            }
+            6 | 7 => {
+                let id = last_fetch.map_or_else(|| u64::from(cur.u8()), |r| r.0);
+                let list = cur.pick::<Bytes>(&w.lists).clone();
+                let body = match cur.u8() % 3 {
+                    0 => (RS_DEVICE_LIST, Msg::new().bytes(1, &list)),
+                    1 => (RS_DONE, Msg::new()),
+                    _ => {
+                        let mask = cur.u8();
+                        let mut m = Msg::new().bytes(1, &list);
+                        for (i, b) in w.bundles.iter().enumerate() {
+                            if mask & (1 << i) != 0 {
+                                m = m.bytes(2, b);
+                            }
+                        }
+                        (RS_BUNDLES, m)
+                    }
+                };
+                response_frame(id, Some(body))
+            }
+            _ => response_frame(u64::from(cur.u8()), None),
+        };
+        self.send(conn, f);
+    }
+
+    /// Answers every relay the provider sent on `conn` with "stored" for each envelope.
+    fn ack_relays(&mut self, conn: u64) {
+        let relays: Vec<(u64, u32, usize)> = self.conns[conn as usize]
+            .peer_requests
+            .iter()
+            .filter(|r| r.1 == RQ_RELAY)
+            .copied()
+            .collect();
+        for (id, _, n) in relays {
+            let m = (0..n).fold(Msg::new(), |m, _| m.msg(1, Msg::new()));
+            self.send(conn, response_frame(id, Some((RS_RELAY_RESULT, m))));
+        }
+    }
+
+    /// Runs one operation; see [`provider_input`].
+    fn op(&mut self, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        match cur.u8() % 16 {
+            0 => {
+                let binding = match cur.u8() % 4 {
+                    0 => Bytes::new(),
+                    1 => Bytes::from_static(b"binding"),
+                    2 => Bytes::from(vec![0xb1; 64]),
+                    _ => Bytes::from(vec![0xb2; 65]),
+                };
+                self.connect_inbound(binding);
+            }
+            1 => {
+                let conn = self.pick_conn(cur.u8());
+                if let Some(c) = self.conns.get_mut(conn as usize) {
+                    c.open = false;
+                }
+                self.input(ProviderInput::Closed {
+                    conn: ConnectionId(conn),
+                });
+            }
+            2 => {
+                let conn = self.pick_conn(cur.u8());
+                let len = usize::from(cur.u16() % 2048);
+                let bytes = Bytes::copy_from_slice(cur.take(len));
+                self.send(conn, bytes);
+            }
+            3 => {
+                let conn = self.pick_conn(cur.u8());
+                let role = u64::from(cur.u8() % 3);
+                let variant = cur.u8();
+                self.hello(conn, role, variant);
+            }
+            4 => {
+                let conn = self.pick_conn(cur.u8());
+                let dev = usize::from(cur.u8());
+                let variant = cur.u8();
+                self.auth_device(conn, dev, variant);
+            }
+            5 => {
+                // A new connection, signed in as a device, in one step.
+                let dev = usize::from(cur.u8()) % w.devs.len();
+                let flags = cur.u8();
+                let conn = self.connect_inbound(Bytes::from_static(b"binding"));
+                self.login(conn, dev, flags & 1 != 0);
+            }
+            6 => {
+                let conn = self.pick_conn(cur.u8());
+                let f = self.request(cur);
+                self.send(conn, f);
+            }
+            7 => {
+                let n = u32::from(cur.u8() % 3) + 1;
+                self.injected += n;
+                self.store.borrow_mut().fail_next_commits(n);
+            }
+            8 => {
+                let ms = time_step(cur.u8());
+                self.advance(ms);
+            }
+            9 => {
+                let conn = self.pick_conn(cur.u8());
+                let mode = cur.u8();
+                let delivered = self
+                    .conns
+                    .get(conn as usize)
+                    .map(|c| c.delivered.clone())
+                    .unwrap_or_default();
+                let seqs: Vec<u64> = match mode % 4 {
+                    0 => delivered,
+                    1 => delivered.into_iter().take(1).collect(),
+                    2 => vec![u64::from(cur.u8()), u64::MAX],
+                    _ => (0..u64::from(cur.u8())).collect(),
+                };
+                self.send(conn, deliver_ack_frame(&seqs));
+            }
+            10 => {
+                let variant = cur.u8();
+                let domain = if self.connects.is_empty() {
+                    cur.pick(&w.domains()).clone()
+                } else {
+                    let i = usize::from(cur.u8()) % self.connects.len();
+                    self.connects.remove(i)
+                };
+                let key = w.remote(&domain).key.public();
+                match variant % 4 {
+                    0 => {
+                        self.connect_outbound(domain, key, Bytes::from_static(b"out"));
+                    }
+                    1 => {
+                        let wrong = w.remotes[(variant as usize / 4) % 3].key.public();
+                        self.connect_outbound(domain, wrong, Bytes::new());
+                    }
+                    2 => self.input(ProviderInput::ConnectFailed { domain }),
+                    _ => {
+                        self.connect_outbound(domain, key, Bytes::from(vec![0; 65]));
+                    }
+                }
+            }
+            11 => {
+                let variant = cur.u8();
+                let domain = if self.resolves.is_empty() {
+                    cur.pick(&w.domains()).clone()
+                } else {
+                    let i = usize::from(cur.u8()) % self.resolves.len();
+                    self.resolves.remove(i)
+                };
+                let key = match variant % 3 {
+                    0 => Some(w.remote(&domain).key.public()),
+                    1 => Some(w.public),
+                    _ => None,
+                };
+                self.input(ProviderInput::Resolved { domain, key });
+            }
+            12 => {
+                let conn = self.pick_conn(cur.u8());
+                let domain = *cur.pick(&[
+                    "two.example",
+                    "three.example",
+                    "four.example",
+                    HOME,
+                    "Two.example",
+                ]);
+                let variant = cur.u8();
+                self.peer_login(conn, domain, variant);
+            }
+            13 => {
+                if let Some(conn) = self.pick_outbound(cur.u8()) {
+                    self.outbound_step(conn, cur);
+                }
+            }
+            14 => {
+                let conn = self.pick_conn(cur.u8());
+                if !self.frames.is_empty() {
+                    let base = self.frames[usize::from(cur.u8()) % self.frames.len()].clone();
+                    let f = edited(&base, cur);
+                    self.send(conn, f);
+                }
+            }
+            _ => {
+                // A connection signed in as a device sends one request at once.
+                let dev = usize::from(cur.u8()) % w.devs.len();
+                let conn = self.connect_inbound(Bytes::new());
+                self.login(conn, dev, false);
+                let f = self.request(cur);
+                self.send(conn, f);
+            }
+        }
+    }
+
+    /// A provider restarted from what is durable agrees with this one.
+    fn check_restart(&self) {
+        let store = self.store.borrow().clone();
+        let mut config = ProviderConfig::new(self.w.domain.clone(), self.w.key());
+        config.limits = self.limits;
+        let mut p =
+            Provider::new(config, store, seeded(0x61), self.now).expect("a MemoryStore loads");
+        let mut corrupt = None;
+        for _ in 0..MAX_OUTPUTS {
+            match p.poll_output(self.now) {
+                ProviderOutput::Timeout(_) => break,
+                ProviderOutput::Event(ProviderEvent::CorruptRecords(n)) => corrupt = Some(n),
+                _ => {}
+            }
+        }
+        assert!(
+            corrupt <= self.corrupt_reported,
+            "after a restart {corrupt:?} corrupt records, {:?} at the start",
+            self.corrupt_reported
+        );
+        let (a, b) = (self.p.stats(), p.stats());
+        let durable = |s: kogge::provider::ProviderStats| {
+            (
+                s.users,
+                s.mailbox_items,
+                s.max_mailbox_depth,
+                s.outbound_items,
+                s.max_remote_queue_depth,
+                s.dedup_entries,
+            )
+        };
+        assert_eq!(
+            durable(a),
+            durable(b),
+            "the restarted provider's state differs from the running one's"
+        );
+    }
+}
+
+/// The provider's store at the start of every `provider_input` run and the base of
+/// `provider_store_load`: alice (two devices) and bob registered with prekeys published,
+/// a one-time prekey handed out, bob's mailbox holding an envelope, alice1's holding an
+/// `Undeliverable` notice (a relay to two.example refused for good), an envelope queued
+/// for three.example, dedup entries and counters.
+fn base_store() -> &'static MemoryStore {
+    static BASE: LazyLock<MemoryStore> = LazyLock::new(|| {
+        let w = provider_world();
+        let mut run = PRun::new(w, MemoryStore::new(), P_OPEN_REGISTRATION, false);
+        // One one-time prekey each: every stored prekey costs a signature check per load.
+        let publish = |run: &mut PRun<'_>, conn: u64, dev: usize, id: u64| {
+            let (signed, kem, otk) = &w.devs[dev].prekeys[0];
+            let m = otk[..1]
+                .iter()
+                .fold(Msg::new().bytes(1, signed).bytes(2, kem), |m, k| {
+                    m.bytes(3, k)
+                });
+            run.send(conn, request_frame(id, Some((RQ_PUBLISH_PREKEYS, m))));
+        };
+        let a2 = run.connect_inbound(Bytes::new());
+        run.login(a2, ALICE2, true);
+        publish(&mut run, a2, ALICE2, 1);
+        let a1 = run.connect_inbound(Bytes::new());
+        run.login(a1, ALICE1, false);
+        publish(&mut run, a1, ALICE1, 1);
+        let b1 = run.connect_inbound(Bytes::new());
+        run.login(b1, BOB1, true);
+        publish(&mut run, b1, BOB1, 1);
+        // alice1 -> bob1 (local) and -> rita (two.example).
+        let envs = envelopes_msg(&[w.envelopes[0].clone(), w.envelopes[3].clone()]);
+        run.send(a1, request_frame(2, Some((RQ_SUBMIT, envs))));
+        // bob fetches alice's bundles: one one-time prekey is handed out.
+        run.send(
+            b1,
+            request_frame(
+                2,
+                Some((RQ_FETCH_BUNDLES, Msg::new().str(1, "alice@one.example"))),
+            ),
+        );
+        // two.example refuses the relay for good: a notice for alice1.
+        let two = w.remotes[0].domain.clone();
+        let out = run.connect_outbound(two.clone(), w.remotes[0].key.public(), Bytes::new());
+        // Challenge, welcome, and the relay refused with `not_yours` (not retryable).
+        let not_yours = error_codes()
+            .iter()
+            .position(|c| *c == "not_yours")
+            .unwrap_or(0) as u8;
+        let steps = [0, 0, 3, 4, (not_yours << 1) | 1, 1];
+        let mut steps = Cursor::new(&steps);
+        run.outbound_step(out, &mut steps);
+        run.outbound_step(out, &mut steps);
+        run.outbound_step(out, &mut steps);
+        // alice1 -> tom (three.example): stays queued.
+        run.send(
+            a1,
+            request_frame(
+                3,
+                Some((RQ_SUBMIT, envelopes_msg(&[w.envelopes[4].clone()]))),
+            ),
+        );
+        for conn in [a2, a1, b1, out] {
+            run.conns[conn as usize].open = false;
+            run.input(ProviderInput::Closed {
+                conn: ConnectionId(conn),
+            });
+        }
+        let store = run.store.borrow().clone();
+        for t in [
+            Table::Users,
+            Table::Prekeys,
+            Table::OneTime,
+            Table::Mailbox,
+            Table::Outbound,
+            Table::Dedup,
+            Table::Meta,
+        ] {
+            assert!(store.len(t) > 0, "the base store has no {} rows", t.name());
+        }
+        store
+    });
+    &BASE
+}
+
+/// `provider_input`: a provider (`one.example`) driven by a program. The first byte is
+/// flags: 1 open registration, 2 tiny limits (mailbox and queue depth 2, small rate
+/// buckets), 4 start from an empty store instead of [`base_store`]. Then up to
+/// [`MAX_OPS`] operations, opcode `% 16`:
+///
+/// 0 connect inbound `[binding]`; 1 close `[conn]`; 2 raw frame `[conn, len u16, bytes]`;
+/// 3 hello `[conn, role, variant]`; 4 auth as a device `[conn, device, variant]`; 5 new
+/// connection signed in as a device `[device, flags]`; 6 request `[conn, id, kind, ..]`;
+/// 7 fail the next commits `[n]`; 8 advance time and run timers `[step]`; 9 deliver ack
+/// `[conn, mode, ..]`; 10 answer a `Connect` `[variant, which]`; 11 answer a `Resolve`
+/// `[variant, which]`; 12 sign in as a provider `[conn, domain, variant]`; 13 the remote
+/// side of an outbound connection `[conn, step, ..]`; 14 resend an earlier frame with
+/// edits `[conn, which, n, edits]`; 15 a new device connection making one request.
+///
+/// A connection byte picks recent connections first; `0xff` picks one never opened. See
+/// [`PRun`] for the invariants.
+pub fn provider_input(data: &[u8]) {
+    let w = provider_world();
+    let mut cur = Cursor::new(data);
+    let flags = cur.u8();
+    let store = if flags & P_EMPTY_STORE != 0 {
+        MemoryStore::new()
+    } else {
+        base_store().clone()
+    };
+    let mut run = PRun::new(w, store, flags, false);
+    let mut ops = 0;
+    while !cur.done() && ops < MAX_OPS {
+        run.op(&mut cur);
+        ops += 1;
+    }
+    run.check_restart();
+}
+
+// ---------------------------------------------------------------------------------------
+// provider_store_load
+// ---------------------------------------------------------------------------------------
+
+const TABLES: [Table; 7] = [
+    Table::Users,
+    Table::Prekeys,
+    Table::OneTime,
+    Table::Mailbox,
+    Table::Outbound,
+    Table::Dedup,
+    Table::Meta,
+];
+
+type Row = (Table, Bytes, Bytes);
+
+fn base_rows() -> &'static [Row] {
+    static ROWS: LazyLock<Vec<Row>> = LazyLock::new(|| {
+        let mut s = base_store().clone();
+        let contents = s.load().expect("a MemoryStore loads");
+        contents
+            .into_iter()
+            .flat_map(|(t, rows)| rows.into_iter().map(move |(k, v)| (t, k, v)))
+            .collect()
+    });
+    &ROWS
+}
+
+/// `provider_store_load`: [`Provider::new`] over a store with arbitrary rows, then a
+/// drive. The first byte selects the mode (`% 2`):
+///
+/// * 0: rows `[table, key_len, key, value_len u16, value]*` (table `% 7`).
+/// * 1: the rows of [`base_store`] after edits `[op, ..]*`, op `% 6`: 0 delete a row
+///   `[row]`; 1 edit a value `[row, n, edits]`; 2 edit a key `[row, n, edits]`; 3 move a
+///   row to another table `[row, table]`; 4 add a raw row as in mode 0; 5 append to a
+///   value a bytes field (number `field % 4`) of `len * 1024 + 1` bytes `[row, field,
+///   len]`, which replaces an envelope (oversized records).
+///
+/// Invariants: `Provider::new` neither panics nor fails on a store that loads; corrupt
+/// records are reported once, as a count no larger than the rows; users, mailbox items,
+/// queued envelopes and dedup entries are no more than their rows (and with the
+/// corrupt count, no more than all rows); the unedited base store has no corrupt record.
+/// Then the provider is driven: it connects to the domains it has queues for (the
+/// harness completes the handshake and acknowledges the relays), alice's and bob's
+/// devices sign in and acknowledge what is delivered, and time runs past every expiry.
+/// Every frame must pass `check_frame` (see [`PRun`]; routing checks are off, since the
+/// rows may lie about their keys), and a restart from the store agrees with the
+/// running provider.
+pub fn provider_store_load(data: &[u8]) {
+    let w = provider_world();
+    let (&mode, rest) = data.split_first().unwrap_or((&0, &[]));
+    let mut cur = Cursor::new(rest);
+    let mut rows: Vec<Row> = Vec::new();
+    let raw_row = |cur: &mut Cursor<'_>| {
+        let table = *cur.pick(&TABLES);
+        let klen = usize::from(cur.u8());
+        let key = Bytes::copy_from_slice(cur.take(klen));
+        let vlen = usize::from(cur.u16() % 4096);
+        let value = Bytes::copy_from_slice(cur.take(vlen));
+        (table, key, value)
+    };
+    let edited_base = mode % 2 == 1;
+    let mut edits = 0;
+    if edited_base {
+        rows = base_rows().to_vec();
+        while !cur.done() && edits < MAX_OPS {
+            edits += 1;
+            let op = cur.u8() % 6;
+            if op == 4 || rows.is_empty() {
+                rows.push(raw_row(&mut cur));
+                continue;
+            }
+            let i = usize::from(cur.u8()) % rows.len();
+            match op {
+                0 => {
+                    rows.remove(i);
+                }
+                1 => rows[i].2 = edited(&rows[i].2.clone(), &mut cur),
+                2 => rows[i].1 = edited(&rows[i].1.clone(), &mut cur),
+                3 => rows[i].0 = *cur.pick(&TABLES),
+                _ => {
+                    let field = u32::from(cur.u8() % 4);
+                    let len = usize::from(cur.u8()) * 1024 + 1;
+                    let tail = Msg::new().bytes(field.max(1), &vec![0x61; len]);
+                    rows[i].2 = Bytes::from([&rows[i].2[..], &tail.0[..]].concat());
+                }
+            }
+        }
+    } else {
+        while !cur.done() {
+            rows.push(raw_row(&mut cur));
+        }
+    }
+    let mut store = MemoryStore::new();
+    let ops: Vec<StoreOp> = rows
+        .iter()
+        .map(|(table, key, value)| StoreOp::Put {
+            table: *table,
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    store.commit(&ops).expect("a MemoryStore commits");
+    let count = |t: Table| store.len(t);
+    let (users, mailbox, outbound, dedup) = (
+        count(Table::Users),
+        count(Table::Mailbox),
+        count(Table::Outbound),
+        count(Table::Dedup),
+    );
+    let total: usize = TABLES.iter().map(|t| count(*t)).sum();
+
+    let mut run = PRun::new(w, store, 0, true);
+    let corrupt = run.corrupt_reported.unwrap_or(0);
+    assert!(corrupt <= total, "{corrupt} corrupt records of {total}");
+    if edited_base && edits == 0 {
+        assert_eq!(corrupt, 0, "the base store has corrupt records");
+    }
+    let s = run.p.stats();
+    assert!(s.users <= users && s.mailbox_items <= mailbox);
+    assert!(s.outbound_items <= outbound && s.dedup_entries <= dedup);
+    assert!(
+        s.users + s.mailbox_items + s.outbound_items + s.dedup_entries + corrupt <= total,
+        "more loaded and corrupt than rows: {s:?}, {corrupt} corrupt, {total} rows"
+    );
+
+    // Federation: complete every connection the provider asks for, acknowledge relays.
+    for _ in 0..4 {
+        let connects = std::mem::take(&mut run.connects);
+        for domain in connects {
+            let key = w.remote(&domain).key.public();
+            let conn = run.connect_outbound(domain, key, Bytes::new());
+            let mut steps = Cursor::new(&[0, 0, 3]);
+            run.outbound_step(conn, &mut steps);
+            run.outbound_step(conn, &mut steps);
+            run.ack_relays(conn);
+        }
+    }
+    // Devices sign in and acknowledge what they get.
+    for dev in [ALICE1, ALICE2, BOB1] {
+        let conn = run.connect_inbound(Bytes::new());
+        run.login(conn, dev, false);
+        let seqs = run.conns[conn as usize].delivered.clone();
+        if !seqs.is_empty() {
+            let chunk: Vec<u64> = seqs.into_iter().take(MAX_ACK_SEQS).collect();
+            run.send(conn, deliver_ack_frame(&chunk));
+        }
+    }
+    for step in [60_000, RELAY_EXPIRY_MS + 1, 400 * DAY] {
+        run.advance(step);
+    }
+    run.check_restart();
+}
+
+// ---------------------------------------------------------------------------------------
+// The client world.
+// ---------------------------------------------------------------------------------------
+
+/// Everything `client_input` needs, built once.
+pub struct ClientWorld {
+    /// Bob's provider (the client's).
+    pub provider: Domain,
+    /// Its key pair (the harness answers challenges with it) and another one.
+    pub provider_key: ProviderKeyPair,
+    /// A key that is not the provider's.
+    pub wrong_key: ProviderKeyPair,
+    /// Both as signing keys.
+    pub provider_signing: SigningKey,
+    /// See `provider_signing`.
+    pub wrong_signing: SigningKey,
+    /// Bob's saved account: device bob1, his list (one device), alice's list as a
+    /// contact, 22 one-time prekeys.
+    pub bob_blob: Vec<u8>,
+    /// Bob's device certificate, as his `Auth` must carry it.
+    pub bob_cert: Bytes,
+    /// Bob's device signing key (public), to check his `Auth`.
+    pub bob_verifying: ed25519_dalek::VerifyingKey,
+    /// Bob's address.
+    pub bob: Address,
+    /// Signed device lists: alice v1, alice v2, alice under a new identity, bob v1,
+    /// bob v2 (with bob2), carol, and garbage.
+    pub lists: Vec<Bytes>,
+    /// Encoded prekey bundles: alice1 with and without a one-time prekey, alice2,
+    /// bob2, carol1.
+    pub bundles: Vec<Bytes>,
+    /// Envelopes to bob1: alice's session messages a1 (setup) to a3 and a receipt,
+    /// one-shot ones from alice, carol (unknown to Bob), bob2 (his own new device), and
+    /// one for bob2.
+    pub envelopes: Vec<Bytes>,
+    /// What each decryptable envelope carries: message id -> (sender, content).
+    pub honest: HashMap<MessageId, (Address, Content)>,
+    /// Addresses Bob sends to.
+    pub addresses: Vec<Address>,
+    /// The device list and bundles the "right answer" gives per address.
+    pub directory: HashMap<Address, (Bytes, Vec<Bytes>)>,
+    /// Another identity key for alice (to mark as verified: a mismatch).
+    pub alice_other_identity: kogge::identity::IdentityKey,
+}
+
+/// The application key Bob's state is saved under.
+fn client_storage_key() -> Secret<32> {
+    Secret::new([0x5b; 32])
+}
+
+fn client_world() -> &'static ClientWorld {
+    static WORLD: LazyLock<ClientWorld> = LazyLock::new(build_client_world);
+    &WORLD
+}
+
+fn build_client_world() -> ClientWorld {
+    let addr = |s: &str| Address::parse(s).expect("fixed address");
+    let (alice, bob, carol) = (
+        addr("alice@one.example"),
+        addr("bob@two.example"),
+        addr("carol@three.example"),
+    );
+    let ida = IdentityKeyPair::generate(&mut seeded(0x81));
+    let ida2 = IdentityKeyPair::generate(&mut seeded(0x82));
+    let idb = IdentityKeyPair::generate(&mut seeded(0x83));
+    let idc = IdentityKeyPair::generate(&mut seeded(0x84));
+    let alice1 = new_device(&ida, &alice, 0x91);
+    let alice2 = new_device(&ida, &alice, 0x92);
+    let alice3 = new_device(&ida2, &alice, 0x93);
+    let bob1 = new_device(&idb, &bob, 0x94);
+    let bob2 = new_device(&idb, &bob, 0x95);
+    let carol1 = new_device(&idc, &carol, 0x96);
+    let dl = |id: &IdentityKeyPair, a: &Address, serial, devs: &[&Device]| {
+        let certs: Vec<_> = devs.iter().map(|d| d.certificate().clone()).collect();
+        DeviceList::sign(id, a, serial, NOW, &certs).expect("list signs")
+    };
+    let alice_v1 = dl(&ida, &alice, 1, &[&alice1]);
+    let alice_v2 = dl(&ida, &alice, 2, &[&alice1, &alice2]);
+    let alice_new = dl(&ida2, &alice, 1, &[&alice3]);
+    let bob_v1 = dl(&idb, &bob, 1, &[&bob1]);
+    let bob_v2 = dl(&idb, &bob, 2, &[&bob1, &bob2]);
+    let carol_v1 = dl(&idc, &carol, 1, &[&carol1]);
+    let bob_cert = bob1.certificate().encoded().clone();
+    let bob_verifying = device_signing(&bob1).verifying_key();
+
+    let mut rng = seeded(0xa0);
+    let mut bob_acc = Account::new(bob1, bob_v1.clone(), NOW, &mut rng).expect("account");
+    bob_acc.mint_one_time_prekeys(22, NOW, &mut rng);
+    bob_acc
+        .update_device_list(alice_v1.clone())
+        .expect("contact");
+    let bob_blob = bob_acc.save(&client_storage_key(), &mut seeded(0xa1));
+    let bob_otk = bob_acc.prekeys().published().one_time_prekeys[0].id();
+    let bob_bundle_otk = bob_acc.prekey_bundle(Some(bob_otk)).expect("own bundle");
+    let bob_bundle = bob_acc.prekey_bundle(None).expect("own bundle");
+
+    let account = |d: Device, l: &DeviceList, seed: u8| {
+        let mut rng = seeded(seed);
+        let mut a = Account::new(d, l.clone(), NOW, &mut rng).expect("account");
+        a.mint_one_time_prekeys(2, NOW, &mut rng);
+        a
+    };
+    let mut alice_acc = account(alice1, &alice_v1, 0xa2);
+    let alice2_acc = account(alice2, &alice_v2, 0xa3);
+    let bob2_acc = account(bob2, &bob_v2, 0xa4);
+    let mut carol_acc = account(carol1, &carol_v1, 0xa5);
+    let bundle = |a: &Account, otk: bool| {
+        let id = otk.then(|| a.prekeys().published().one_time_prekeys[0].id());
+        a.prekey_bundle(id).expect("own bundle").encode()
+    };
+    let bundles = vec![
+        bundle(&alice_acc, true),
+        bundle(&alice_acc, false),
+        bundle(&alice2_acc, true),
+        bundle(&bob2_acc, true),
+        bundle(&carol_acc, false),
+    ];
+
+    let mut honest = HashMap::new();
+    let text = |s: &str| Content::Text(Text::plain(s));
+    let mut envelopes = Vec::new();
+    // alice's session: a1 (setup with a one-time prekey), a2, a3, a receipt.
+    alice_acc
+        .update_device_list(bob_v1.clone())
+        .expect("bob's list");
+    alice_acc
+        .add_bundle(&bob_bundle_otk, NOW, &mut seeded(0xb0))
+        .expect("alice starts a session");
+    for (i, content) in [
+        text("a1"),
+        text("a2"),
+        text("a3 with ünïcødé"),
+        Content::Receipt(Receipt {
+            kind: ReceiptKind::Read,
+            message_ids: vec![MessageId::from_bytes([9; 16])],
+        }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sent = alice_acc
+            .encrypt(&bob, &content, NOW, &mut seeded(0xb1 + i as u8))
+            .expect("alice encrypts");
+        let e = sent.envelopes[0].envelope.clone();
+        if matches!(content, Content::Text(_)) {
+            honest.insert(sent.message_id, (alice.clone(), content));
+        }
+        envelopes.push(e);
+    }
+    // carol, unknown to Bob: a session message (setup without a one-time prekey).
+    carol_acc
+        .update_device_list(bob_v1.clone())
+        .expect("bob's list");
+    carol_acc
+        .add_bundle(&bob_bundle, NOW, &mut seeded(0xb8))
+        .expect("carol starts a session");
+    let sent = carol_acc
+        .encrypt(&bob, &text("c1"), NOW, &mut seeded(0xb9))
+        .expect("carol encrypts");
+    honest.insert(sent.message_id, (carol.clone(), text("c1")));
+    envelopes.push(sent.envelopes[0].envelope.clone());
+    // One-shot: alice1, bob2 (Bob's new device), and one for bob2.
+    let bob1_cert = kogge::identity::DeviceCertificate::decode(bob_cert.clone()).expect("cert");
+    for (from, body, n) in [
+        (alice_acc.device(), "one-shot from alice", 0xc0u8),
+        (bob2_acc.device(), "from bob's other device", 0xc1),
+    ] {
+        let content = text(body);
+        let e = envelope::seal(
+            from,
+            &Outgoing {
+                recipient: &bob1_cert,
+                message_id: MessageId::from_bytes([n; 16]),
+                timestamp: NOW,
+                content: &content,
+            },
+            &mut seeded(n),
+        )
+        .expect("seals");
+        honest.insert(
+            MessageId::from_bytes([n; 16]),
+            (from.address().clone(), content),
+        );
+        envelopes.push(e);
+    }
+    envelopes.push(
+        envelope::seal(
+            alice_acc.device(),
+            &Outgoing {
+                recipient: bob2_acc.device().certificate(),
+                message_id: MessageId::from_bytes([0xc2; 16]),
+                timestamp: NOW,
+                content: &text("for bob2"),
+            },
+            &mut seeded(0xc2),
+        )
+        .expect("seals"),
+    );
+
+    let enc = |l: &DeviceList| l.encoded().clone();
+    let mut directory = HashMap::new();
+    directory.insert(alice.clone(), (enc(&alice_v1), vec![bundles[0].clone()]));
+    directory.insert(carol.clone(), (enc(&carol_v1), vec![bundles[4].clone()]));
+    directory.insert(bob.clone(), (enc(&bob_v2), vec![bundles[3].clone()]));
+    let provider_key = ProviderKeyPair::generate(&mut seeded(0xd0));
+    let wrong_key = ProviderKeyPair::generate(&mut seeded(0xd1));
+    ClientWorld {
+        provider: Domain::parse("two.example").expect("fixed domain"),
+        provider_signing: provider_signing(&provider_key),
+        wrong_signing: provider_signing(&wrong_key),
+        provider_key,
+        wrong_key,
+        bob_blob,
+        bob_cert,
+        bob_verifying,
+        bob: bob.clone(),
+        lists: vec![
+            enc(&alice_v1),
+            enc(&alice_v2),
+            enc(&alice_new),
+            enc(&bob_v1),
+            enc(&bob_v2),
+            enc(&carol_v1),
+            Bytes::from_static(b"\x0a\x02no"),
+        ],
+        bundles,
+        envelopes,
+        honest,
+        addresses: vec![
+            alice,
+            carol,
+            bob,
+            addr("dave@one.example"),
+            addr("x@four.example"),
+        ],
+        directory,
+        alice_other_identity: *alice_new.identity_key(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Driving a client.
+// ---------------------------------------------------------------------------------------
+
+/// Flags of a client run (the first input byte).
+const C_NO_HANDSHAKE: u8 = 1;
+const C_NO_RECEIPTS: u8 = 2;
+const C_VERIFIED_OTHER: u8 = 4;
+
+/// One client (Bob's device bob1 at two.example) and what the harness knows of it.
+///
+/// Invariants checked after every output:
+/// * every `Transmit` passes `check_frame`, is sent while a connection is open, and is a
+///   frame a device may send: one `hello` per connection (role device, acceptor its
+///   provider); one `auth` per connection, only after a valid challenge for that hello,
+///   carrying its certificate and list and a signature that verifies over this
+///   connection's transcript; `request`s only while online, each id always with the same
+///   bytes (resends are unchanged), submits carrying only its own envelopes; acks only
+///   while online, strictly increasing, of sequence numbers that were delivered;
+/// * `Connect` only while no connection is open; `Online` only after its `auth` on this
+///   connection;
+/// * `Message` only for an honest envelope, with its sender and content, and each once;
+///   `DeliveredToProvider` / `Undeliverable` (for the whole message) at most once per
+///   message sent, and only for messages sent;
+/// * `pending_messages()` at most `MAX_CLIENT_PENDING`; after `handle_timeout(now)` the
+///   next deadline is later than `now`.
+struct CRun<'w> {
+    w: &'w ClientWorld,
+    c: Client<ChaCha20Rng>,
+    now: UnixMillis,
+    open: bool,
+    binding: Bytes,
+    hello: Option<Vec<u8>>,
+    /// Challenge nonces the harness sent, validly signed for the current hello.
+    challenges: Vec<Vec<u8>>,
+    authed: bool,
+    online: bool,
+    /// Every request frame seen, by id.
+    requests: BTreeMap<u64, Bytes>,
+    /// Requests the harness has not answered: (id, body field, address).
+    open_requests: Vec<(u64, u32, String)>,
+    delivered: HashSet<u64>,
+    messages: HashSet<(Address, MessageId)>,
+    /// Messages the app sent, and whether their end was reported.
+    sent: HashMap<MessageId, bool>,
+    /// Frames the harness delivered, for replays.
+    frames: Vec<Bytes>,
+}
+
+impl<'w> CRun<'w> {
+    fn new(w: &'w ClientWorld, flags: u8) -> Self {
+        let account =
+            Account::restore(&w.bob_blob, &client_storage_key()).expect("bob's state restores");
+        let mut config = ClientConfig::new(w.provider.clone(), w.provider_key.public());
+        config.prekey_refill = 2;
+        config.send_delivery_receipts = flags & C_NO_RECEIPTS == 0;
+        let mut c = Client::new(account, config, seeded(0xe0), NOW);
+        if flags & C_VERIFIED_OTHER != 0 {
+            c.mark_verified(&w.addresses[0], w.alice_other_identity);
+        }
+        let mut run = Self {
+            w,
+            c,
+            now: NOW,
+            open: false,
+            binding: Bytes::new(),
+            hello: None,
+            challenges: Vec::new(),
+            authed: false,
+            online: false,
+            requests: BTreeMap::new(),
+            open_requests: Vec::new(),
+            delivered: HashSet::new(),
+            messages: HashSet::new(),
+            sent: HashMap::new(),
+            frames: Vec::new(),
+        };
+        run.drain();
+        run
+    }
+
+    fn connection_gone(&mut self) {
+        self.open = false;
+        self.hello = None;
+        self.challenges.clear();
+        self.authed = false;
+        self.online = false;
+    }
+
+    fn drain(&mut self) -> Option<UnixMillis> {
+        for _ in 0..MAX_OUTPUTS {
+            let o = self.c.poll_output(self.now);
+            match &o {
+                ClientOutput::Transmit(b) => {
+                    trace!("  client -> {}", describe(b));
+                }
+                ClientOutput::Timeout(_) => {}
+                other => trace!("  client: {other:?}"),
+            }
+            match o {
+                ClientOutput::Timeout(t) => {
+                    assert!(self.c.pending_messages() <= MAX_CLIENT_PENDING);
+                    return t;
+                }
+                ClientOutput::Connect => {
+                    assert!(!self.open, "Connect while a connection is open");
+                }
+                ClientOutput::Close => self.connection_gone(),
+                ClientOutput::Transmit(bytes) => self.on_transmit(bytes),
+                ClientOutput::Event(e) => self.on_event(e),
+            }
+        }
+        panic!("poll_output did not return Timeout after {MAX_OUTPUTS} outputs");
+    }
+
+    fn on_event(&mut self, e: ClientEvent) {
+        match e {
+            ClientEvent::Online => {
+                assert!(
+                    self.authed,
+                    "online without having sent auth on this connection"
+                );
+                self.online = true;
+            }
+            ClientEvent::Offline => self.online = false,
+            ClientEvent::Message(m) => {
+                let (sender, content) = self
+                    .w
+                    .honest
+                    .get(&m.message_id)
+                    .unwrap_or_else(|| panic!("a message no one sent: {m:?}"));
+                assert_eq!(&m.sender, sender);
+                assert_eq!(&m.content, content, "{m:?}");
+                assert!(
+                    self.messages.insert((m.sender.clone(), m.message_id)),
+                    "a message reported twice: {m:?}"
+                );
+            }
+            ClientEvent::DeliveredToProvider { message_id } => {
+                let done = self
+                    .sent
+                    .get_mut(&message_id)
+                    .unwrap_or_else(|| panic!("delivered: {message_id:?}, never sent"));
+                assert!(!*done, "the end of {message_id:?} reported twice");
+                *done = true;
+            }
+            ClientEvent::Undeliverable {
+                message_id,
+                device: None,
+                ..
+            } => {
+                let done = self
+                    .sent
+                    .get_mut(&message_id)
+                    .unwrap_or_else(|| panic!("undeliverable: {message_id:?}, never sent"));
+                assert!(!*done, "the end of {message_id:?} reported twice");
+                *done = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn on_transmit(&mut self, bytes: Bytes) {
+        let kind = protocol::check_frame(&bytes)
+            .unwrap_or_else(|e| panic!("the client sent a frame check_frame refuses: {e}"));
+        assert!(self.open, "the client sent {kind} with no connection open");
+        let (field, body) = pb::frame_body(&bytes).expect("own frames parse");
+        let f = body_fields(&body);
+        let w = self.w;
+        match field {
+            F_HELLO => {
+                assert!(self.hello.is_none(), "two hellos on one connection");
+                assert_eq!(pb::last_varint(&f, 3), 1, "hello role");
+                assert_eq!(pb::last_bytes(&f, 4), Some(w.provider.as_str().as_bytes()));
+                self.hello = Some(pb::last_bytes(&f, 2).unwrap_or_default().to_vec());
+            }
+            F_AUTH => {
+                assert!(!self.authed, "two auths on one connection");
+                let hello = self.hello.clone().expect("auth before hello");
+                let d = pb::last_bytes(&f, 1).expect("device auth");
+                let d = body_fields(d);
+                let cert = pb::last_bytes(&d, 1).unwrap_or_default();
+                assert_eq!(cert, w.bob_cert.as_ref(), "auth with another certificate");
+                // Its own current list (it learns newer ones by fetching), listing it.
+                let list = pb::last_bytes(&d, 2).unwrap_or_default();
+                let list = DeviceList::decode_for(Bytes::copy_from_slice(list), &w.bob)
+                    .expect("auth carries bob's own signed list");
+                assert!(
+                    list.devices().iter().any(|c| c.encoded() == &w.bob_cert),
+                    "auth carries a list without this device"
+                );
+                let sig = pb::last_bytes(&f, 3).unwrap_or_default();
+                let provider = w.provider.as_str().as_bytes();
+                assert!(
+                    self.challenges.iter().any(|ch| verifies(
+                        &w.bob_verifying,
+                        Label::AuthSignature,
+                        &[ch, &hello, provider, &self.binding, cert],
+                        sig
+                    )),
+                    "auth without a valid challenge, or signed wrong"
+                );
+                self.authed = true;
+            }
+            F_REQUEST => {
+                assert!(self.online, "a request while not online");
+                let id = pb::last_varint(&f, 1);
+                if let Some(prev) = self.requests.get(&id) {
+                    assert_eq!(prev, &bytes, "request {id} resent with other bytes");
+                } else {
+                    self.requests.insert(id, bytes.clone());
+                }
+                let (rq, payload) = f
+                    .iter()
+                    .rev()
+                    .find_map(|(n, v)| match v {
+                        pb::Val::Bytes(b) if *n != 1 => Some((*n, *b)),
+                        _ => None,
+                    })
+                    .expect("a request with a body");
+                let p = body_fields(payload);
+                let address =
+                    String::from_utf8_lossy(pb::last_bytes(&p, 1).unwrap_or_default()).into_owned();
+                match rq {
+                    RQ_SUBMIT => {
+                        for e in pb::all_bytes(&p, 1) {
+                            let env = UnverifiedEnvelope::decode(Bytes::copy_from_slice(e))
+                                .expect("a submitted envelope decodes");
+                            let h = env.claimed_header();
+                            assert_eq!(&h.sender, &w.bob, "submitted someone else's envelope");
+                        }
+                    }
+                    RQ_FETCH_BUNDLES | RQ_FETCH_LIST => {
+                        Address::parse_canonical(&address).expect("fetch of a canonical address");
+                    }
+                    RQ_PUBLISH_PREKEYS => {}
+                    other => panic!("the client sent request body {other}"),
+                }
+                if !self.open_requests.iter().any(|r| r.0 == id) {
+                    self.open_requests.push((id, rq, address));
+                }
+            }
+            F_DELIVER_ACK => {
+                assert!(self.online, "an ack while not online");
+                let seqs = pb::all_varints(&f, 1).expect("acks parse");
+                assert!(!seqs.is_empty() && seqs.len() <= MAX_ACK_SEQS);
+                assert!(
+                    seqs.windows(2).all(|p| p[0] < p[1]),
+                    "acks not sorted: {seqs:?}"
+                );
+                for s in seqs {
+                    assert!(self.delivered.contains(&s), "ack of {s}, never delivered");
+                }
+            }
+            F_GOODBYE => {}
+            k => panic!("the client sent {}", KINDS[k as usize]),
+        }
+    }
+
+    fn input(&mut self, input: ClientInput) {
+        match &input {
+            ClientInput::Received(b) => {
+                trace!("-> client: {} ({} bytes)", describe(b), b.len());
+            }
+            other => trace!("input: {other:?}"),
+        }
+        self.c.handle_input(self.now, input);
+        self.drain();
+    }
+
+    fn receive(&mut self, bytes: Bytes) {
+        if self.frames.len() >= MAX_REMEMBERED {
+            self.frames.remove(0);
+        }
+        self.frames.push(bytes.clone());
+        self.input(ClientInput::Received(bytes));
+    }
+
+    fn connected(&mut self, binding: Bytes) {
+        self.connection_gone();
+        self.open = true;
+        self.binding = binding.clone();
+        self.input(ClientInput::Connected { binding });
+    }
+
+    fn challenge(&mut self, variant: u8) {
+        let w = self.w;
+        let hello = self.hello.clone().unwrap_or_default();
+        let nonce = vec![0x5c ^ variant; AUTH_NONCE_LEN];
+        let domain = w.provider.as_str();
+        let (key, wrong) = (&w.provider_signing, &w.wrong_signing);
+        let parts = |d: &str| -> Vec<u8> {
+            crypto::framed(
+                Label::ChallengeSignature,
+                &[&hello, &nonce, d.as_bytes(), &self.binding],
+            )
+        };
+        let good = key.sign(&parts(domain)).to_bytes();
+        let f = match variant % 6 {
+            0 | 1 => {
+                self.challenges.push(nonce.clone());
+                challenge_frame(&nonce, domain, &w.provider_key.public().to_bytes(), &good)
+            }
+            2 => challenge_frame(
+                &nonce,
+                "one.example",
+                &w.provider_key.public().to_bytes(),
+                &key.sign(&parts("one.example")).to_bytes(),
+            ),
+            3 => challenge_frame(
+                &nonce,
+                domain,
+                &w.wrong_key.public().to_bytes(),
+                &wrong.sign(&parts(domain)).to_bytes(),
+            ),
+            4 => challenge_frame(
+                &nonce,
+                domain,
+                &w.provider_key.public().to_bytes(),
+                &wrong.sign(&parts(domain)).to_bytes(),
+            ),
+            _ => challenge_frame(
+                &nonce[1..],
+                domain,
+                &w.provider_key.public().to_bytes(),
+                &good,
+            ),
+        };
+        self.receive(f);
+    }
+
+    fn handshake(&mut self) {
+        self.connected(Bytes::from_static(b"tls-exporter"));
+        self.challenge(0);
+        self.receive(welcome_frame(NOW.0));
+    }
+
+    /// A response to an open request (or to any id).
+    fn respond(&mut self, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        let which = cur.u8();
+        let (id, rq, address) = if self.open_requests.is_empty() || which == 0xff {
+            (u64::from(cur.u8()), 0, String::new())
+        } else {
+            self.open_requests
+                .remove(usize::from(which) % self.open_requests.len())
+        };
+        let codes = error_codes();
+        let body = match cur.u8() % 8 {
+            0 => Some((RS_DONE, Msg::new())),
+            1 => {
+                let b = cur.u8();
+                Some((
+                    RS_ERROR,
+                    error_msg(
+                        codes[usize::from(b) % codes.len()],
+                        "scripted",
+                        b & 0x80 != 0,
+                        RETRY_AFTER[usize::from(cur.u8()) % RETRY_AFTER.len()],
+                    ),
+                ))
+            }
+            2 => {
+                let list = cur.pick::<Bytes>(&w.lists).clone();
+                let mask = cur.u8();
+                let m =
+                    w.bundles
+                        .iter()
+                        .enumerate()
+                        .fold(Msg::new().bytes(1, &list), |m, (i, b)| {
+                            if mask & (1 << i) != 0 {
+                                m.bytes(2, b)
+                            } else {
+                                m
+                            }
+                        });
+                Some((RS_BUNDLES, m))
+            }
+            3 => Some((
+                RS_DEVICE_LIST,
+                Msg::new().bytes(1, cur.pick::<Bytes>(&w.lists)),
+            )),
+            4 => Some((RS_RELAY_RESULT, Msg::new())),
+            5 => None,
+            6 => Some((
+                RS_ERROR,
+                error_msg(
+                    "rate_limited",
+                    "",
+                    true,
+                    RETRY_AFTER[usize::from(cur.u8()) % 4],
+                ),
+            )),
+            _ => {
+                // The right answer.
+                let entry = Address::parse_canonical(&address)
+                    .ok()
+                    .and_then(|a| w.directory.get(&a));
+                match (rq, entry) {
+                    (RQ_FETCH_BUNDLES, Some((list, bundles))) => Some((
+                        RS_BUNDLES,
+                        bundles
+                            .iter()
+                            .fold(Msg::new().bytes(1, list), |m, b| m.bytes(2, b)),
+                    )),
+                    (RQ_FETCH_LIST, Some((list, _))) => {
+                        Some((RS_DEVICE_LIST, Msg::new().bytes(1, list)))
+                    }
+                    (RQ_FETCH_BUNDLES | RQ_FETCH_LIST, None) => {
+                        Some((RS_ERROR, error_msg("unknown_user", "", false, 0)))
+                    }
+                    _ => Some((RS_DONE, Msg::new())),
+                }
+            }
+        };
+        self.receive(response_frame(id, body));
+    }
+
+    fn deliver(&mut self, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        let n = 1 + usize::from(cur.u8() % 4);
+        let mut items = Vec::new();
+        for _ in 0..n {
+            let seq = u64::from(cur.u8());
+            let kind = cur.u8();
+            let item = match kind % 5 {
+                0 | 1 => Item::Envelope(cur.pick(&w.envelopes).clone()),
+                2 => {
+                    let e = cur.pick(&w.envelopes).clone();
+                    Item::Envelope(edited(&e, cur))
+                }
+                3 => {
+                    let sent: Vec<MessageId> = self.sent.keys().copied().collect();
+                    let b = cur.u8();
+                    let message_id = if sent.is_empty() || b & 1 != 0 {
+                        vec![b; 16]
+                    } else {
+                        sent[usize::from(b) % sent.len()].as_bytes().to_vec()
+                    };
+                    let recipient = cur.pick(&w.addresses).as_str().to_owned();
+                    let codes = error_codes();
+                    Item::Undeliverable {
+                        message_id,
+                        recipient,
+                        device: vec![kind; 16],
+                        reason: (kind & 0x80 == 0).then(|| {
+                            error_msg(codes[usize::from(kind) % codes.len()], "", false, 0)
+                        }),
+                    }
+                }
+                _ if kind & 0x80 != 0 => Item::Empty,
+                _ => Item::PrekeysLow(u32::from(cur.u8())),
+            };
+            items.push((seq, item));
+        }
+        for (seq, _) in &items {
+            self.delivered.insert(*seq);
+        }
+        self.receive(deliver_frame(&items));
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now = UnixMillis(self.now.0.saturating_add(ms));
+        trace!("time +{ms} ms");
+        self.c.handle_timeout(self.now);
+        if let Some(t) = self.drain() {
+            assert!(
+                t > self.now,
+                "after handle_timeout({:?}) the deadline is {t:?}",
+                self.now
+            );
+        }
+    }
+
+    fn op(&mut self, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        match cur.u8() % 13 {
+            0 => {
+                let len = usize::from(cur.u16() % 2048);
+                let bytes = Bytes::copy_from_slice(cur.take(len));
+                self.receive(bytes);
+            }
+            1 => self.handshake(),
+            2 => {
+                let binding = match cur.u8() % 3 {
+                    0 => Bytes::new(),
+                    1 => Bytes::from_static(b"tls-exporter"),
+                    _ => Bytes::from(vec![1; 65]),
+                };
+                self.connected(binding);
+            }
+            3 => {
+                let v = cur.u8();
+                self.challenge(v);
+            }
+            4 => {
+                let b = cur.u8();
+                let codes = error_codes();
+                let f = match b % 3 {
+                    0 => welcome_frame(u64::from(b)),
+                    1 => goodbye_frame(None),
+                    _ => goodbye_frame(Some(error_msg(
+                        codes[usize::from(b) % codes.len()],
+                        "bye",
+                        b & 0x80 != 0,
+                        0,
+                    ))),
+                };
+                self.receive(f);
+            }
+            5 => {
+                self.connection_gone();
+                self.input(ClientInput::Disconnected);
+            }
+            6 => {
+                let ms = time_step(cur.u8());
+                self.advance(ms);
+            }
+            7 => self.respond(cur),
+            8 => self.deliver(cur),
+            9 => {
+                let to = cur.pick(&w.addresses).clone();
+                let len = usize::from(cur.u8());
+                let body = if len == 0xff {
+                    "x".repeat(100_000)
+                } else {
+                    "m".repeat(len)
+                };
+                if let Ok(id) = self.c.send(self.now, &to, Content::Text(Text::plain(body))) {
+                    assert!(
+                        self.sent.insert(id, false).is_none(),
+                        "a message id used twice"
+                    );
+                }
+                self.drain();
+            }
+            10 => {
+                let to = cur.pick(&w.addresses).clone();
+                let ids: Vec<MessageId> = w
+                    .honest
+                    .keys()
+                    .copied()
+                    .take(usize::from(cur.u8() % 4))
+                    .collect();
+                let _ = self.c.mark_read(self.now, &to, &ids);
+                self.drain();
+            }
+            11 => {
+                if !self.frames.is_empty() {
+                    let base = self.frames[usize::from(cur.u8()) % self.frames.len()].clone();
+                    let f = edited(&base, cur);
+                    self.receive(f);
+                }
+            }
+            _ => {
+                // Several deliveries in a row: a backlog.
+                for _ in 0..3 {
+                    self.deliver(cur);
+                }
+            }
+        }
+    }
+}
+
+/// `client_input`: Bob's client (bob1 at two.example) driven by a program. The first
+/// byte is flags: 1 no automatic handshake (otherwise the harness connects, answers the
+/// challenge and welcomes before the first operation), 2 no delivery receipts, 4 alice
+/// marked verified under another identity key. Then up to [`MAX_OPS`] operations, opcode
+/// `% 13`:
+///
+/// 0 raw frame `[len u16, bytes]`; 1 connect and complete the handshake; 2 `Connected`
+/// `[binding]`; 3 a challenge `[variant]` (valid, wrong domain, wrong key, bad signature,
+/// short nonce); 4 welcome or goodbye `[variant]`; 5 `Disconnected`; 6 advance time and
+/// run timers `[step]`; 7 answer a request `[which, kind, ..]` (done, error, bundles,
+/// device list, wrong kind, empty, rate limited, the right answer); 8 deliver `[n,
+/// (seq, kind, ..)*]` (honest or edited envelopes, notices); 9 the app sends `[to, len]`;
+/// 10 the app marks messages read `[to, n]`; 11 replay an earlier frame with edits; 12
+/// three deliveries.
+///
+/// See [`CRun`] for the invariants.
+pub fn client_input(data: &[u8]) {
+    let w = client_world();
+    let mut cur = Cursor::new(data);
+    let flags = cur.u8();
+    let mut run = CRun::new(w, flags);
+    if flags & C_NO_HANDSHAKE == 0 {
+        run.handshake();
+    }
+    let mut ops = 0;
+    while !cur.done() && ops < MAX_OPS {
+        run.op(&mut cur);
+        ops += 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds.
+// ---------------------------------------------------------------------------------------
+
+/// One seed: target, file name, bytes.
+pub type Seed = (&'static str, String, Vec<u8>);
+
+/// The seed corpus of every protocol target (what `gen_protocol_corpus` writes).
+pub fn seeds() -> Vec<Seed> {
+    let mut out: Vec<Seed> = Vec::new();
+    let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| {
+        let n = out.iter().filter(|(t, _, _)| *t == target).count();
+        out.push((target, format!("seed-{n:03}-{name}"), bytes));
+    };
+
+    // frame_decode: one frame of every kind, and the frames of a real provider run.
+    let w = provider_world();
+    let d = &w.devs[ALICE1];
+    let frames: Vec<(&str, Bytes)> = vec![
+        ("hello", hello_frame(1, &[1; 32], 1, HOME)),
+        (
+            "challenge",
+            challenge_frame(&[2; 32], HOME, &[3; 32], &[4; 64]),
+        ),
+        (
+            "auth-device",
+            auth_device_frame(d.device.certificate().encoded(), &d.list, &[5; 64]),
+        ),
+        (
+            "auth-provider",
+            auth_provider_frame("two.example", &[6; 64]),
+        ),
+        ("welcome", welcome_frame(NOW.0)),
+        (
+            "goodbye",
+            goodbye_frame(Some(error_msg("bad_frame", "why", false, 0))),
+        ),
+        (
+            "request-submit",
+            request_frame(7, Some((RQ_SUBMIT, envelopes_msg(&w.envelopes[..2])))),
+        ),
+        (
+            "request-fetch",
+            request_frame(
+                8,
+                Some((
+                    RQ_FETCH_BUNDLES,
+                    Msg::new().str(1, "bob@one.example").bytes(2, &[1; 16]),
+                )),
+            ),
+        ),
+        (
+            "response-error",
+            response_frame(
+                9,
+                Some((RS_ERROR, error_msg("rate_limited", "", true, 250))),
+            ),
+        ),
+        (
+            "response-relay-result",
+            response_frame(9, Some((RS_RELAY_RESULT, Msg::new().msg(1, Msg::new())))),
+        ),
+        (
+            "deliver",
+            deliver_frame(&[
+                (1, Item::Envelope(w.envelopes[0].clone())),
+                (2, Item::PrekeysLow(3)),
+                (
+                    3,
+                    Item::Undeliverable {
+                        message_id: vec![1; 16],
+                        recipient: "rita@two.example".into(),
+                        device: vec![2; 16],
+                        reason: None,
+                    },
+                ),
+            ]),
+        ),
+        ("deliver-ack", deliver_ack_frame(&[1, 2, 300])),
+    ];
+    for (name, f) in frames {
+        add("frame_decode", name, f.to_vec());
+    }
+
+    // directory_parse.
+    let keys = dir_keys();
+    let dir = format!(
+        "# kogge provider directory\n\none.example 127.0.0.1:4433 {}\ntwo.example\t[::1]:4433\t{}\r\n  # indented comment\n",
+        keys[0], keys[1]
+    );
+    add(
+        "directory_parse",
+        "valid",
+        [&[0u8][..], dir.as_bytes()].concat(),
+    );
+    add(
+        "directory_parse",
+        "duplicate",
+        [
+            &[0u8][..],
+            format!("a.example x {}\na.example y {}\n", keys[0], keys[1]).as_bytes(),
+        ]
+        .concat(),
+    );
+    add(
+        "directory_parse",
+        "bad-key",
+        [&[0u8][..], format!("a.example x {}\n", keys[2]).as_bytes()].concat(),
+    );
+    add(
+        "directory_parse",
+        "structured",
+        vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 0, 0, 1, 1, 2],
+    );
+
+    // provider_input: programs (see the opcodes on `provider_input`).
+    let prog = |flags: u8, ops: &[&[u8]]| -> Vec<u8> { [&[flags][..], &ops.concat()].concat() };
+    add("provider_input", "base-only", vec![0]);
+    // bob signs in, gets his mailbox, acknowledges it.
+    add(
+        "provider_input",
+        "bob-login-ack",
+        prog(0, &[&[5, BOB1 as u8, 0], &[9, 0, 0]]),
+    );
+    // alice1 submits to bob (local) and to rita (remote); time passes.
+    add(
+        "provider_input",
+        "alice-submit",
+        prog(0, &[&[5, 0, 0], &[6, 0, 1, 4, 1, 0, 0, 3, 0, 0], &[8, 3]]),
+    );
+    // the queue for three.example: connect, handshake, the relay acknowledged.
+    add(
+        "provider_input",
+        "federation-out",
+        prog(
+            0,
+            &[
+                &[10, 0, 0],
+                &[13, 0, 0, 0],
+                &[13, 0, 3],
+                &[13, 0, 4, 0],
+                &[8, 6],
+            ],
+        ),
+    );
+    // the same, refused with a retryable error (mailbox_full), retried after the backoff.
+    add(
+        "provider_input",
+        "federation-retry",
+        prog(
+            0,
+            &[
+                &[10, 0, 0],
+                &[13, 0, 0, 0],
+                &[13, 0, 3],
+                &[13, 0, 4, 0x9d],
+                &[8, 3],
+                &[8, 7],
+                &[13, 0, 4, 0],
+            ],
+        ),
+    );
+    // two.example signs in (its key resolved at once) and relays rita -> alice.
+    add(
+        "provider_input",
+        "federation-in",
+        prog(0, &[&[0, 0], &[12, 0, 0, 2], &[6, 0, 1, 5, 0, 5, 0, 1]]),
+    );
+    // three.example signs in; the resolver gives a wrong key.
+    add(
+        "provider_input",
+        "federation-in-wrong-key",
+        prog(0, &[&[0, 0], &[12, 0, 1, 0], &[11, 1, 0]]),
+    );
+    // alice fetches rita's bundles: forwarded to two.example, answered, passed back.
+    add(
+        "provider_input",
+        "forwarded-fetch",
+        prog(
+            0,
+            &[
+                &[5, 0, 0],
+                &[6, 0, 1, 2, 4, 0, 0],
+                &[10, 0, 1],
+                &[13, 0, 0, 0],
+                &[13, 0, 3],
+                &[13, 0, 6, 6, 2, 1],
+                &[8, 5],
+            ],
+        ),
+    );
+    // open registration: dave registers and publishes prekeys.
+    add(
+        "provider_input",
+        "register",
+        prog(
+            P_OPEN_REGISTRATION,
+            &[&[5, 3, 1], &[6, 0, 1, 1, 3, 0, 0, 0xff]],
+        ),
+    );
+    // alice publishes a list without alice1: alice1's connection is closed after `Done`.
+    add(
+        "provider_input",
+        "device-removed",
+        prog(0, &[&[5, 0, 0], &[6, 0, 1, 0, 2]]),
+    );
+    // a commit fails in the middle of a submit; bob signs in afterwards.
+    add(
+        "provider_input",
+        "commit-failure",
+        prog(
+            0,
+            &[&[5, 0, 0], &[7, 0], &[6, 0, 2, 4, 0, 0, 0, 0], &[5, 2, 0]],
+        ),
+    );
+    // tiny limits: a full mailbox, fetch and one-time prekey rate limits.
+    add(
+        "provider_input",
+        "tiny-limits",
+        prog(
+            P_TINY_LIMITS,
+            &[
+                &[5, 0, 0],
+                &[6, 0, 1, 4, 0, 2, 0, 0],
+                &[6, 0, 2, 2, 1, 0, 0],
+                &[6, 0, 3, 2, 1, 0, 0],
+                &[6, 0, 4, 2, 1, 0, 0],
+                &[6, 0, 5, 2, 1, 0, 0],
+            ],
+        ),
+    );
+    // a connection that never authenticates times out.
+    add(
+        "provider_input",
+        "auth-timeout",
+        prog(0, &[&[0, 1], &[3, 0, 1, 0], &[8, 4]]),
+    );
+    add(
+        "provider_input",
+        "empty-store",
+        prog(
+            P_EMPTY_STORE | P_OPEN_REGISTRATION,
+            &[&[5, 1, 1], &[15, 2, 0, 3, 0, 0]],
+        ),
+    );
+
+    // client_input: programs (see the opcodes on `client_input`).
+    add("client_input", "handshake-only", vec![0]);
+    add(
+        "client_input",
+        "manual-handshake",
+        vec![C_NO_HANDSHAKE, 2, 1, 3, 0, 4, 0],
+    );
+    add(
+        "client_input",
+        "wrong-provider-key",
+        vec![C_NO_HANDSHAKE, 2, 1, 3, 3, 6, 3],
+    );
+    // alice's session: a1 (setup), a2, a3 delivered and acknowledged; the receipts and
+    // the prekey publication answered.
+    add(
+        "client_input",
+        "deliver-session",
+        vec![
+            0, 8, 2, 1, 0, 0, 2, 0, 1, 3, 0, 2, 7, 0, 7, 7, 0, 7, 7, 0, 7,
+        ],
+    );
+    // carol is unknown: her envelope is held, her list fetched, the envelope released.
+    add(
+        "client_input",
+        "hold-unknown-sender",
+        vec![0, 8, 0, 5, 0, 4, 7, 1, 7, 7, 0, 7],
+    );
+    // bob's own new device: his list is fetched.
+    add(
+        "client_input",
+        "own-new-device",
+        vec![0, 8, 0, 7, 0, 6, 7, 1, 7],
+    );
+    // bob sends to alice: bundles fetched, the message sealed, submitted, stored.
+    add(
+        "client_input",
+        "send-to-alice",
+        vec![0, 9, 0, 5, 7, 1, 7, 7, 0, 7, 7, 0, 7],
+    );
+    add(
+        "client_input",
+        "send-offline-expiry",
+        vec![C_NO_HANDSHAKE, 9, 0, 5, 6, 11, 6, 11],
+    );
+    add(
+        "client_input",
+        "send-verified-mismatch",
+        vec![C_VERIFIED_OTHER, 9, 0, 5, 7, 1, 7],
+    );
+    add(
+        "client_input",
+        "notices",
+        vec![0, 8, 1, 1, 3, 0, 0, 2, 4, 5],
+    );
+    add(
+        "client_input",
+        "retryable-error",
+        vec![0, 9, 1, 5, 7, 1, 6, 2, 6, 3, 7, 0, 7],
+    );
+    add(
+        "client_input",
+        "reconnect",
+        vec![0, 5, 6, 3, 1, 8, 0, 9, 0, 0],
+    );
+    add("client_input", "goodbye", vec![0, 4, 2, 6, 3]);
+
+    // provider_store_load.
+    add("provider_store_load", "base", vec![1]);
+    let row = |t: Table| base_rows().iter().position(|r| r.0 == t).unwrap_or(0) as u8;
+    add(
+        "provider_store_load",
+        "delete-user",
+        vec![1, 0, row(Table::Users)],
+    );
+    add(
+        "provider_store_load",
+        "edit-mailbox",
+        vec![1, 1, row(Table::Mailbox), 1, 0, 0, 3, 0x10],
+    );
+    add(
+        "provider_store_load",
+        "move-prekeys",
+        vec![1, 3, row(Table::Prekeys), 2],
+    );
+    add(
+        "provider_store_load",
+        "grow-outbound",
+        vec![1, 5, row(Table::Outbound), 2, 2],
+    );
+    add(
+        "provider_store_load",
+        "meta-garbage",
+        vec![1, 4, 6, 3, b'x', b'y', b'z', 0, 1, 7],
+    );
+    let mut raw = vec![0u8];
+    for (t, k, v) in base_rows() {
+        raw.push(TABLES.iter().position(|x| x == t).unwrap_or(0) as u8);
+        raw.push(k.len().min(255) as u8);
+        raw.extend_from_slice(&k[..k.len().min(255)]);
+        raw.extend_from_slice(&(v.len().min(4095) as u16).to_be_bytes());
+        raw.extend_from_slice(&v[..v.len().min(4095)]);
+    }
+    add("provider_store_load", "base-as-raw-rows", raw);
+    out
+}
