@@ -27,9 +27,8 @@
 //! users, mailboxes and queues) are built once per process in a [`LazyLock`].
 //! `KOGGE_FUZZ_TRACE=1` prints every input and output of the state machines.
 //!
-//! One finding is tolerated for now, so that `provider_store_load` keeps looking for
-//! others: [`KNOWN_UNCHECKED_STORED_MAIL`] (the provider loads and delivers stored
-//! mailbox items that the wire format refuses).
+//! [`KNOWN_UNCHECKED_STORED_MAIL`] is the switch that once tolerated a finding (stored
+//! mailbox items the wire format refuses); the loader is fixed and the switch is off.
 
 // A failed check must panic: that is how libFuzzer and the test report a finding.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -1195,16 +1194,13 @@ struct PConn {
     peer_requests: Vec<(u64, u32, usize)>,
 }
 
-/// Known issue, tolerated so that `provider_store_load` keeps looking for others: the
-/// store loader (`src/provider/state.rs`, `MailItem::decode` in `Durable::load`) accepts
-/// mailbox items that the wire format refuses (an envelope longer than
-/// `MAX_ENVELOPE_LEN`, a notice with malformed fields), and the provider then sends
-/// its device a `Deliver` that `check_frame` refuses; the device drops the connection
-/// with `bad_frame` every time, so its mailbox never drains. Reproducer (`cargo fuzz run
-/// provider_store_load` on the 5 bytes `01 89 06 26 87`): base store, bob1's stored
-/// envelope replaced by one of 138,241 bytes. With the loader fixed (such records
-/// counted corrupt), set this to `false` and add the reproducer to the corpus.
-const KNOWN_UNCHECKED_STORED_MAIL: bool = true;
+/// Found by `provider_store_load` and fixed: the store loader (`MailItem::decode` in
+/// `src/provider/state.rs`) accepted mailbox items the wire format refuses (an envelope
+/// longer than `MAX_ENVELOPE_LEN`, a malformed notice), so the provider sent its device
+/// a `Deliver` the device must refuse, again on every connection. Such records now
+/// count as corrupt. The reproducer (the 5 bytes `01 89 06 26 87`) is in the corpus as
+/// `regression-oversize-stored-envelope`; `true` would tolerate the finding again.
+const KNOWN_UNCHECKED_STORED_MAIL: bool = false;
 
 /// Flags of a provider run (the first input byte).
 const P_OPEN_REGISTRATION: u8 = 1;

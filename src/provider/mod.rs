@@ -705,19 +705,22 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             } => self.on_connected(now, conn, direction, binding),
             ProviderInput::Received { conn, bytes } => self.on_frame(now, conn, &bytes),
             ProviderInput::Closed { conn } => self.forget_conn(conn),
-            ProviderInput::ConnectFailed { domain } => {
-                if let Some(r) = self.remotes.get_mut(&domain)
-                    && r.conn.is_none()
-                {
-                    r.connecting = false;
-                    let delay = self.backoff.delay(r.attempt, &mut self.rng);
-                    r.attempt = r.attempt.saturating_add(1);
-                    r.next_connect = now.saturating_add(delay);
-                    self.timers
-                        .insert((r.next_connect, TimerKey::Remote(domain.clone())));
-                }
-            }
+            ProviderInput::ConnectFailed { domain } => self.connect_failed(now, &domain),
             ProviderInput::Resolved { domain, key } => self.on_resolved(now, &domain, key),
+        }
+    }
+
+    /// A connection attempt to `domain` failed: try again after the backoff.
+    fn connect_failed(&mut self, now: UnixMillis, domain: &Domain) {
+        if let Some(r) = self.remotes.get_mut(domain)
+            && r.conn.is_none()
+        {
+            r.connecting = false;
+            let delay = self.backoff.delay(r.attempt, &mut self.rng);
+            r.attempt = r.attempt.saturating_add(1);
+            r.next_connect = now.saturating_add(delay);
+            self.timers
+                .insert((r.next_connect, TimerKey::Remote(domain.clone())));
         }
     }
 
@@ -728,8 +731,14 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         direction: Direction,
         binding: Bytes,
     ) {
-        if self.conns.contains_key(&conn) || !protocol::binding_ok(&binding) {
+        let own =
+            matches!(&direction, Direction::Outbound { domain, .. } if *domain == self.domain);
+        if self.conns.contains_key(&conn) || !protocol::binding_ok(&binding) || own {
+            // Driver misuse; an outbound attempt counts as failed, so it is retried.
             self.out.push_back(ProviderOutput::Close { conn });
+            if let Direction::Outbound { domain, .. } = direction {
+                self.connect_failed(now, &domain);
+            }
             return;
         }
         let state = match direction {

@@ -51,12 +51,31 @@ impl MailItem {
         )
     }
 
+    /// Decodes a stored item; `None` unless it could be delivered as it is (the same
+    /// rules as a `Deliver` frame, SPEC.md 16.2), so a damaged or foreign store can never
+    /// make the provider send what a device must refuse.
     fn decode(bytes: &Bytes) -> Option<Self> {
         let w = wire::StoredMailItem::decode(bytes.clone()).ok()?;
-        let body = match w.item? {
-            wire::stored_mail_item::Item::Envelope(e) => MailBody::Envelope(e),
-            wire::stored_mail_item::Item::Notice(n) => MailBody::Notice(n),
+        let (body, item) = match w.item? {
+            wire::stored_mail_item::Item::Envelope(e) => {
+                UnverifiedEnvelope::decode(e.clone()).ok()?;
+                (
+                    MailBody::Envelope(e.clone()),
+                    wire::mailbox_item::Item::Envelope(e),
+                )
+            }
+            wire::stored_mail_item::Item::Notice(n) => (
+                MailBody::Notice(n.clone()),
+                wire::mailbox_item::Item::Notice(n),
+            ),
         };
+        let frame = crate::protocol::encode(wire::frame::Body::Deliver(wire::Deliver {
+            items: vec![wire::MailboxItem {
+                seq: 1,
+                item: Some(item),
+            }],
+        }));
+        crate::protocol::check_frame(&frame).ok()?;
         Some(Self {
             received: UnixMillis(w.received_ms),
             body,
