@@ -38,6 +38,8 @@ pub enum Label {
     ChallengeSignature,
     /// A connector's proof of its device or provider key (SPEC.md 16.3).
     AuthSignature,
+    /// HKDF info of a provider's QUIC stateless-reset key (SPEC.md 17.3).
+    QuicStatelessReset,
 }
 
 impl Label {
@@ -58,6 +60,7 @@ impl Label {
         Label::StateEncryption,
         Label::ChallengeSignature,
         Label::AuthSignature,
+        Label::QuicStatelessReset,
     ];
 
     /// The label's bytes (ASCII).
@@ -78,6 +81,7 @@ impl Label {
             Label::StateEncryption => b"kogge/v1/aad/state",
             Label::ChallengeSignature => b"kogge/v1/sig/challenge",
             Label::AuthSignature => b"kogge/v1/sig/auth",
+            Label::QuicStatelessReset => b"kogge/v1/kdf/quic-stateless-reset",
         }
     }
 }
@@ -123,9 +127,10 @@ mod tests {
                 Label::StateEncryption => 12,
                 Label::ChallengeSignature => 13,
                 Label::AuthSignature => 14,
+                Label::QuicStatelessReset => 15,
             }
         }
-        let mut seen = [false; 15];
+        let mut seen = [false; 16];
         for l in Label::ALL {
             seen[index(*l)] = true;
         }

@@ -117,9 +117,22 @@ where
             .map_err(|_| QuicError::Config("not inside a tokio runtime".into()))?;
         let identity = Arc::new(tls::provider_certificate(&config.key, &config.domain)?);
         let server_config = tls::server_config(&identity, &quic)?;
+        // Stateless-reset tokens keyed by the provider key (SPEC.md 17.3): after a crash
+        // the restarted provider resets its peers' old connections.
+        let reset_key = Arc::new(tls::StatelessResetKey::derive(&config.key)?);
+        let cid_key = reset_key.cid_key();
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::server(server_config, listen)?
+            quinn::Endpoint::new(
+                endpoint_config,
+                Some(server_config),
+                std::net::UdpSocket::bind(listen)?,
+                Arc::new(quinn::TokioRuntime),
+            )?
         };
         let local_addr = endpoint.local_addr()?;
         let domain = config.domain.clone();
