@@ -302,10 +302,12 @@ fn handshake_authenticates_both_sides_and_publishes_prekeys() {
     assert!(!dbg.contains("secret"), "{dbg}");
 }
 
-fn refused_challenge(key_seed: u8, domain: &str) -> Vec<ClientEvent> {
+/// Alice's new client, told its connection is open (with `binding`); its `Hello` is
+/// waiting to be drained.
+fn alice_connecting(binding: &'static [u8]) -> (Client<ChaCha20Rng>, Fake) {
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
     let mut alice = user(&mut rng, "alice@one.example", 1);
-    let mut p = Fake::new("one.example", 2);
+    let p = Fake::new("one.example", 2);
     let mut c = Client::new(
         alice.accounts.remove(0),
         p.config(),
@@ -316,9 +318,14 @@ fn refused_challenge(key_seed: u8, domain: &str) -> Vec<ClientEvent> {
     c.handle_input(
         NOW,
         ClientInput::Connected {
-            binding: Bytes::new(),
+            binding: Bytes::from_static(binding),
         },
     );
+    (c, p)
+}
+
+fn refused_challenge(key_seed: u8, domain: &str) -> Vec<ClientEvent> {
+    let (mut c, mut p) = alice_connecting(b"");
     let (out, _) = drain(&mut c, NOW);
     let Body::Hello(hello) = one(frames(&out)) else {
         panic!("hello expected");
@@ -367,22 +374,7 @@ fn handshake_refuses_a_wrong_domain() {
 
 #[test]
 fn handshake_refuses_a_bad_signature_and_a_goodbye() {
-    let mut rng = ChaCha20Rng::from_seed([1; 32]);
-    let mut alice = user(&mut rng, "alice@one.example", 1);
-    let mut p = Fake::new("one.example", 2);
-    let mut c = Client::new(
-        alice.accounts.remove(0),
-        p.config(),
-        ChaCha20Rng::from_seed([3; 32]),
-        NOW,
-    );
-    let _ = drain(&mut c, NOW);
-    c.handle_input(
-        NOW,
-        ClientInput::Connected {
-            binding: Bytes::from_static(b"a"),
-        },
-    );
+    let (mut c, mut p) = alice_connecting(b"a");
     let (out, _) = drain(&mut c, NOW);
     let Body::Hello(hello) = one(frames(&out)) else {
         panic!("hello expected");
@@ -433,22 +425,7 @@ fn handshake_refuses_a_bad_signature_and_a_goodbye() {
 
 #[test]
 fn handshake_times_out() {
-    let mut rng = ChaCha20Rng::from_seed([1; 32]);
-    let mut alice = user(&mut rng, "alice@one.example", 1);
-    let p = Fake::new("one.example", 2);
-    let mut c = Client::new(
-        alice.accounts.remove(0),
-        p.config(),
-        ChaCha20Rng::from_seed([3; 32]),
-        NOW,
-    );
-    let _ = drain(&mut c, NOW);
-    c.handle_input(
-        NOW,
-        ClientInput::Connected {
-            binding: Bytes::new(),
-        },
-    );
+    let (mut c, _p) = alice_connecting(b"");
     let (_, deadline) = drain(&mut c, NOW);
     assert_eq!(deadline, Some(NOW.saturating_add(AUTH_TIMEOUT_MS)));
     c.handle_timeout(NOW.saturating_add(AUTH_TIMEOUT_MS));
