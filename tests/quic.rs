@@ -744,6 +744,54 @@ async fn connection_limits_refuse_and_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cannot_take_more_than_its_connections() {
+    let mut rng = Rng::from_seed([8; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let limited = QuicConfig {
+        max_connections_per_host: 2,
+        ..QuicConfig::default()
+    };
+    let s1 = ProviderServer::start(
+        one.config(),
+        MemoryStore::new(),
+        Rng::from_seed([81; 32]),
+        dir.clone(),
+        local(),
+        limited,
+    )
+    .unwrap();
+    let config = quic::client_config_for_device(&s1.public_key(), &QuicConfig::default()).unwrap();
+    let endpoint = quinn::Endpoint::client(local()).unwrap();
+    let connect = || async {
+        endpoint
+            .connect_with(config.clone(), s1.local_addr(), "one.example")
+            .unwrap()
+            .await
+    };
+    let first = connect().await.unwrap();
+    let _second = connect().await.unwrap();
+    match connect().await {
+        Err(quinn::ConnectionError::ConnectionClosed(c)) => {
+            assert_eq!(c.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED)
+        }
+        other => panic!("a third connection from one host was not refused: {other:?}"),
+    }
+    // Closing a connection frees its slot for the next.
+    first.close(0u32.into(), b"done");
+    let reconnected = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(c) = connect().await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(reconnected.is_ok(), "a freed slot was never reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_unless_kept_alive() {
     let mut rng = Rng::from_seed([8; 32]);
     let dir = Directory::default();

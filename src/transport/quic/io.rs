@@ -1,8 +1,10 @@
 //! Per-connection tasks: a reader that cuts the stream into frames and a writer that
 //! coalesces queued frames into few stream writes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -35,20 +37,96 @@ pub(crate) fn binding(connection: &quinn::Connection) -> Option<Bytes> {
     Some(Bytes::copy_from_slice(&out))
 }
 
-/// Frees a slot of a counter when dropped.
+/// Frees a slot of a counter (and of its host's count, if any) when dropped.
 #[derive(Debug)]
-pub(crate) struct Slot(Arc<AtomicUsize>);
+pub(crate) struct Slot {
+    counter: Arc<AtomicUsize>,
+    host: Option<HostSlot>,
+}
 
 impl Slot {
     pub(crate) fn take(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::AcqRel);
-        Self(counter.clone())
+        Self {
+            counter: counter.clone(),
+            host: None,
+        }
+    }
+
+    /// This slot, also holding `host` until it is dropped.
+    pub(crate) fn with_host(mut self, host: HostSlot) -> Self {
+        self.host = Some(host);
+        self
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Which host a peer address belongs to, for the per-host connection limit: an IPv4
+/// address, or the /64 prefix of an IPv6 address (one host usually holds a whole /64).
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Host(u128);
+
+impl Host {
+    pub(crate) fn of(addr: IpAddr) -> Self {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match addr {
+            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
+            // Tagged above the IPv4 range; the low 64 bits (interface id) dropped.
+            IpAddr::V6(v6) => Self((u128::from(v6) >> 64) | (1 << 64)),
+        }
+    }
+}
+
+/// Connections per host, shared by the acceptor and the connections' slots.
+pub(crate) type HostCounts = Arc<Mutex<HashMap<Host, usize>>>;
+
+/// One connection of a host; frees it when dropped.
+#[derive(Debug)]
+pub(crate) struct HostSlot {
+    counts: HostCounts,
+    host: Host,
+}
+
+impl HostSlot {
+    /// How many slots `host` holds.
+    pub(crate) fn count(counts: &HostCounts, host: Host) -> usize {
+        let map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&host).copied().unwrap_or(0)
+    }
+
+    /// Takes a slot of `host` unless it already holds `max`.
+    pub(crate) fn take(counts: &HostCounts, host: Host, max: usize) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(host).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.host);
+            }
+        }
     }
 }
 
@@ -298,5 +376,37 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(counter.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn hosts_are_addresses_or_ipv6_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(Host::of(ip("192.0.2.1")), Host::of(ip("::ffff:192.0.2.1")));
+        assert_ne!(Host::of(ip("192.0.2.1")), Host::of(ip("192.0.2.2")));
+        assert_eq!(
+            Host::of(ip("2001:db8:1:2::1")),
+            Host::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            Host::of(ip("2001:db8:1:2::1")),
+            Host::of(ip("2001:db8:1:3::1"))
+        );
+        // An IPv6 prefix never collides with an IPv4 address.
+        assert_ne!(Host::of(ip("::c000:201")), Host::of(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn host_slots_stop_at_the_limit_and_free() {
+        let counts = HostCounts::default();
+        let host = Host::of("192.0.2.1".parse().unwrap());
+        let other = Host::of("192.0.2.2".parse().unwrap());
+        let a = HostSlot::take(&counts, host, 2).unwrap();
+        let b = HostSlot::take(&counts, host, 2).unwrap();
+        assert!(HostSlot::take(&counts, host, 2).is_none());
+        let c = HostSlot::take(&counts, other, 2).unwrap();
+        drop(a);
+        let d = HostSlot::take(&counts, host, 2).unwrap();
+        drop((b, c, d));
+        assert!(counts.lock().unwrap().is_empty());
     }
 }

@@ -55,7 +55,8 @@
 //! # Limits
 //!
 //! [`QuicConfig`] holds the tunable ones; its `Default` uses the constants of this module:
-//! [`MAX_CONNECTIONS`], [`MAX_HANDSHAKES`], [`RETRY_THRESHOLD`], [`MAX_INCOMING`],
+//! [`MAX_CONNECTIONS`], [`MAX_CONNECTIONS_PER_HOST`], [`MAX_HANDSHAKES`],
+//! [`RETRY_THRESHOLD`], [`MAX_INCOMING`],
 //! [`IDLE_TIMEOUT`], [`KEEP_ALIVE_INTERVAL`], [`HANDSHAKE_TIMEOUT`], [`STREAM_OPEN_TIMEOUT`],
 //! [`CONNECT_TIMEOUT`], [`MAX_SEND_QUEUE_BYTES`], [`FLUSH_TIMEOUT`] and
 //! [`SHUTDOWN_TIMEOUT`].
@@ -107,9 +108,17 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// Inbound handshakes in progress at once; further attempts are refused.
 pub const MAX_HANDSHAKES: usize = 256;
 
-/// With this many inbound handshakes in progress, a new attempt from an address that has
-/// not been validated gets a QUIC Retry (stateless address validation) instead of a
-/// handshake: a spoofed flood then costs the provider one packet per attempt.
+/// Connections a provider holds at once from one host (an IPv4 address, or an IPv6 /64
+/// prefix), handshaking and established; further attempts from it are refused. High
+/// enough for a household or office behind one NAT address, low enough that one host
+/// cannot take a large share of [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_HOST: usize = 256;
+
+/// With this many inbound handshakes in progress, or this many connections held by the
+/// attempt's host, a new attempt from an address that has not been validated gets a QUIC
+/// Retry (stateless address validation) instead of a handshake: a spoofed flood then
+/// costs the provider one packet per attempt, and cannot use up a real host's
+/// [`MAX_CONNECTIONS_PER_HOST`].
 pub const RETRY_THRESHOLD: usize = 32;
 
 /// Connection attempts quinn buffers before the provider has looked at them.
@@ -176,6 +185,8 @@ pub const CLOSE_KEY_MISMATCH: u32 = 5;
 pub struct QuicConfig {
     /// [`MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// [`MAX_CONNECTIONS_PER_HOST`].
+    pub max_connections_per_host: usize,
     /// [`MAX_HANDSHAKES`].
     pub max_handshakes: usize,
     /// [`RETRY_THRESHOLD`].
@@ -202,6 +213,7 @@ impl Default for QuicConfig {
     fn default() -> Self {
         Self {
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_host: MAX_CONNECTIONS_PER_HOST,
             max_handshakes: MAX_HANDSHAKES,
             retry_threshold: RETRY_THRESHOLD,
             max_incoming: MAX_INCOMING,

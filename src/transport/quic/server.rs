@@ -10,7 +10,7 @@ use rand_core::CryptoRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::io::{self, ConnIo, IoEvent, SendError, Slot};
+use super::io::{self, ConnIo, Host, HostCounts, HostSlot, IoEvent, SendError, Slot};
 use super::tls::{self, TlsIdentity};
 use super::{
     CLOSE_KEY_MISMATCH, CLOSE_NORMAL, CLOSE_SEND_OVERFLOW, CLOSE_SHUTDOWN, CLOSE_STREAM_ERROR,
@@ -147,6 +147,7 @@ where
             quic.clone(),
             connections,
             handshakes,
+            HostCounts::default(),
         ));
         let event_loop = EventLoop {
             provider,
@@ -245,6 +246,7 @@ async fn accept_loop<S, R>(
     quic: QuicConfig,
     connections: Arc<AtomicUsize>,
     handshakes: Arc<AtomicUsize>,
+    hosts: HostCounts,
 ) where
     S: Store + Send + 'static,
     R: CryptoRng + Send + 'static,
@@ -266,7 +268,24 @@ async fn accept_loop<S, R>(
             }
             continue;
         }
-        let slot = Slot::take(&connections);
+        // A host that already holds RETRY_THRESHOLD connections must prove its address
+        // first: otherwise anyone could spoof a victim's address and use up its slots.
+        let peer = incoming.remote_address();
+        let host = Host::of(peer.ip());
+        if !incoming.remote_address_validated()
+            && HostSlot::count(&hosts, host) >= quic.retry_threshold
+        {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
+        let Some(host) = HostSlot::take(&hosts, host, quic.max_connections_per_host) else {
+            tracing::debug!(%peer, "refusing a connection: too many from this host");
+            incoming.refuse();
+            continue;
+        };
+        let slot = Slot::take(&connections).with_host(host);
         let handshake = Slot::take(&handshakes);
         tokio::spawn(accept_one(
             incoming,
