@@ -54,7 +54,8 @@
 //! ## Sending and receiving
 //!
 //! The smallest complete exchange, with one-shot sealing. Conversations use
-//! [`session::Account`] the same way (see `examples/federation.rs`).
+//! [`session::Account`] the same way (see `examples/attacks.rs`); the [`client`] and
+//! [`provider`] state machines carry them over a network (`examples/federation.rs`).
 //!
 //! ```
 //! use bytes::Bytes;

@@ -339,6 +339,13 @@ impl<R: CryptoRng> Client<R> {
         matches!(self.conn, Conn::Online)
     }
 
+    /// Whether the provider has acknowledged this device's prekeys (published once after
+    /// the first authentication of this client): from then on other users can fetch its
+    /// bundles and start sessions with it.
+    pub fn prekeys_published(&self) -> bool {
+        self.prekeys_published
+    }
+
     /// Messages not yet stored by the provider (nor reported undeliverable), including
     /// receipts the client sends itself.
     pub fn pending_messages(&self) -> usize {
