@@ -129,29 +129,48 @@ fn user(
     node: &Node,
     pinned: kogge::identity::ProviderKey,
 ) -> (Address, Client<Rng>) {
+    let (address, mut clients) = user_devices(rng, local, node, pinned, 1);
+    (address, clients.remove(0))
+}
+
+/// `n` devices of a new user `local@node` (one signed device list naming them all).
+fn user_devices(
+    rng: &mut Rng,
+    local: &str,
+    node: &Node,
+    pinned: kogge::identity::ProviderKey,
+    n: usize,
+) -> (Address, Vec<Client<Rng>>) {
     let now = quic::now();
     let address = Address::new(local, &node.domain).unwrap();
     let identity = IdentityKeyPair::generate(rng);
-    let device = Device::new(
-        &identity,
-        address.clone(),
-        DeviceKeyPair::generate(rng),
-        now.saturating_sub(YEAR_MS),
-        now.saturating_add(YEAR_MS),
-    )
-    .unwrap();
-    let list =
-        DeviceList::sign(&identity, &address, 1, now, &[device.certificate().clone()]).unwrap();
-    let mut account = Account::new(device, list, now, rng).unwrap();
-    account.replenish_prekeys(now, rng);
-    let mut config = ClientConfig::new(node.domain.clone(), pinned);
-    config.backoff = FAST;
-    let mut seed = [0u8; 32];
-    rand_core::Rng::fill_bytes(rng, &mut seed);
-    (
-        address,
-        Client::new(account, config, Rng::from_seed(seed), now),
-    )
+    let devices: Vec<Device> = (0..n)
+        .map(|_| {
+            Device::new(
+                &identity,
+                address.clone(),
+                DeviceKeyPair::generate(rng),
+                now.saturating_sub(YEAR_MS),
+                now.saturating_add(YEAR_MS),
+            )
+            .unwrap()
+        })
+        .collect();
+    let certs: Vec<_> = devices.iter().map(|d| d.certificate().clone()).collect();
+    let list = DeviceList::sign(&identity, &address, 1, now, &certs).unwrap();
+    let clients = devices
+        .into_iter()
+        .map(|device| {
+            let mut account = Account::new(device, list.clone(), now, rng).unwrap();
+            account.replenish_prekeys(now, rng);
+            let mut config = ClientConfig::new(node.domain.clone(), pinned);
+            config.backoff = FAST;
+            let mut seed = [0u8; 32];
+            rand_core::Rng::fill_bytes(rng, &mut seed);
+            Client::new(account, config, Rng::from_seed(seed), now)
+        })
+        .collect();
+    (address, clients)
 }
 
 async fn drive(
@@ -309,6 +328,110 @@ async fn two_providers_exchange_messages_both_ways() {
     b.shutdown().await.unwrap();
     s1.shutdown().await.unwrap();
     s2.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_providers_and_a_user_with_two_devices() {
+    let mut rng = Rng::from_seed([2; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let two = Node::new(&mut rng, "two.example");
+    let three = Node::new(&mut rng, "three.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 21).await;
+    let s2 = two.start(MemoryStore::new(), &dir, local(), 22).await;
+    let s3 = three.start(MemoryStore::new(), &dir, local(), 23).await;
+
+    let (alice, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (bob, mut bobs) = user_devices(&mut rng, "bob", &two, s2.public_key(), 2);
+    let (carol, c_client) = user(&mut rng, "carol", &three, s3.public_key());
+    let (laptop_client, phone_client) = (bobs.pop().unwrap(), bobs.pop().unwrap());
+    let (a, mut a_rx) = drive(a_client, s1.local_addr()).await;
+    let (phone, mut p_rx) = drive(phone_client, s2.local_addr()).await;
+    let (laptop, mut l_rx) = drive(laptop_client, s2.local_addr()).await;
+    let (c, mut c_rx) = drive(c_client, s3.local_addr()).await;
+    for (rx, who) in [
+        (&mut a_rx, "alice"),
+        (&mut p_rx, "bob's phone"),
+        (&mut l_rx, "bob's laptop"),
+        (&mut c_rx, "carol"),
+    ] {
+        online(rx, who).await;
+    }
+    prekeys_published(&s1, 1).await;
+    prekeys_published(&s2, 2).await;
+    prekeys_published(&s3, 1).await;
+
+    // one -> two: both of bob's devices get it.
+    let id = send(&a, &bob, "to both of bob's devices").await;
+    assert_eq!(
+        message(&mut p_rx, "to both of bob's devices").await,
+        (alice.clone(), id)
+    );
+    assert_eq!(
+        message(&mut l_rx, "to both of bob's devices").await,
+        (alice.clone(), id)
+    );
+
+    // two -> three, from the phone: carol gets it, the laptop gets the sent copy.
+    let id = send(&phone, &carol, "from bob's phone").await;
+    assert_eq!(
+        message(&mut c_rx, "from bob's phone").await,
+        (bob.clone(), id)
+    );
+    let want = Content::Text(Text::plain("from bob's phone"));
+    let copy = wait_for(&mut l_rx, "the laptop's copy", |e| match e {
+        DriverEvent::Client(ClientEvent::Message(m)) if m.content == want => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (&copy.conversation, &copy.sender, copy.message_id),
+        (&carol, &bob, id)
+    );
+
+    // three -> one, and one -> three, and an answer from the laptop to carol.
+    let id = send(&c, &alice, "carol to alice").await;
+    assert_eq!(
+        message(&mut a_rx, "carol to alice").await,
+        (carol.clone(), id)
+    );
+    let id = send(&a, &carol, "alice to carol").await;
+    assert_eq!(
+        message(&mut c_rx, "alice to carol").await,
+        (alice.clone(), id)
+    );
+    let id = send(&laptop, &carol, "from bob's laptop").await;
+    assert_eq!(
+        message(&mut c_rx, "from bob's laptop").await,
+        (bob.clone(), id)
+    );
+    assert_eq!(
+        message(&mut p_rx, "from bob's laptop").await,
+        (bob.clone(), id)
+    );
+
+    // Nothing arrives twice, nowhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (rx, who) in [
+        (&mut a_rx, "alice"),
+        (&mut p_rx, "bob's phone"),
+        (&mut l_rx, "bob's laptop"),
+        (&mut c_rx, "carol"),
+    ] {
+        while let Ok(e) = rx.try_recv() {
+            assert!(
+                !matches!(e, DriverEvent::Client(ClientEvent::Message(ref m)) if matches!(m.content, Content::Text(_))),
+                "{who} got a message twice: {e:?}"
+            );
+        }
+    }
+    assert_eq!(s2.stats().await.unwrap().users, 1);
+    for d in [a, phone, laptop, c] {
+        d.shutdown().await.unwrap();
+    }
+    for s in [s1, s2, s3] {
+        s.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
