@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/kogge/v1/state.proto",
     "proto/kogge/v1/protocol.proto",
     "proto/kogge/v1/provider_store.proto",
+    "proto/kogge/v1/group.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -101,6 +101,7 @@ pub mod client;
 pub mod crypto;
 pub mod envelope;
 mod error;
+pub mod group;
 pub mod identity;
 pub mod limits;
 pub mod protocol;

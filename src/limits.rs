@@ -103,6 +103,23 @@ pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest encrypted state blob that `restore` accepts, in bytes.
 pub const MAX_STATE_LEN: usize = 64 * 1024 * 1024;
 
+/// Members of one group.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+
+/// Members one group change names (created with, added or removed at once).
+pub const MAX_GROUP_CHANGE_MEMBERS: usize = 100;
+
+/// Encoded length of one group change: room for [`MAX_GROUP_CHANGE_MEMBERS`] members with
+/// the longest addresses, and the author's certificate.
+pub const MAX_GROUP_CHANGE_LEN: usize = 48 * 1024;
+
+/// Bytes of a group title (UTF-8).
+pub const MAX_GROUP_TITLE_LEN: usize = 256;
+
+/// Encoded length of a group snapshot: room for [`MAX_GROUP_MEMBERS`] members with the
+/// longest addresses.
+pub const MAX_GROUP_SNAPSHOT_LEN: usize = 384 * 1024;
+
 // ---------------------------------------------------------------------------
 // The client-provider and provider-provider protocol (SPEC.md section 16).
 

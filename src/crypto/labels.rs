@@ -40,6 +40,16 @@ pub enum Label {
     AuthSignature,
     /// HKDF info of a provider's QUIC stateless-reset key (SPEC.md 17.3).
     QuicStatelessReset,
+    /// A group id, from its creator and nonce (SPEC.md 18.2).
+    GroupId,
+    /// A group change's signature by its author's device key (SPEC.md 18.3).
+    GroupChangeSignature,
+    /// A group change's hash, which the next change names as its parent (SPEC.md 18.3).
+    GroupChangeHash,
+    /// A sequencer's countersignature of a group change (SPEC.md 18.3).
+    GroupSequence,
+    /// A group state's hash, which every change commits to (SPEC.md 18.5).
+    GroupState,
 }
 
 impl Label {
@@ -61,6 +71,11 @@ impl Label {
         Label::ChallengeSignature,
         Label::AuthSignature,
         Label::QuicStatelessReset,
+        Label::GroupId,
+        Label::GroupChangeSignature,
+        Label::GroupChangeHash,
+        Label::GroupSequence,
+        Label::GroupState,
     ];
 
     /// The label's bytes (ASCII).
@@ -82,6 +97,11 @@ impl Label {
             Label::ChallengeSignature => b"kogge/v1/sig/challenge",
             Label::AuthSignature => b"kogge/v1/sig/auth",
             Label::QuicStatelessReset => b"kogge/v1/kdf/quic-stateless-reset",
+            Label::GroupId => b"kogge/v1/hash/group-id",
+            Label::GroupChangeSignature => b"kogge/v1/sig/group-change",
+            Label::GroupChangeHash => b"kogge/v1/hash/group-change",
+            Label::GroupSequence => b"kogge/v1/sig/group-sequence",
+            Label::GroupState => b"kogge/v1/hash/group-state",
         }
     }
 }
@@ -128,9 +148,14 @@ mod tests {
                 Label::ChallengeSignature => 13,
                 Label::AuthSignature => 14,
                 Label::QuicStatelessReset => 15,
+                Label::GroupId => 16,
+                Label::GroupChangeSignature => 17,
+                Label::GroupChangeHash => 18,
+                Label::GroupSequence => 19,
+                Label::GroupState => 20,
             }
         }
-        let mut seen = [false; 16];
+        let mut seen = [false; 21];
         for l in Label::ALL {
             seen[index(*l)] = true;
         }

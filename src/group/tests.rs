@@ -1,0 +1,618 @@
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::identity::{DeviceKeyPair, IdentityKeyPair};
+
+const T: UnixMillis = UnixMillis(1_800_000_000_000);
+const YEAR: u64 = 365 * 24 * 3600 * 1000;
+
+struct User {
+    identity: IdentityKeyPair,
+    device: Device,
+}
+
+impl User {
+    fn new(rng: &mut ChaCha20Rng, address: &str) -> Self {
+        let identity = IdentityKeyPair::generate(rng);
+        let device = device_of(rng, &identity, address);
+        Self { identity, device }
+    }
+
+    fn address(&self) -> &Address {
+        self.device.address()
+    }
+
+    fn member(&self, role: GroupRole) -> GroupMember {
+        GroupMember {
+            address: self.address().clone(),
+            identity: self.identity.public(),
+            role,
+        }
+    }
+}
+
+fn device_of(rng: &mut ChaCha20Rng, identity: &IdentityKeyPair, address: &str) -> Device {
+    Device::new(
+        identity,
+        Address::parse(address).unwrap(),
+        DeviceKeyPair::generate(rng),
+        UnixMillis(T.0 - YEAR),
+        UnixMillis(T.0 + YEAR),
+    )
+    .unwrap()
+}
+
+struct World {
+    rng: ChaCha20Rng,
+    sequencer: ProviderKeyPair,
+    alice: User,
+    bob: User,
+    carol: User,
+    dave: User,
+}
+
+fn world() -> World {
+    let mut rng = ChaCha20Rng::from_seed([6; 32]);
+    let sequencer = ProviderKeyPair::generate(&mut rng);
+    let alice = User::new(&mut rng, "alice@one.example");
+    let bob = User::new(&mut rng, "bob@two.example");
+    let carol = User::new(&mut rng, "carol@three.example");
+    let dave = User::new(&mut rng, "dave@two.example");
+    World {
+        rng,
+        sequencer,
+        alice,
+        bob,
+        carol,
+        dave,
+    }
+}
+
+impl World {
+    fn seq(&self) -> Sequencer {
+        Sequencer {
+            domain: Domain::parse("one.example").unwrap(),
+            key: self.sequencer.public(),
+        }
+    }
+
+    /// alice (admin) creates a group with bob (member) and carol (admin).
+    fn group(&self) -> GroupState {
+        let change = GroupState::create_change(
+            &self.alice.device,
+            [9; 16],
+            "Suppliers".into(),
+            self.seq(),
+            vec![
+                self.bob.member(GroupRole::Member),
+                self.carol.member(GroupRole::Admin),
+            ],
+            T,
+        )
+        .unwrap();
+        GroupState::create(&change.sequence(&self.sequencer)).unwrap()
+    }
+
+    fn ordered(&self, state: &GroupState, by: &Device, action: GroupAction) -> GroupChange {
+        state
+            .change(by, action, T)
+            .unwrap()
+            .sequence(&self.sequencer)
+    }
+}
+
+fn addresses(state: &GroupState) -> Vec<String> {
+    state.members().map(|m| m.address.to_string()).collect()
+}
+
+#[test]
+fn members_change_the_group_and_everyone_checks() {
+    let w = world();
+    let g0 = w.group();
+    assert_eq!(g0.epoch(), 0);
+    assert_eq!(g0.title(), "Suppliers");
+    assert_eq!(
+        addresses(&g0),
+        [
+            "alice@one.example",
+            "bob@two.example",
+            "carol@three.example"
+        ]
+    );
+    assert_eq!(g0.role(w.alice.address()), Some(GroupRole::Admin));
+    assert_eq!(g0.role(w.bob.address()), Some(GroupRole::Member));
+
+    let add = w.ordered(
+        &g0,
+        &w.carol.device,
+        GroupAction::Add(vec![w.dave.member(GroupRole::Member)]),
+    );
+    let g1 = g0.apply(&add).unwrap();
+    assert_eq!((g1.epoch(), g1.len()), (1, 4));
+    assert_eq!(g1.head(), add.hash());
+    assert_eq!(&g1.state_hash(), add.state_hash());
+
+    let promote = w.ordered(
+        &g1,
+        &w.alice.device,
+        GroupAction::SetRole {
+            member: w.bob.address().clone(),
+            role: GroupRole::Admin,
+        },
+    );
+    let g2 = g1.apply(&promote).unwrap();
+    let remove = w.ordered(
+        &g2,
+        &w.bob.device,
+        GroupAction::Remove(vec![w.dave.address().clone()]),
+    );
+    let g3 = g2.apply(&remove).unwrap();
+    let title = w.ordered(&g3, &w.bob.device, GroupAction::SetTitle("Crates".into()));
+    let g4 = g3.apply(&title).unwrap();
+    let leave = w.ordered(&g4, &w.carol.device, GroupAction::Leave);
+    let g5 = g4.apply(&leave).unwrap();
+    assert_eq!(g5.epoch(), 5);
+    assert_eq!(g5.title(), "Crates");
+    assert_eq!(addresses(&g5), ["alice@one.example", "bob@two.example"]);
+
+    // Every change survives its own encoding: a member receiving the bytes gets the same.
+    for c in [&add, &promote, &remove, &title, &leave] {
+        let again = GroupChange::decode(c.encoded().clone()).unwrap();
+        assert_eq!(&again, c);
+    }
+}
+
+#[test]
+fn only_admins_govern() {
+    let w = world();
+    let g = w.group();
+    let bob = &w.bob.device;
+    for action in [
+        GroupAction::Add(vec![w.dave.member(GroupRole::Member)]),
+        GroupAction::Remove(vec![w.carol.address().clone()]),
+        GroupAction::SetRole {
+            member: w.bob.address().clone(),
+            role: GroupRole::Admin,
+        },
+        GroupAction::SetTitle("mine now".into()),
+    ] {
+        // The author's own client refuses to make it...
+        assert_eq!(g.change(bob, action.clone(), T), Err(GroupError::NotAdmin));
+        // ...and a change made anyway (by a modified client) is refused by everyone.
+        let forced = GroupChange::sign(bob, g.id(), 1, Some(*g.head()), T, [0; 32], &action)
+            .unwrap()
+            .sequence(&w.sequencer);
+        assert_eq!(g.apply(&forced), Err(GroupError::NotAdmin));
+    }
+    // A member may leave.
+    let leave = w.ordered(&g, bob, GroupAction::Leave);
+    assert_eq!(g.apply(&leave).unwrap().role(w.bob.address()), None);
+}
+
+#[test]
+fn a_provider_cannot_add_anyone() {
+    let mut w = world();
+    let g = w.group();
+    // The sequencer (a provider) signs whatever it likes, but holds no member's key. With
+    // a device of its own, under an identity of its own, it is not a member...
+    let eve_identity = IdentityKeyPair::generate(&mut w.rng);
+    let eve = device_of(&mut w.rng, &eve_identity, "eve@one.example");
+    let inject = GroupChange::sign(
+        &eve,
+        g.id(),
+        1,
+        Some(*g.head()),
+        T,
+        [0; 32],
+        &GroupAction::Add(vec![GroupMember {
+            address: eve.address().clone(),
+            identity: eve_identity.public(),
+            role: GroupRole::Admin,
+        }]),
+    )
+    .unwrap()
+    .sequence(&w.sequencer);
+    assert_eq!(
+        g.apply(&inject),
+        Err(GroupError::NotMember(eve.address().clone()))
+    );
+    // ...and a device certificate it makes for alice's address is under the wrong
+    // identity key.
+    let fake_alice = device_of(&mut w.rng, &eve_identity, "alice@one.example");
+    let forged = GroupChange::sign(
+        &fake_alice,
+        g.id(),
+        1,
+        Some(*g.head()),
+        T,
+        [0; 32],
+        &GroupAction::Add(vec![GroupMember {
+            address: eve.address().clone(),
+            identity: eve_identity.public(),
+            role: GroupRole::Admin,
+        }]),
+    )
+    .unwrap()
+    .sequence(&w.sequencer);
+    assert_eq!(g.apply(&forged), Err(GroupError::IdentityMismatch));
+}
+
+#[test]
+fn changes_need_the_sequencer_and_only_it() {
+    let mut w = world();
+    let g = w.group();
+    let change = g
+        .change(&w.alice.device, GroupAction::SetTitle("x".into()), T)
+        .unwrap();
+    assert_eq!(g.apply(&change), Err(GroupError::NotSequenced));
+    let other = ProviderKeyPair::generate(&mut w.rng);
+    assert_eq!(
+        g.apply(&change.sequence(&other)),
+        Err(GroupError::BadSequencerSignature)
+    );
+    assert!(g.apply(&change.sequence(&w.sequencer)).is_ok());
+    // The creating change too.
+    let create =
+        GroupState::create_change(&w.alice.device, [1; 16], String::new(), w.seq(), vec![], T)
+            .unwrap();
+    assert_eq!(GroupState::create(&create), Err(GroupError::NotSequenced));
+    assert_eq!(
+        GroupState::create(&create.sequence(&other)),
+        Err(GroupError::BadSequencerSignature)
+    );
+}
+
+#[test]
+fn replayed_dropped_and_concurrent_changes_are_caught() {
+    let w = world();
+    let g0 = w.group();
+    let c1 = w.ordered(&g0, &w.alice.device, GroupAction::SetTitle("one".into()));
+    let g1 = g0.apply(&c1).unwrap();
+    let c2 = w.ordered(&g1, &w.alice.device, GroupAction::SetTitle("two".into()));
+    let g2 = g1.apply(&c2).unwrap();
+    // A replayed old change.
+    assert_eq!(
+        g2.apply(&c1),
+        Err(GroupError::Stale {
+            epoch: 1,
+            current: 2
+        })
+    );
+    // A dropped change: the next one shows the gap.
+    assert_eq!(
+        g0.apply(&c2),
+        Err(GroupError::Gap {
+            epoch: 2,
+            current: 0
+        })
+    );
+    // Two admins change epoch 1 at once. The sequencer orders carol's first, so alice's
+    // (built on epoch 0) conflicts; she makes it again on the new state.
+    let carols = g0
+        .change(
+            &w.carol.device,
+            GroupAction::Add(vec![w.dave.member(GroupRole::Member)]),
+            T,
+        )
+        .unwrap();
+    let alices = g0
+        .change(
+            &w.alice.device,
+            GroupAction::Remove(vec![w.bob.address().clone()]),
+            T,
+        )
+        .unwrap();
+    let mut at_sequencer = g0.clone();
+    let carols = at_sequencer.order(&carols, &w.sequencer).unwrap();
+    at_sequencer = at_sequencer.apply(&carols).unwrap();
+    assert_eq!(
+        at_sequencer.order(&alices, &w.sequencer),
+        Err(GroupError::Conflict)
+    );
+    let again = at_sequencer
+        .change(
+            &w.alice.device,
+            GroupAction::Remove(vec![w.bob.address().clone()]),
+            T,
+        )
+        .unwrap();
+    let again = at_sequencer.order(&again, &w.sequencer).unwrap();
+    // A sequencer that countersigns both changes of epoch 1 is caught by any member who
+    // sees both: the two countersignatures are its proof of misbehaviour.
+    let at_bob = g0.apply(&carols).unwrap();
+    assert_eq!(
+        at_bob.apply(&alices.sequence(&w.sequencer)),
+        Err(GroupError::Equivocation)
+    );
+    // The same change twice is only stale.
+    assert_eq!(
+        at_bob.apply(&carols),
+        Err(GroupError::Stale {
+            epoch: 1,
+            current: 1
+        })
+    );
+    // Every member applies the same changes in the sequencer's order and ends up with
+    // the same state.
+    let mut states: Vec<GroupState> = (0..3).map(|_| g0.clone()).collect();
+    for s in &mut states {
+        *s = s.apply(&carols).unwrap().apply(&again).unwrap();
+    }
+    assert!(states.windows(2).all(|p| p[0] == p[1]));
+    assert_eq!(
+        addresses(&states[0]),
+        [
+            "alice@one.example",
+            "carol@three.example",
+            "dave@two.example"
+        ]
+    );
+}
+
+#[test]
+fn tampering_is_refused() {
+    let w = world();
+    let g = w.group();
+    let c = w.ordered(
+        &g,
+        &w.alice.device,
+        GroupAction::Add(vec![w.dave.member(GroupRole::Member)]),
+    );
+    // Every single-bit flip of the encoding is refused (or decodes to the same change,
+    // for bits that do not change the meaning: there are none in this encoding).
+    let bytes = c.encoded().to_vec();
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        let r = GroupChange::decode(Bytes::from(b)).and_then(|c| g.apply(&c));
+        assert!(r.is_err(), "flipping byte {i} was accepted");
+    }
+    // A member that lies about the resulting state is caught.
+    let lie = GroupChange::sign(
+        &w.alice.device,
+        g.id(),
+        1,
+        Some(*g.head()),
+        T,
+        [7; 32],
+        &GroupAction::SetTitle("t".into()),
+    )
+    .unwrap()
+    .sequence(&w.sequencer);
+    assert_eq!(g.apply(&lie), Err(GroupError::StateMismatch));
+    // A change for another group.
+    let other = GroupState::create(
+        &GroupState::create_change(&w.bob.device, [2; 16], String::new(), w.seq(), vec![], T)
+            .unwrap()
+            .sequence(&w.sequencer),
+    )
+    .unwrap();
+    let elsewhere = w.ordered(&other, &w.bob.device, GroupAction::SetTitle("t".into()));
+    assert_eq!(g.apply(&elsewhere), Err(GroupError::WrongGroup));
+}
+
+#[test]
+fn the_group_always_keeps_an_admin() {
+    let w = world();
+    let g = w.group();
+    let demote_carol = w.ordered(
+        &g,
+        &w.alice.device,
+        GroupAction::SetRole {
+            member: w.carol.address().clone(),
+            role: GroupRole::Member,
+        },
+    );
+    let g = g.apply(&demote_carol).unwrap();
+    // alice is now the only admin.
+    assert_eq!(
+        g.change(&w.alice.device, GroupAction::Leave, T),
+        Err(GroupError::NoAdminLeft)
+    );
+    assert_eq!(
+        g.change(
+            &w.alice.device,
+            GroupAction::SetRole {
+                member: w.alice.address().clone(),
+                role: GroupRole::Member
+            },
+            T
+        ),
+        Err(GroupError::NoAdminLeft)
+    );
+    assert_eq!(
+        g.change(
+            &w.alice.device,
+            GroupAction::Remove(vec![w.alice.address().clone()]),
+            T
+        ),
+        Err(GroupError::InvalidChange(
+            "an author leaves, it does not remove itself"
+        ))
+    );
+    for (action, err) in [
+        (
+            GroupAction::Add(vec![w.bob.member(GroupRole::Member)]),
+            GroupError::AlreadyMember(w.bob.address().clone()),
+        ),
+        (
+            GroupAction::Remove(vec![w.dave.address().clone()]),
+            GroupError::NoSuchMember(w.dave.address().clone()),
+        ),
+        (
+            GroupAction::Add(vec![
+                w.dave.member(GroupRole::Member),
+                w.dave.member(GroupRole::Admin),
+            ]),
+            GroupError::DuplicateMember(w.dave.address().clone()),
+        ),
+        (
+            GroupAction::Add(vec![]),
+            GroupError::InvalidChange("add names no member"),
+        ),
+    ] {
+        assert_eq!(g.change(&w.alice.device, action, T), Err(err));
+    }
+}
+
+#[test]
+fn groups_grow_to_their_limit_and_no_further() {
+    let mut w = world();
+    let mut g = w.group();
+    let mut n = g.len();
+    let mut next = 0usize;
+    while n < MAX_GROUP_MEMBERS {
+        let batch: Vec<GroupMember> = (0..MAX_GROUP_CHANGE_MEMBERS.min(MAX_GROUP_MEMBERS - n))
+            .map(|_| {
+                next += 1;
+                GroupMember {
+                    address: Address::parse(&format!("m{next}@four.example")).unwrap(),
+                    identity: IdentityKeyPair::generate(&mut w.rng).public(),
+                    role: GroupRole::Member,
+                }
+            })
+            .collect();
+        n += batch.len();
+        let c = w.ordered(&g, &w.alice.device, GroupAction::Add(batch));
+        assert!(c.encoded().len() <= MAX_GROUP_CHANGE_LEN);
+        g = g.apply(&c).unwrap();
+    }
+    assert_eq!(g.len(), MAX_GROUP_MEMBERS);
+    assert_eq!(
+        g.change(
+            &w.alice.device,
+            GroupAction::Add(vec![w.dave.member(GroupRole::Member)]),
+            T
+        ),
+        Err(GroupError::TooManyMembers {
+            count: MAX_GROUP_MEMBERS + 1,
+            max: MAX_GROUP_MEMBERS
+        })
+    );
+    let snapshot = g.to_snapshot();
+    assert!(snapshot.len() <= MAX_GROUP_SNAPSHOT_LEN);
+    assert_eq!(GroupState::from_snapshot(&snapshot).unwrap(), g);
+}
+
+#[test]
+fn a_new_member_joins_from_a_snapshot_it_can_check() {
+    let w = world();
+    let g0 = w.group();
+    let add = w.ordered(
+        &g0,
+        &w.carol.device,
+        GroupAction::Add(vec![w.dave.member(GroupRole::Member)]),
+    );
+    let at_members = g0.apply(&add).unwrap();
+    let joined = GroupState::join(&g0.to_snapshot(), &add, w.dave.address()).unwrap();
+    assert_eq!(joined, at_members);
+
+    // A snapshot with a member the group does not have (a lying sender, or a provider
+    // that swapped it) does not match what the countersigned change commits to.
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let eve = User::new(&mut rng, "eve@one.example");
+    let mut wire = wire::GroupSnapshot::decode(g0.to_snapshot()).unwrap();
+    wire.members.push(eve.member(GroupRole::Admin).to_wire());
+    let lie = wire.encode_to_vec();
+    assert_eq!(
+        GroupState::join(&lie, &add, w.dave.address()),
+        Err(GroupError::StateMismatch)
+    );
+    // A change that does not add the joiner is no invitation.
+    let other = w.ordered(&g0, &w.alice.device, GroupAction::SetTitle("t".into()));
+    assert_eq!(
+        GroupState::join(&g0.to_snapshot(), &other, w.dave.address()),
+        Err(GroupError::InvalidChange(
+            "the change does not add the joiner"
+        ))
+    );
+    // Snapshots out of order, or naming a member twice, are refused.
+    let mut twice = wire::GroupSnapshot::decode(g0.to_snapshot()).unwrap();
+    let first = twice.members[0].clone();
+    twice.members.insert(0, first);
+    assert!(matches!(
+        GroupState::from_snapshot(&twice.encode_to_vec()),
+        Err(GroupError::DuplicateMember(_))
+    ));
+    let mut reversed = wire::GroupSnapshot::decode(g0.to_snapshot()).unwrap();
+    reversed.members.reverse();
+    assert_eq!(
+        GroupState::from_snapshot(&reversed.encode_to_vec()),
+        Err(GroupError::InvalidField("members (not in address order)"))
+    );
+}
+
+#[test]
+fn expired_devices_cannot_change_the_group() {
+    let w = world();
+    let g = w.group();
+    let late = UnixMillis(T.0 + 2 * YEAR);
+    let c = g.change(&w.alice.device, GroupAction::SetTitle("late".into()), late);
+    assert_eq!(c, Err(GroupError::CertificateNotValid));
+}
+
+#[test]
+fn oversized_and_garbage_changes_are_refused() {
+    assert_eq!(
+        GroupChange::decode(Bytes::from(vec![0u8; MAX_GROUP_CHANGE_LEN + 1])),
+        Err(GroupError::TooLarge {
+            len: MAX_GROUP_CHANGE_LEN + 1,
+            max: MAX_GROUP_CHANGE_LEN
+        })
+    );
+    assert_eq!(
+        GroupChange::decode(Bytes::from_static(b"\xff\xff\xff")),
+        Err(GroupError::Decode)
+    );
+    assert_eq!(
+        GroupState::from_snapshot(&vec![0u8; MAX_GROUP_SNAPSHOT_LEN + 1]),
+        Err(GroupError::TooLarge {
+            len: MAX_GROUP_SNAPSHOT_LEN + 1,
+            max: MAX_GROUP_SNAPSHOT_LEN
+        })
+    );
+}
+
+#[test]
+fn the_longest_addresses_fit_the_size_limits() {
+    let mut w = world();
+    let g = w.group();
+    let domain = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    let longest = |i: usize| {
+        let local = format!("{i:0>64}");
+        Address::parse(&format!("{local}@{domain}")).unwrap()
+    };
+    assert_eq!(longest(0).as_str().len(), crate::limits::MAX_ADDRESS_LEN);
+    let identity = IdentityKeyPair::generate(&mut w.rng).public();
+    let batch: Vec<GroupMember> = (0..MAX_GROUP_CHANGE_MEMBERS)
+        .map(|i| GroupMember {
+            address: longest(i),
+            identity,
+            role: GroupRole::Admin,
+        })
+        .collect();
+    let c = g
+        .change(&w.alice.device, GroupAction::Add(batch), T)
+        .unwrap();
+    assert!(c.sequence(&w.sequencer).encoded().len() <= MAX_GROUP_CHANGE_LEN);
+
+    let mut full = g.clone();
+    full.members = (0..MAX_GROUP_MEMBERS)
+        .map(|i| (longest(i), (identity, GroupRole::Admin)))
+        .collect();
+    full.title = "t".repeat(MAX_GROUP_TITLE_LEN);
+    let snapshot = full.to_snapshot();
+    assert!(
+        snapshot.len() <= MAX_GROUP_SNAPSHOT_LEN,
+        "{}",
+        snapshot.len()
+    );
+    assert_eq!(GroupState::from_snapshot(&snapshot).unwrap(), full);
+}
