@@ -120,6 +120,19 @@ pub const MAX_GROUP_TITLE_LEN: usize = 256;
 /// longest addresses.
 pub const MAX_GROUP_SNAPSHOT_LEN: usize = 384 * 1024;
 
+/// Encoded length of a sender key (`GroupSenderKey`).
+pub const MAX_GROUP_SENDER_KEY_LEN: usize = 512;
+
+/// Positions one group message may skip on its sender chain.
+pub const MAX_GROUP_SKIP: u32 = 1000;
+
+/// Skipped positions' keys a device keeps per group (the oldest are dropped first).
+pub const MAX_GROUP_SKIPPED_KEYS: usize = 5000;
+
+/// Sender chains a device keeps per other member device and group (the lowest-numbered
+/// is dropped first).
+pub const MAX_GROUP_CHAINS_PER_DEVICE: usize = 4;
+
 // ---------------------------------------------------------------------------
 // The client-provider and provider-provider protocol (SPEC.md section 16).
 

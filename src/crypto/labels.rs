@@ -50,6 +50,12 @@ pub enum Label {
     GroupSequence,
     /// A group state's hash, which every change commits to (SPEC.md 18.5).
     GroupState,
+    /// HKDF info of a group message's AEAD key and nonce (SPEC.md 19.1).
+    GroupMessageKeys,
+    /// A group message's signature by its sender device key (SPEC.md 19.3).
+    GroupEnvelopeSignature,
+    /// A group message's AEAD associated data (SPEC.md 19.3).
+    GroupEnvelopeAad,
 }
 
 impl Label {
@@ -76,6 +82,9 @@ impl Label {
         Label::GroupChangeHash,
         Label::GroupSequence,
         Label::GroupState,
+        Label::GroupMessageKeys,
+        Label::GroupEnvelopeSignature,
+        Label::GroupEnvelopeAad,
     ];
 
     /// The label's bytes (ASCII).
@@ -102,6 +111,9 @@ impl Label {
             Label::GroupChangeHash => b"kogge/v1/hash/group-change",
             Label::GroupSequence => b"kogge/v1/sig/group-sequence",
             Label::GroupState => b"kogge/v1/hash/group-state",
+            Label::GroupMessageKeys => b"kogge/v1/kdf/group-message",
+            Label::GroupEnvelopeSignature => b"kogge/v1/sig/group-envelope",
+            Label::GroupEnvelopeAad => b"kogge/v1/aad/group-envelope",
         }
     }
 }
@@ -153,9 +165,12 @@ mod tests {
                 Label::GroupChangeHash => 18,
                 Label::GroupSequence => 19,
                 Label::GroupState => 20,
+                Label::GroupMessageKeys => 21,
+                Label::GroupEnvelopeSignature => 22,
+                Label::GroupEnvelopeAad => 23,
             }
         }
-        let mut seen = [false; 21];
+        let mut seen = [false; 24];
         for l in Label::ALL {
             seen[index(*l)] = true;
         }

@@ -20,8 +20,13 @@
 //! as countersigned by its sequencer, produce from the creating change (or from a
 //! [snapshot](GroupState::from_snapshot) whose first change checked out).
 
+mod message;
 #[cfg(test)]
 mod tests;
+
+pub use message::{
+    GroupEnvelope, GroupMessageError, GroupOpened, GroupReceiver, GroupSender, SenderKey,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -697,6 +702,10 @@ pub struct GroupState {
     title: String,
     sequencer: Sequencer,
     members: BTreeMap<Address, (IdentityKey, GroupRole)>,
+    /// The epoch of the last change that removed someone (remove or leave) that this
+    /// member applied; 0 if none, or if the state came from a snapshot. Not part of the
+    /// state hash: it decides which sender chains are stale (SPEC.md 19.4).
+    rekey_epoch: u64,
 }
 
 impl GroupState {
@@ -788,6 +797,7 @@ impl GroupState {
             title: checked_title(title.clone())?,
             sequencer: sequencer.clone(),
             members: map,
+            rekey_epoch: 0,
         })
     }
 
@@ -880,6 +890,9 @@ impl GroupState {
         }
         next.epoch = change.epoch;
         next.head = change.hash;
+        if matches!(change.action, GroupAction::Remove(_) | GroupAction::Leave) {
+            next.rekey_epoch = change.epoch;
+        }
         Ok(next)
     }
 
@@ -1033,6 +1046,11 @@ impl GroupState {
         &self.title
     }
 
+    /// The epoch of the last removal this member applied (see [`GroupSender::needs_new_chain`]).
+    pub fn rekey_epoch(&self) -> u64 {
+        self.rekey_epoch
+    }
+
     /// The provider that orders the group's changes.
     pub fn sequencer(&self) -> &Sequencer {
         &self.sequencer
@@ -1140,6 +1158,7 @@ impl GroupState {
                     .map_err(|_| E::InvalidField("sequencer_key"))?,
             },
             members,
+            rekey_epoch: 0,
         })
     }
 

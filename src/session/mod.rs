@@ -32,7 +32,7 @@ pub use prekeys::{
     PrekeyBundle, PrekeyError, PrekeyKind, PrekeyStore, PublishedPrekeys, SignedPrekey,
 };
 
-pub(crate) use ratchet::{Ratchet, RatchetHeader, message_keys};
+pub(crate) use ratchet::{Ratchet, RatchetHeader, kdf_ck, message_keys};
 
 #[cfg(test)]
 pub(crate) fn kdf_ck_for_vectors(ck: &Secret<32>) -> (Secret<32>, Secret<32>) {
