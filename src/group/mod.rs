@@ -706,6 +706,8 @@ pub struct GroupState {
     /// member applied; 0 if none, or if the state came from a snapshot. Not part of the
     /// state hash: it decides which sender chains are stale (SPEC.md 19.4).
     rekey_epoch: u64,
+    /// [`state_hash`](Self::state_hash), computed once per state.
+    hash: [u8; 32],
 }
 
 impl GroupState {
@@ -798,7 +800,9 @@ impl GroupState {
             sequencer: sequencer.clone(),
             members: map,
             rekey_epoch: 0,
-        })
+            hash: [0; 32],
+        }
+        .hashed())
     }
 
     /// Makes a change of this state by `device`'s user, checked exactly as members will
@@ -997,13 +1001,23 @@ impl GroupState {
         if !next.members.is_empty() && !next.members.values().any(|m| m.1 == GroupRole::Admin) {
             return Err(E::NoAdminLeft);
         }
-        Ok(next)
+        Ok(next.hashed())
     }
 
     /// The state hash (SPEC.md 18.5): `SHA-256(framed("kogge/v1/hash/group-state",
     /// group_id, u64be(epoch), title, sequencer, sequencer_key, then for every member in
     /// address order: address, identity_key, role byte))`.
     pub fn state_hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// This state with its hash computed.
+    fn hashed(mut self) -> Self {
+        self.hash = self.compute_hash();
+        self
+    }
+
+    fn compute_hash(&self) -> [u8; 32] {
         let epoch = self.epoch.to_be_bytes();
         let key = self.sequencer.key.to_bytes();
         let members: Vec<(&Address, [u8; 32], [u8; 1])> = self
@@ -1159,7 +1173,9 @@ impl GroupState {
             },
             members,
             rekey_epoch: 0,
-        })
+            hash: [0; 32],
+        }
+        .hashed())
     }
 
     /// Joins a group: the state that `change` (the countersigned change that added

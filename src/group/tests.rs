@@ -608,6 +608,7 @@ fn the_longest_addresses_fit_the_size_limits() {
         .map(|i| (longest(i), (identity, GroupRole::Admin)))
         .collect();
     full.title = "t".repeat(MAX_GROUP_TITLE_LEN);
+    full = full.hashed();
     let snapshot = full.to_snapshot();
     assert!(
         snapshot.len() <= MAX_GROUP_SNAPSHOT_LEN,
