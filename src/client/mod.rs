@@ -451,6 +451,37 @@ impl<R: CryptoRng> Client<R> {
         Ok(())
     }
 
+    /// Fetches `address`'s device list from the provider now, to show or verify the
+    /// contact's safety number before any message is exchanged. The answer updates the
+    /// account like any fetched list ([`ClientEvent::IdentityFirstSeen`],
+    /// [`ClientEvent::DeviceAdded`], ...); a failed fetch changes nothing.
+    /// [`is_fetching_device_list`](Self::is_fetching_device_list) tells when it is over.
+    pub fn fetch_device_list(
+        &mut self,
+        now: UnixMillis,
+        address: &Address,
+    ) -> Result<(), ClientError> {
+        if !self.fetching_lists.contains_key(address) {
+            self.check_capacity(1)?;
+            let body = wire::request::Body::FetchDeviceList(wire::FetchDeviceList {
+                address: address.as_str().to_owned(),
+                requester: String::new(),
+            });
+            let expires = now.saturating_add(self.config.submit_expiry_ms);
+            let kind = RequestKind::FetchDeviceList {
+                address: address.clone(),
+            };
+            self.new_request(now, kind, body, expires);
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Whether a fetch of `address`'s device list is in flight.
+    pub fn is_fetching_device_list(&self, address: &Address) -> bool {
+        self.fetching_lists.contains_key(address)
+    }
+
     /// The next output. Returns [`ClientOutput::Timeout`] when there is nothing else.
     pub fn poll_output(&mut self, _now: UnixMillis) -> ClientOutput {
         match self.out.pop_front() {

@@ -371,63 +371,34 @@ impl DeviceCertificate {
     /// bytes received.
     pub fn decode(encoded: Bytes) -> Result<Self, CertificateError> {
         use CertificateError as E;
-        if encoded.len() > MAX_CERTIFICATE_LEN {
-            return Err(E::TooLarge {
-                len: encoded.len(),
-                max: MAX_CERTIFICATE_LEN,
-            });
-        }
-        let outer = wire::DeviceCertificate::decode(encoded.clone()).map_err(|_| E::Decode)?;
-        let body =
-            wire::DeviceCertificateBody::decode(outer.body.clone()).map_err(|_| E::Decode)?;
-        if body.version != PROTOCOL_VERSION {
-            return Err(E::UnsupportedVersion(body.version));
-        }
-        let address = Address::parse_canonical(&body.address).map_err(E::InvalidAddress)?;
-        let identity_key = IdentityKey::from_bytes(&body.identity_key)
-            .map_err(|_| E::InvalidField("identity_key"))?;
-        let device_id =
-            DeviceId::from_slice(&body.device_id).ok_or(E::InvalidField("device_id"))?;
-        let signing_key = crypto::verifying_key(&body.device_signing_key)
-            .map_err(|_| E::InvalidField("device_signing_key"))?;
-        let agreement: [u8; 32] = body
-            .device_agreement_key
-            .as_ref()
-            .try_into()
-            .map_err(|_| E::InvalidField("device_agreement_key"))?;
-        if DeviceId::derive(&signing_key) != device_id {
-            return Err(E::DeviceIdMismatch);
-        }
-        if body.not_before_ms > body.not_after_ms {
-            return Err(E::InvalidValidity);
-        }
+        let p = parse_certificate(encoded.clone())?;
         let identity_signature =
-            crypto::signature(&outer.identity_signature).map_err(|_| E::BadIdentitySignature)?;
+            crypto::signature(&p.identity_signature).map_err(|_| E::BadIdentitySignature)?;
         let device_signature =
-            crypto::signature(&outer.device_signature).map_err(|_| E::BadDeviceSignature)?;
+            crypto::signature(&p.device_signature).map_err(|_| E::BadDeviceSignature)?;
         crypto::verify(
-            &identity_key.0,
+            &p.identity_key.0,
             Label::DeviceCertIdentitySignature,
-            &[&outer.body],
+            &[&p.body],
             &identity_signature,
         )
         .map_err(|_| E::BadIdentitySignature)?;
         crypto::verify(
-            &signing_key,
+            &p.signing_key,
             Label::DeviceCertDeviceSignature,
-            &[&outer.body],
+            &[&p.body],
             &device_signature,
         )
         .map_err(|_| E::BadDeviceSignature)?;
         Ok(Self {
             encoded,
-            address,
-            identity_key,
-            device_id,
-            signing_key,
-            agreement_key: x25519_dalek::PublicKey::from(agreement),
-            not_before: UnixMillis(body.not_before_ms),
-            not_after: UnixMillis(body.not_after_ms),
+            address: p.address,
+            identity_key: p.identity_key,
+            device_id: p.device_id,
+            signing_key: p.signing_key,
+            agreement_key: p.agreement_key,
+            not_before: p.not_before,
+            not_after: p.not_after,
         })
     }
 
@@ -475,6 +446,218 @@ impl DeviceCertificate {
     pub fn is_valid_at(&self, t: UnixMillis) -> bool {
         self.not_before <= t && t <= self.not_after
     }
+}
+
+/// A device's half of its certificate, for linking a new device: the certificate body
+/// (address, identity key, device keys, validity) signed by the new device alone. The
+/// holder of the identity key checks it and completes it with
+/// [`approve`](Self::approve); the result is byte for byte what
+/// [`DeviceCertificate::issue`] would have made. So the device's secret keys never leave
+/// the new device, and the identity key never leaves the device that holds it.
+///
+/// Its encoding ([`encoded`](Self::encoded)) is a `DeviceCertificate` message whose
+/// `identity_signature` is empty (SPEC.md 4.3). It is not a protocol message: it travels
+/// between the user's own devices however they like (copied, scanned), and providers never
+/// see one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertificateRequest {
+    encoded: Bytes,
+    body: Bytes,
+    device_signature: Bytes,
+    address: Address,
+    identity_key: IdentityKey,
+    device_id: DeviceId,
+    not_before: UnixMillis,
+    not_after: UnixMillis,
+}
+
+impl CertificateRequest {
+    /// Makes the request of `device` to be certified for `address` under `identity_key`,
+    /// valid from `not_before` to `not_after` inclusive.
+    pub fn new(
+        identity_key: &IdentityKey,
+        device: &DeviceKeyPair,
+        address: &Address,
+        not_before: UnixMillis,
+        not_after: UnixMillis,
+    ) -> Result<Self, CertificateError> {
+        if not_before > not_after {
+            return Err(CertificateError::InvalidValidity);
+        }
+        let body = wire::DeviceCertificateBody {
+            version: PROTOCOL_VERSION,
+            address: address.as_str().to_owned(),
+            identity_key: Bytes::copy_from_slice(identity_key.0.as_bytes()),
+            device_id: Bytes::copy_from_slice(device.id().as_bytes()),
+            device_signing_key: Bytes::copy_from_slice(device.signing_public().as_bytes()),
+            device_agreement_key: Bytes::copy_from_slice(device.agreement_public().as_bytes()),
+            not_before_ms: not_before.0,
+            not_after_ms: not_after.0,
+        }
+        .encode_to_vec();
+        let device_signature =
+            crypto::sign(device.signing(), Label::DeviceCertDeviceSignature, &[&body]);
+        let encoded = wire::DeviceCertificate {
+            body: Bytes::from(body),
+            identity_signature: Bytes::new(),
+            device_signature: Bytes::copy_from_slice(&device_signature.to_bytes()),
+        }
+        .encode_to_vec();
+        Self::decode(Bytes::from(encoded))
+    }
+
+    /// Decodes a request and checks it as a certificate is checked (SPEC.md 4.3), except
+    /// that the identity signature must be absent: size, structure, version, address,
+    /// keys, device-id derivation, validity interval, and the device's signature.
+    pub fn decode(encoded: Bytes) -> Result<Self, CertificateError> {
+        use CertificateError as E;
+        let parsed = parse_certificate(encoded.clone())?;
+        if !parsed.identity_signature.is_empty() {
+            return Err(E::InvalidField("identity_signature"));
+        }
+        let device_signature =
+            crypto::signature(&parsed.device_signature).map_err(|_| E::BadDeviceSignature)?;
+        crypto::verify(
+            &parsed.signing_key,
+            Label::DeviceCertDeviceSignature,
+            &[&parsed.body],
+            &device_signature,
+        )
+        .map_err(|_| E::BadDeviceSignature)?;
+        Ok(Self {
+            encoded,
+            body: parsed.body,
+            device_signature: parsed.device_signature,
+            address: parsed.address,
+            identity_key: parsed.identity_key,
+            device_id: parsed.device_id,
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+        })
+    }
+
+    /// Completes the certificate with `identity`'s signature. Fails with
+    /// `InvalidField("identity_key")` if the request names another identity key.
+    pub fn approve(
+        &self,
+        identity: &IdentityKeyPair,
+    ) -> Result<DeviceCertificate, CertificateError> {
+        if identity.public() != self.identity_key {
+            return Err(CertificateError::InvalidField("identity_key"));
+        }
+        let identity_signature = crypto::sign(
+            &identity.0,
+            Label::DeviceCertIdentitySignature,
+            &[&self.body],
+        );
+        let encoded = wire::DeviceCertificate {
+            body: self.body.clone(),
+            identity_signature: Bytes::copy_from_slice(&identity_signature.to_bytes()),
+            device_signature: self.device_signature.clone(),
+        }
+        .encode_to_vec();
+        DeviceCertificate::decode(Bytes::from(encoded))
+    }
+
+    /// The encoded request.
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+
+    /// The address the device asks to be certified for.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The identity key it asks to be certified by.
+    pub fn identity_key(&self) -> &IdentityKey {
+        &self.identity_key
+    }
+
+    /// The new device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.device_id
+    }
+
+    /// Start of validity, inclusive.
+    pub fn not_before(&self) -> UnixMillis {
+        self.not_before
+    }
+
+    /// End of validity, inclusive.
+    pub fn not_after(&self) -> UnixMillis {
+        self.not_after
+    }
+}
+
+impl fmt::Debug for CertificateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateRequest")
+            .field("address", &self.address)
+            .field("device_id", &self.device_id)
+            .field("identity_key", &self.identity_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate's fields once everything but the signatures is checked.
+struct ParsedCertificate {
+    body: Bytes,
+    identity_signature: Bytes,
+    device_signature: Bytes,
+    address: Address,
+    identity_key: IdentityKey,
+    device_id: DeviceId,
+    signing_key: VerifyingKey,
+    agreement_key: x25519_dalek::PublicKey,
+    not_before: UnixMillis,
+    not_after: UnixMillis,
+}
+
+/// Checks a certificate's size, structure, version, address, keys, device-id derivation
+/// and validity interval (VAL-CERT order); the signatures are left to the caller.
+fn parse_certificate(encoded: Bytes) -> Result<ParsedCertificate, CertificateError> {
+    use CertificateError as E;
+    if encoded.len() > MAX_CERTIFICATE_LEN {
+        return Err(E::TooLarge {
+            len: encoded.len(),
+            max: MAX_CERTIFICATE_LEN,
+        });
+    }
+    let outer = wire::DeviceCertificate::decode(encoded).map_err(|_| E::Decode)?;
+    let body = wire::DeviceCertificateBody::decode(outer.body.clone()).map_err(|_| E::Decode)?;
+    if body.version != PROTOCOL_VERSION {
+        return Err(E::UnsupportedVersion(body.version));
+    }
+    let address = Address::parse_canonical(&body.address).map_err(E::InvalidAddress)?;
+    let identity_key =
+        IdentityKey::from_bytes(&body.identity_key).map_err(|_| E::InvalidField("identity_key"))?;
+    let device_id = DeviceId::from_slice(&body.device_id).ok_or(E::InvalidField("device_id"))?;
+    let signing_key = crypto::verifying_key(&body.device_signing_key)
+        .map_err(|_| E::InvalidField("device_signing_key"))?;
+    let agreement: [u8; 32] = body
+        .device_agreement_key
+        .as_ref()
+        .try_into()
+        .map_err(|_| E::InvalidField("device_agreement_key"))?;
+    if DeviceId::derive(&signing_key) != device_id {
+        return Err(E::DeviceIdMismatch);
+    }
+    if body.not_before_ms > body.not_after_ms {
+        return Err(E::InvalidValidity);
+    }
+    Ok(ParsedCertificate {
+        body: outer.body,
+        identity_signature: outer.identity_signature,
+        device_signature: outer.device_signature,
+        address,
+        identity_key,
+        device_id,
+        signing_key,
+        agreement_key: x25519_dalek::PublicKey::from(agreement),
+        not_before: UnixMillis(body.not_before_ms),
+        not_after: UnixMillis(body.not_after_ms),
+    })
 }
 
 impl fmt::Debug for DeviceCertificate {

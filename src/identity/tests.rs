@@ -178,3 +178,51 @@ fn safety_numbers_match_on_both_sides_and_qr_verifies() {
         Err(FingerprintError::Decode)
     );
 }
+
+#[test]
+fn certificate_request_approved_is_the_issued_certificate() {
+    let (id, dev, addr) = alice();
+    let (t0, t1) = (UnixMillis(10), UnixMillis(20));
+    let request = CertificateRequest::new(&id.public(), &dev, &addr, t0, t1).unwrap();
+    // It travels as bytes between the user's devices.
+    let request = CertificateRequest::decode(request.encoded().clone()).unwrap();
+    assert_eq!(request.address(), &addr);
+    assert_eq!(request.device_id(), dev.id());
+    assert_eq!(request.identity_key(), &id.public());
+    assert_eq!((request.not_before(), request.not_after()), (t0, t1));
+    let approved = request.approve(&id).unwrap();
+    let issued = DeviceCertificate::issue(&id, &dev, &addr, t0, t1).unwrap();
+    assert_eq!(approved.encoded(), issued.encoded());
+}
+
+#[test]
+fn certificate_request_refusals() {
+    let (id, dev, addr) = alice();
+    let other = IdentityKeyPair::generate(&mut rng(9));
+    let request =
+        CertificateRequest::new(&id.public(), &dev, &addr, UnixMillis(1), UnixMillis(2)).unwrap();
+    // Only the identity key it names can approve it.
+    assert_eq!(
+        request.approve(&other).unwrap_err(),
+        CertificateError::InvalidField("identity_key")
+    );
+    // A whole certificate is not a request, and a request is not a certificate.
+    let cert = DeviceCertificate::issue(&id, &dev, &addr, UnixMillis(1), UnixMillis(2)).unwrap();
+    assert_eq!(
+        CertificateRequest::decode(cert.encoded().clone()).unwrap_err(),
+        CertificateError::InvalidField("identity_signature")
+    );
+    assert_eq!(
+        DeviceCertificate::decode(request.encoded().clone()).unwrap_err(),
+        CertificateError::BadIdentitySignature
+    );
+    // Any altered byte is refused.
+    let mut bytes = request.encoded().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert!(CertificateRequest::decode(Bytes::from(bytes)).is_err());
+    assert!(matches!(
+        CertificateRequest::new(&id.public(), &dev, &addr, UnixMillis(3), UnixMillis(2)),
+        Err(CertificateError::InvalidValidity)
+    ));
+}

@@ -76,11 +76,10 @@ impl EchoBot {
         );
         let mut persist_rng = os_rng()?;
         let mut config = ClientDriverConfig::new(provider_addr);
-        config.persist = Some(Box::new(move |account: &Account| {
+        config.persist = Some(Box::new(move |account: &Account, _: &[ClientEvent]| {
             let blob = account.save(&key, &mut persist_rng);
-            if let Err(e) = write_private(&state, &blob) {
-                tracing::error!(error = %e, "echo bot: cannot save its state");
-            }
+            write_private(&state, &blob)
+                .map_err(|e| format!("echo bot: cannot save its state: {e}"))
         }));
         let (driver, events) = ClientDriver::start(client, config)
             .map_err(|e| Failure::new(format!("cannot start the echo bot: {e}")))?;
@@ -202,6 +201,9 @@ async fn listen(
                 %expected, %presented,
                 "echo bot: its provider's address presents another key"
             ),
+            DriverEvent::PersistFailed { reason } => {
+                tracing::error!(%reason, "echo bot stopped: cannot save its state");
+            }
             other => tracing::debug!(event = ?other, "echo bot"),
         }
     }

@@ -18,10 +18,19 @@ use crate::identity::ProviderKey;
 use crate::session::Account;
 use crate::time::UnixMillis;
 
-/// Called with the account after every drain of the client's outputs, to persist it
-/// ([`Account::save`]) before the driver acts on the next input: ratchets advance as
-/// envelopes are sealed and opened.
-pub type PersistFn = Box<dyn FnMut(&Account) + Send>;
+/// Called after every drain of the client's outputs with the account and the events of
+/// that drain, **before** the driver acts on any of those outputs: before it sends a
+/// frame (a mailbox acknowledgement, a sealed envelope) or hands an event to the app. The
+/// hook persists the account ([`Account::save`]) and whatever the app must keep from the
+/// events (received messages, say), durably, so that nothing is acknowledged to the
+/// provider that a crash could lose (SPEC.md 16.7, 16.12) and no ratchet step is used on
+/// the wire before it is stored (SPEC.md 15.8).
+///
+/// An error stops the driver at once: the outputs of that drain are dropped (nothing of
+/// them leaves), the app gets [`DriverEvent::PersistFailed`], and the connection closes.
+/// The client's memory is then ahead of its stored state, so an app restarts from the
+/// store rather than reusing the client [`ClientDriver::shutdown`] returns.
+pub type PersistFn = Box<dyn FnMut(&Account, &[ClientEvent]) -> Result<(), String> + Send>;
 
 /// How a [`ClientDriver`] reaches its provider.
 pub struct ClientDriverConfig {
@@ -79,6 +88,12 @@ pub enum DriverEvent {
         expected: ProviderKey,
         /// What was presented instead (a key in hex, or what the certificate held).
         presented: String,
+    },
+    /// The persistence hook failed; the driver stopped without acting on the outputs
+    /// it could not persist (see [`PersistFn`]).
+    PersistFailed {
+        /// The hook's error.
+        reason: String,
     },
 }
 
@@ -286,20 +301,22 @@ where
     R: CryptoRng + Send + 'static,
 {
     async fn run(mut self, mut rx: mpsc::Receiver<Event<R>>) -> Client<R> {
-        self.drain().await;
-        loop {
-            tokio::select! {
-                event = rx.recv() => {
-                    let Some(event) = event else { break };
-                    let stop = self.handle(event).await;
-                    self.drain().await;
-                    if stop {
-                        break;
+        if self.drain().await {
+            loop {
+                tokio::select! {
+                    event = rx.recv() => {
+                        let Some(event) = event else { break };
+                        let stop = self.handle(event).await;
+                        if !self.drain().await || stop {
+                            break;
+                        }
                     }
-                }
-                () = sleep_until(self.deadline) => {
-                    self.client.handle_timeout(now());
-                    self.drain().await;
+                    () = sleep_until(self.deadline) => {
+                        self.client.handle_timeout(now());
+                        if !self.drain().await {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -407,35 +424,64 @@ where
         });
     }
 
-    async fn drain(&mut self) {
+    /// Drains the client's outputs, persists, then acts on them (SPEC.md 16.7: state
+    /// durable before anything is acknowledged). Returns `false` if persisting failed:
+    /// the driver must stop.
+    async fn drain(&mut self) -> bool {
         loop {
-            match self.client.poll_output(now()) {
-                ClientOutput::Connect => self.connect(),
-                ClientOutput::Transmit(frame) => {
-                    let failed = match &self.active {
-                        Some((_, io)) => io.send(frame).is_err(),
-                        None => false,
-                    };
-                    if failed && let Some((_, io)) = self.active.take() {
-                        tracing::warn!(provider = %self.addr, "connection not writable; dropping it");
-                        io.abort(CLOSE_NORMAL, b"send failed");
-                        self.client.handle_input(now(), ClientInput::Disconnected);
+            let mut outputs = Vec::new();
+            loop {
+                match self.client.poll_output(now()) {
+                    ClientOutput::Timeout(t) => {
+                        self.deadline = t;
+                        break;
                     }
-                }
-                ClientOutput::Close => self.close_active(),
-                ClientOutput::Event(e) => {
-                    let _ = self.app.send(DriverEvent::Client(e)).await;
-                }
-                ClientOutput::Timeout(t) => {
-                    self.deadline = t;
-                    break;
+                    o => outputs.push(o),
                 }
             }
+            if let Some(persist) = &mut self.persist {
+                let events: Vec<ClientEvent> = outputs
+                    .iter()
+                    .filter_map(|o| match o {
+                        ClientOutput::Event(e) => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if let Err(reason) = persist(self.client.account(), &events) {
+                    tracing::error!(%reason, "cannot persist the client's state; stopping");
+                    let _ = self.app.send(DriverEvent::PersistFailed { reason }).await;
+                    return false;
+                }
+            }
+            // A failed write feeds the client an input, whose outputs take another round.
+            let mut again = false;
+            for output in outputs {
+                match output {
+                    ClientOutput::Connect => self.connect(),
+                    ClientOutput::Transmit(frame) => {
+                        let failed = match &self.active {
+                            Some((_, io)) => io.send(frame).is_err(),
+                            None => false,
+                        };
+                        if failed && let Some((_, io)) = self.active.take() {
+                            tracing::warn!(provider = %self.addr, "connection not writable; dropping it");
+                            io.abort(CLOSE_NORMAL, b"send failed");
+                            self.client.handle_input(now(), ClientInput::Disconnected);
+                            again = true;
+                        }
+                    }
+                    ClientOutput::Close => self.close_active(),
+                    ClientOutput::Event(e) => {
+                        let _ = self.app.send(DriverEvent::Client(e)).await;
+                    }
+                    ClientOutput::Timeout(_) => {}
+                }
+            }
+            self.closing.retain(|w| !w.is_finished());
+            if !again {
+                return true;
+            }
         }
-        if let Some(persist) = &mut self.persist {
-            persist(self.client.account());
-        }
-        self.closing.retain(|w| !w.is_finished());
     }
 
     async fn shut_down(&mut self) {
