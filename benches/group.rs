@@ -10,7 +10,8 @@
 //!   sequencer checks and countersigns it, a member checks and applies it (each holds the
 //!   state of N members, whose hash every change commits to);
 //! * `group_removal/handover`: one sender key handed to one member device over an existing
-//!   end-to-end session (seal, open, decode, accept). After a removal each remaining
+//!   end-to-end session (a new chain, the session message that carries it as content,
+//!   opening it, accepting the key). After a removal each remaining
 //!   device makes a new chain and hands it to each of the other remaining devices, so per
 //!   device a removal costs `apply + (N − 2) × handover` (and group-wide N times that).
 //!
@@ -30,7 +31,7 @@ use kogge::address::{Address, Domain};
 use kogge::envelope::{Content, MessageId, Text};
 use kogge::group::{
     GroupAction, GroupChange, GroupEnvelope, GroupMember, GroupReceiver, GroupRole, GroupSender,
-    GroupState, SenderKey, Sequencer,
+    GroupState, Sequencer,
 };
 use kogge::identity::{Device, DeviceKeyPair, DeviceList, IdentityKeyPair, ProviderKeyPair};
 use kogge::limits::MAX_GROUP_CHANGE_MEMBERS;
@@ -228,27 +229,15 @@ fn bench_removal(c: &mut Criterion) {
             chain += 1;
             now = UnixMillis(now.0 + 1);
             let sender = GroupSender::new(&f.state, &a.device, chain, &mut rng).expect("chain");
-            // Carried as the body of a session message of the sender key's size, until
-            // the content type that carries it is specified (SPEC.md 19.5).
-            let key = sender.sender_key().encode();
-            let hex: String = key.iter().map(|x| format!("{x:02x}")).collect();
+            let content = Content::GroupSenderKey(Box::new(sender.sender_key().clone()));
             let sent = alice
-                .encrypt(
-                    b.device.address(),
-                    &Content::Text(Text::plain(hex)),
-                    now,
-                    &mut rng,
-                )
+                .encrypt(b.device.address(), &content, now, &mut rng)
                 .expect("encrypt");
             for e in sent.envelopes {
                 let got = bob.decrypt(e.envelope, now, &mut rng).expect("decrypt");
-                let Content::Text(t) = got.content else {
-                    panic!("not text")
+                let Content::GroupSenderKey(key) = got.content else {
+                    panic!("not a sender key")
                 };
-                let raw: Vec<u8> = (0..t.body.len() / 2)
-                    .map(|i| u8::from_str_radix(&t.body[2 * i..2 * i + 2], 16).expect("hex"))
-                    .collect();
-                let key = SenderKey::decode(&raw).expect("key");
                 black_box(
                     receiver
                         .add_sender_key(&f.state, a.device.certificate(), &key)

@@ -131,6 +131,7 @@ fn content_json(c: &Content) -> Value {
             "kind": match r.kind { ReceiptKind::Delivered => "delivered", ReceiptKind::Read => "read" },
             "message_ids": r.message_ids.iter().map(|id| h(id.as_bytes())).collect::<Vec<_>>(),
         }}),
+        Content::GroupSenderKey(k) => json!({"group_sender_key": {"encoded": h(&k.encode())}}),
         Content::Unknown => json!({"unknown": {}}),
     }
 }

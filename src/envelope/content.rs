@@ -5,6 +5,7 @@ use prost::Message;
 
 use super::MessageId;
 use crate::address::Address;
+use crate::group::SenderKey;
 use crate::limits::{MAX_MEDIA_TYPE_LEN, MAX_PLAINTEXT_LEN, MAX_RECEIPT_IDS, PADDING_BLOCK};
 use crate::wire;
 
@@ -17,6 +18,9 @@ pub enum Content {
     /// A delivery or read receipt. Receipts are end-to-end authenticated like any other
     /// content, so no provider can forge "read".
     Receipt(Receipt),
+    /// A member device's group sender chain, handed to another member device over their
+    /// end-to-end session (SPEC.md 7.5, 19.2). Secret: its `Debug` shows no key.
+    GroupSenderKey(Box<SenderKey>),
     /// A kind of content this version does not know (sent by a newer implementation).
     /// Applications should ignore it, not treat it as an error.
     Unknown,
@@ -120,6 +124,7 @@ impl Content {
                         .collect(),
                 }))
             }
+            Content::GroupSenderKey(k) => Some(wire::content::Body::GroupSenderKey(k.to_wire())),
             Content::Unknown => return Err(ContentError::InvalidField("body")),
         };
         Ok(wire::Content {
@@ -230,6 +235,9 @@ impl Content {
                     .ok_or(ContentError::InvalidField("receipt.message_ids"))?;
                 Ok(Content::Receipt(Receipt { kind, message_ids }))
             }
+            Some(wire::content::Body::GroupSenderKey(k)) => SenderKey::from_wire(k)
+                .map(|k| Content::GroupSenderKey(Box::new(k)))
+                .map_err(|_| ContentError::InvalidField("group_sender_key")),
         }
     }
 }

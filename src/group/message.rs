@@ -173,7 +173,11 @@ impl SenderKey {
     /// The encoding (`GroupSenderKey`), for the end-to-end session to carry. Wiped when
     /// dropped.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let msg = wire::GroupSenderKey {
+        Zeroizing::new(self.to_wire().encode_to_vec())
+    }
+
+    pub(crate) fn to_wire(&self) -> wire::GroupSenderKey {
+        wire::GroupSenderKey {
             version: PROTOCOL_VERSION,
             group_id: Bytes::copy_from_slice(self.group.as_bytes()),
             sender: self.sender.as_str().to_owned(),
@@ -182,8 +186,7 @@ impl SenderKey {
             epoch: self.epoch,
             iteration: self.iteration,
             chain_key: Bytes::copy_from_slice(self.chain_key.expose()),
-        };
-        Zeroizing::new(msg.encode_to_vec())
+        }
     }
 
     /// Decodes a sender key: size, structure, version, field forms.
@@ -196,7 +199,12 @@ impl SenderKey {
                 max: MAX_GROUP_SENDER_KEY_LEN,
             });
         }
-        let m = wire::GroupSenderKey::decode(bytes).map_err(|_| E::Decode)?;
+        Self::from_wire(wire::GroupSenderKey::decode(bytes).map_err(|_| E::Decode)?)
+    }
+
+    /// The checks of [`decode`](Self::decode) after the size and the protobuf decoding.
+    pub(crate) fn from_wire(m: wire::GroupSenderKey) -> Result<Self, GroupMessageError> {
+        use GroupMessageError as E;
         if m.version != PROTOCOL_VERSION {
             return Err(E::UnsupportedVersion(m.version));
         }

@@ -924,3 +924,28 @@ fn a_new_member_cannot_read_what_came_before() {
         Err(GroupMessageError::Duplicate)
     );
 }
+
+#[test]
+fn sender_keys_travel_as_content() {
+    let c = chat();
+    let content = Content::GroupSenderKey(Box::new(c.alice.sender_key().clone()));
+    let padded = content.encode_padded().unwrap();
+    assert_eq!(padded.len() % crate::limits::PADDING_BLOCK, 0);
+    assert_eq!(Content::decode(&padded).unwrap(), content);
+    // A sender key that breaks the rules of SPEC.md 19.2 makes the content invalid.
+    let mut bad = c.alice.sender_key().to_wire();
+    bad.chain_key = Bytes::from_static(&[1; 31]);
+    let wire = wire::Content {
+        body: Some(wire::content::Body::GroupSenderKey(bad)),
+        sent_to: String::new(),
+        padding: Bytes::new(),
+    };
+    assert_eq!(
+        Content::decode(&wire.encode_to_vec()),
+        Err(crate::envelope::ContentError::InvalidField(
+            "group_sender_key"
+        ))
+    );
+    // The key is not in the content's Debug output either.
+    assert!(!format!("{content:?}").contains("chain_key"));
+}
