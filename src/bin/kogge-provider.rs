@@ -25,6 +25,9 @@
 //! [limits]                          # optional, each key optional (SPEC.md 16.10)
 //! max_mailbox_depth = 10000
 //!
+//! [transport]                       # optional, each key optional (SPEC.md 17.4)
+//! max_connections_per_host = 256
+//!
 //! [interop]                         # optional
 //! echo = true                       # open registration and the echo bot echo@<domain>
 //! ```
@@ -195,7 +198,38 @@ struct ConfigFile {
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
+    transport: TransportFile,
+    #[serde(default)]
     interop: InteropFile,
+}
+
+/// `[transport]`: overrides of the QUIC endpoint's connection limits (SPEC.md 17.4), each
+/// optional and greater than 0.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransportFile {
+    #[serde(default, deserialize_with = "positive")]
+    max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "positive")]
+    max_connections_per_host: Option<usize>,
+    #[serde(default, deserialize_with = "positive")]
+    max_handshakes: Option<usize>,
+}
+
+impl TransportFile {
+    fn quic(&self) -> QuicConfig {
+        let mut q = QuicConfig::default();
+        if let Some(v) = self.max_connections {
+            q.max_connections = v;
+        }
+        if let Some(v) = self.max_connections_per_host {
+            q.max_connections_per_host = v;
+        }
+        if let Some(v) = self.max_handshakes {
+            q.max_handshakes = v;
+        }
+        q
+    }
 }
 
 /// `[limits]`: overrides of [`ProviderLimits`], each optional and greater than 0.
@@ -315,6 +349,7 @@ struct Config {
     directory: PathBuf,
     open_registration: bool,
     limits: ProviderLimits,
+    quic: QuicConfig,
     echo: bool,
 }
 
@@ -330,7 +365,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         let mut limits = ProviderLimits::default();
         raw.limits.apply(&mut limits);
+        let quic = raw.transport.quic();
         Ok(Self {
+            quic,
             file: path.to_path_buf(),
             endpoint: raw.endpoint.unwrap_or_else(|| raw.listen.to_string()),
             domain: raw.domain,
@@ -546,6 +583,7 @@ fn config_text(a: &InitArgs) -> String {
         "\n# [interop]\n# echo = true                   # the echo bot echo@<domain> (README: Interop testing)\n"
     };
     let limits = ProviderLimits::default();
+    let quic = QuicConfig::default();
     format!(
         "# kogge-provider configuration (`kogge-provider --help`; README.md, \"Interop testing\").\n\
          # Relative paths are relative to this file's folder.\n\
@@ -570,6 +608,12 @@ fn config_text(a: &InitArgs) -> String {
          # one_time_burst = {}\n\
          # one_time_per_hour = {}\n\
          # relay_expiry_ms = {}\n\
+         \n\
+         # Connection limits of the QUIC endpoint (SPEC.md 17.4).\n\
+         [transport]\n\
+         # max_connections = {}\n\
+         # max_connections_per_host = {}       # an IPv4 address or an IPv6 /64\n\
+         # max_handshakes = {}\n\
          {interop}",
         limits.max_mailbox_depth,
         limits.max_remote_queue_depth,
@@ -582,6 +626,9 @@ fn config_text(a: &InitArgs) -> String {
         limits.one_time_burst,
         limits.one_time_per_hour,
         limits.relay_expiry_ms,
+        quic.max_connections,
+        quic.max_connections_per_host,
+        quic.max_handshakes,
         domain = toml_string(&a.domain),
         listen = toml_string(&a.listen.to_string()),
         open = a.open_registration,
@@ -687,7 +734,7 @@ async fn serve(
         rng,
         directory,
         config.listen,
-        QuicConfig::default(),
+        config.quic.clone(),
     )
     .map_err(|e| {
         Failure::new(format!(
@@ -833,6 +880,7 @@ mod tests {
             assert_eq!(c.key_file, Path::new("/srv/one/provider.key"));
             assert_eq!(c.data_dir, Path::new("/srv/one/data"));
             assert_eq!(c.limits, ProviderLimits::default());
+            assert_eq!(c.quic, QuicConfig::default());
             assert_eq!(c.echo, echo);
         }
     }
@@ -845,12 +893,23 @@ mod tests {
         let c = Config::parse(&format!("{base}[limits]\nmax_mailbox_depth = 7\n"), path).unwrap();
         assert_eq!(c.limits.max_mailbox_depth, 7);
         assert_eq!(c.key_file, Path::new("k"));
+        let c = Config::parse(
+            &format!("{base}[transport]\nmax_connections_per_host = 8\n"),
+            path,
+        )
+        .unwrap();
+        assert_eq!(c.quic.max_connections_per_host, 8);
+        assert_eq!(
+            c.quic.max_connections,
+            QuicConfig::default().max_connections
+        );
         for (text, want) in [
             (format!("{base}colour = 1\n"), "line 6"),
             (base.replace("one.example", "One Example"), "line 1"),
             (base.replace("127.0.0.1:1", "localhost"), "line 2"),
             (format!("{base}[limits]\nclient_rate = 0\n"), "line 7"),
             (format!("{base}[limits]\nclient_rat = 1\n"), "client_rat"),
+            (format!("{base}[transport]\nmax_handshakes = 0\n"), "line 7"),
             (format!("{base}endpoint = \"nope\"\n"), "line 6"),
             (base.replace("directory = \"x\"\n", ""), "directory"),
         ] {
