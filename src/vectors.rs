@@ -9,6 +9,8 @@
 //! Regenerate after a deliberate change with
 //! `KOGGE_WRITE_VECTORS=1 cargo test --lib vectors`, and update SPEC.md in the same commit.
 
+mod groups;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -669,6 +671,8 @@ fn generate() -> Vec<(&'static str, Value)> {
     check_session_negatives(&identity, &device_lists, &sessions);
     let protocol = protocol_vectors(&identity, &envelopes, &device_lists, &sessions);
     check_protocol(&identity, &device_lists, &protocol);
+    let groups = groups::group_vectors();
+    groups::check_groups(&groups);
 
     vec![
         ("identity.json", identity),
@@ -677,6 +681,7 @@ fn generate() -> Vec<(&'static str, Value)> {
         ("sessions.json", sessions),
         ("device_lists.json", device_lists),
         ("protocol.json", protocol),
+        ("groups.json", groups),
     ]
 }
 
@@ -877,6 +882,9 @@ fn vectors_replay_from_the_files() {
     // The protocol (handshakes, example frames, refused frames), also through the
     // reference client and provider.
     check_protocol(&identity, &device_lists, &load("protocol.json"));
+
+    // Groups: the chain, the join, refused changes and snapshots.
+    groups::check_groups(&load("groups.json"));
 
     let addresses = load("addresses.json");
     for v in addresses["valid"].as_array().unwrap() {

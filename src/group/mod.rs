@@ -694,7 +694,11 @@ impl fmt::Debug for GroupChange {
 }
 
 /// A group's state at one epoch. See the module documentation.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Two states are equal when they are the same group state (id, epoch, head, title,
+/// sequencer, members); the local last removal epoch ([`rekey_epoch`](Self::rekey_epoch))
+/// is not compared, so a state restored from a snapshot equals the state it was taken of.
+#[derive(Clone)]
 pub struct GroupState {
     id: GroupId,
     epoch: u64,
@@ -709,6 +713,30 @@ pub struct GroupState {
     /// [`state_hash`](Self::state_hash), computed once per state.
     hash: [u8; 32],
 }
+
+impl PartialEq for GroupState {
+    fn eq(&self, other: &Self) -> bool {
+        let Self {
+            id,
+            epoch,
+            head,
+            title,
+            sequencer,
+            members,
+            rekey_epoch: _,
+            hash,
+        } = self;
+        *id == other.id
+            && *epoch == other.epoch
+            && *head == other.head
+            && *title == other.title
+            && *sequencer == other.sequencer
+            && *members == other.members
+            && *hash == other.hash
+    }
+}
+
+impl Eq for GroupState {}
 
 impl GroupState {
     /// Makes the change that creates a group: `device`'s user becomes its first admin,

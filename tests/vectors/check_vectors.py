@@ -91,6 +91,12 @@ AUTH_NONCE_LEN = 32
 MAX_BINDING_LEN = 64
 MAX_ERROR_MESSAGE_LEN = 256
 MAX_ERROR_CODE_LEN = 32
+# SPEC.md 18
+MAX_GROUP_MEMBERS = 1000
+MAX_GROUP_CHANGE_MEMBERS = 100
+MAX_GROUP_CHANGE_LEN = 48 * 1024
+MAX_GROUP_TITLE_LEN = 256
+MAX_GROUP_SNAPSHOT_LEN = 384 * 1024
 LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PLAINTEXT_LEN",
                "AEAD_TAG_LEN", "MAX_CIPHERTEXT_LEN", "PADDING_BLOCK", "MAX_CERTIFICATE_LEN",
                "MAX_MEDIA_TYPE_LEN", "MAX_RECEIPT_IDS", "MAX_LOCAL_PART_LEN", "MAX_DOMAIN_LEN",
@@ -105,7 +111,8 @@ LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PL
                "KEM_CIPHERTEXT_LEN", "MAX_FRAME_LEN", "MAX_SUBMIT_ENVELOPES",
                "MAX_RELAY_ENVELOPES", "MAX_DELIVER_ITEMS", "MAX_ACK_SEQS", "MAX_PUBLISH_ONE_TIME",
                "MAX_FETCH_DEVICES", "AUTH_NONCE_LEN", "MAX_BINDING_LEN", "MAX_ERROR_MESSAGE_LEN",
-               "MAX_ERROR_CODE_LEN"]
+               "MAX_ERROR_CODE_LEN", "MAX_GROUP_MEMBERS", "MAX_GROUP_CHANGE_MEMBERS",
+               "MAX_GROUP_CHANGE_LEN", "MAX_GROUP_TITLE_LEN", "MAX_GROUP_SNAPSHOT_LEN"]
 
 # SPEC.md 2.3: labels
 LABELS = {
@@ -124,6 +131,11 @@ LABELS = {
     "StateEncryption": b"kogge/v1/aad/state",
     "ChallengeSignature": b"kogge/v1/sig/challenge",
     "AuthSignature": b"kogge/v1/sig/auth",
+    "GroupId": b"kogge/v1/hash/group-id",
+    "GroupChangeSignature": b"kogge/v1/sig/group-change",
+    "GroupChangeHash": b"kogge/v1/hash/group-change",
+    "GroupSequence": b"kogge/v1/sig/group-sequence",
+    "GroupState": b"kogge/v1/hash/group-state",
 }
 
 
@@ -222,7 +234,7 @@ def skip_field(buf, i, wt, field, depth=0):
 
 # Schema: field number -> (name, kind[, extra[, type]]). Kinds: uint32, uint64, int32
 # (enums), enum (extra = its name in ENUMS), bool, bytes, string, rbytes (repeated bytes),
-# ruint64 (repeated uint64, packed or not), message (a oneof member; extra = the oneof
+# rstring (repeated string), ruint64 (repeated uint64, packed or not), message (a oneof member; extra = the oneof
 # group; the member's type is the fourth element, or else its name capitalised), obytes (a
 # bytes member of a oneof; extra = the group), submsg (an embedded message outside any
 # oneof; extra = its type) and rmsg (a repeated message; extra = its type).
@@ -322,6 +334,30 @@ SCHEMAS = {
                       3: ("device", "bytes"), 4: ("reason", "submsg", "Error")},
     "PrekeysLow": {1: ("remaining", "uint32")},
     "DeliverAck": {1: ("seqs", "ruint64")},
+    # proto/kogge/v1/group.proto (SPEC.md 18)
+    "GroupChange": {1: ("body", "bytes"), 2: ("signature", "bytes"),
+                    3: ("sequencer_signature", "bytes")},
+    "GroupChangeBody": {1: ("version", "uint32"), 2: ("group_id", "bytes"), 3: ("epoch", "uint64"),
+                        4: ("parent", "bytes"), 5: ("author", "string"),
+                        6: ("author_device", "bytes"), 7: ("issued_ms", "uint64"),
+                        8: ("state_hash", "bytes"),
+                        10: ("create", "message", "action", "GroupCreate"),
+                        11: ("add", "message", "action", "GroupAdd"),
+                        12: ("remove", "message", "action", "GroupRemove"),
+                        13: ("leave", "message", "action", "GroupLeave"),
+                        14: ("set_role", "message", "action", "GroupSetRole"),
+                        15: ("set_title", "message", "action", "GroupSetTitle")},
+    "GroupMember": {1: ("address", "string"), 2: ("identity_key", "bytes"), 3: ("role", "int32")},
+    "GroupCreate": {1: ("nonce", "bytes"), 2: ("title", "string"), 3: ("sequencer", "string"),
+                    4: ("sequencer_key", "bytes"), 5: ("members", "rmsg", "GroupMember")},
+    "GroupAdd": {1: ("members", "rmsg", "GroupMember")},
+    "GroupRemove": {1: ("members", "rstring")},
+    "GroupLeave": {},
+    "GroupSetRole": {1: ("member", "string"), 2: ("role", "int32")},
+    "GroupSetTitle": {1: ("title", "string")},
+    "GroupSnapshot": {1: ("version", "uint32"), 2: ("group_id", "bytes"), 3: ("epoch", "uint64"),
+                      4: ("head", "bytes"), 5: ("title", "string"), 6: ("sequencer", "string"),
+                      7: ("sequencer_key", "bytes"), 8: ("members", "rmsg", "GroupMember")},
 }
 ENUMS = {"Role": {0: "ROLE_UNSPECIFIED", 1: "ROLE_DEVICE", 2: "ROLE_PROVIDER"}}
 DEFAULTS = {"uint32": 0, "uint64": 0, "int32": 0, "enum": 0, "bool": False, "bytes": b"",
@@ -342,7 +378,7 @@ def decode(name, buf):
     schema = SCHEMAS[name]
     out = {}
     for f, spec in schema.items():
-        if spec[1] in ("rbytes", "ruint64", "rmsg"):
+        if spec[1] in ("rbytes", "rstring", "ruint64", "rmsg"):
             out[spec[0]] = []
         elif spec[1] not in ("message", "submsg", "obytes"):
             out[spec[0]] = DEFAULTS[spec[1]]
@@ -387,11 +423,15 @@ def decode(name, buf):
             out[fname] = val
         elif kind == "rbytes":
             out[fname].append(val)
-        elif kind == "string":
+        elif kind in ("string", "rstring"):
             try:
-                out[fname] = val.decode("utf-8")
+                text = val.decode("utf-8")
             except UnicodeDecodeError:
                 raise DecodeError("invalid UTF-8 in %s" % fname)
+            if kind == "string":
+                out[fname] = text
+            else:
+                out[fname].append(text)
         elif kind == "ruint64":  # packed elements
             j = 0
             while j < len(val):
@@ -1805,6 +1845,360 @@ def frame_kind(frame):
 
 
 # ---------------------------------------------------------------------------------------
+# SPEC.md 18: groups
+# ---------------------------------------------------------------------------------------
+class GroupError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+GROUP_ACTIONS = ["create", "add", "remove", "leave", "set_role", "set_title"]  # fields 10..15
+GROUP_ROLES = {1: "member", 2: "admin"}
+
+
+def parse_domain_canonical(text):
+    """SPEC.md 3 for a domain alone (the sequencer): canonical and valid."""
+    raw = text.encode("utf-8")
+    if not raw:
+        raise AddressError("EmptyDomain")
+    if len(raw) > MAX_DOMAIN_LEN:
+        raise AddressError("TooLong")
+    if any(0x41 <= b <= 0x5A for b in raw):
+        raise AddressError("NotCanonical")
+    _validate_domain(raw)
+    return text
+
+
+def group_id(creator, identity_key, nonce):
+    """SPEC.md 18.2."""
+    return sha256(framed(LABELS["GroupId"], creator.encode(), identity_key, nonce))[:16]
+
+
+def group_state_hash_input(st):
+    """SPEC.md 18.5: members in ascending bytewise order of their address."""
+    parts = [st["group_id"], st["epoch"].to_bytes(8, "big"), st["title"].encode(),
+             st["sequencer"].encode(), st["sequencer_key"]]
+    for a in sorted(st["members"], key=lambda a: a.encode()):
+        key, role = st["members"][a]
+        parts += [a.encode(), key, bytes([role])]
+    return framed(LABELS["GroupState"], *parts)
+
+
+def group_state_hash(st):
+    return sha256(group_state_hash_input(st))
+
+
+def group_sequence_input(gid, epoch, change_hash):
+    return framed(LABELS["GroupSequence"], gid, epoch.to_bytes(8, "big"), change_hash)
+
+
+def encode_group_member(m):
+    return (enc_bytes(1, m["address"].encode()) + enc_bytes(2, m["identity_key"])
+            + enc_uint(3, m["role"]))
+
+
+def encode_group_action(kind, a):
+    """The reference encoding (SPEC.md 6.3) of one action of GroupChangeBody."""
+    members = lambda f, ms: b"".join(enc_bytes_always(f, encode_group_member(m)) for m in ms)  # noqa: E731
+    if kind == "create":
+        inner = (enc_bytes(1, a["nonce"]) + enc_bytes(2, a["title"].encode())
+                 + enc_bytes(3, a["sequencer"].encode()) + enc_bytes(4, a["sequencer_key"])
+                 + members(5, a["members"]))
+    elif kind == "add":
+        inner = members(1, a["members"])
+    elif kind == "remove":
+        inner = b"".join(enc_bytes_always(1, x.encode()) for x in a["members"])
+    elif kind == "leave":
+        inner = b""
+    elif kind == "set_role":
+        inner = enc_bytes(1, a["member"].encode()) + enc_uint(2, a["role"])
+    else:
+        inner = enc_bytes(1, a["title"].encode())
+    return enc_bytes_always(10 + GROUP_ACTIONS.index(kind), inner)
+
+
+def encode_group_change_body(b):
+    return (enc_uint(1, b["version"]) + enc_bytes(2, b["group_id"]) + enc_uint(3, b["epoch"])
+            + enc_bytes(4, b["parent"]) + enc_bytes(5, b["author"].encode())
+            + enc_bytes(6, b["author_device"]) + enc_uint(7, b["issued_ms"])
+            + enc_bytes(8, b["state_hash"]) + encode_group_action(b["kind"], b["action"]))
+
+
+def encode_group_change(body, signature, sequencer_signature):
+    return enc_bytes(1, body) + enc_bytes(2, signature) + enc_bytes(3, sequencer_signature)
+
+
+def encode_group_snapshot(st):
+    ms = sorted(st["members"], key=lambda a: a.encode())
+    return (enc_uint(1, PROTOCOL_VERSION) + enc_bytes(2, st["group_id"]) + enc_uint(3, st["epoch"])
+            + enc_bytes(4, st["head"]) + enc_bytes(5, st["title"].encode())
+            + enc_bytes(6, st["sequencer"].encode()) + enc_bytes(7, st["sequencer_key"])
+            + b"".join(enc_bytes_always(8, encode_group_member(
+                {"address": a, "identity_key": st["members"][a][0], "role": st["members"][a][1]}))
+                for a in ms))
+
+
+def _canonical_address(text):
+    try:
+        return parse_address(text, canonical_only=True)
+    except AddressError:
+        raise GroupError("invalid_address")
+
+
+def _group_title(title):
+    if len(title.encode()) > MAX_GROUP_TITLE_LEN:
+        raise GroupError("invalid_field")
+    return title
+
+
+def _group_member(m):
+    """VAL-GROUP-06 for one member: address, identity key, role (field order)."""
+    address = _canonical_address(m["address"])
+    if not valid_public_key(m["identity_key"]):
+        raise GroupError("invalid_field")
+    if m["role"] not in GROUP_ROLES:
+        raise GroupError("invalid_field")
+    return {"address": address, "identity_key": bytes(m["identity_key"]), "role": m["role"]}
+
+
+def _group_members(lst):
+    if len(lst) > MAX_GROUP_CHANGE_MEMBERS:
+        raise GroupError("too_many_members")
+    return [_group_member(m) for m in lst]
+
+
+def _group_action(kind, a):
+    """VAL-GROUP-06: the action's fields in field-number order, a list's length before
+    its elements (SPEC.md 18.4)."""
+    if kind == "create":
+        if len(a["nonce"]) != 16:
+            raise GroupError("invalid_field")
+        title = _group_title(a["title"])
+        try:
+            sequencer = parse_domain_canonical(a["sequencer"])
+        except AddressError:
+            raise GroupError("invalid_address")
+        if not valid_public_key(a["sequencer_key"]):
+            raise GroupError("invalid_field")
+        return {"nonce": bytes(a["nonce"]), "title": title, "sequencer": sequencer,
+                "sequencer_key": bytes(a["sequencer_key"]), "members": _group_members(a["members"])}
+    if kind == "add":
+        return {"members": _group_members(a["members"])}
+    if kind == "remove":
+        if len(a["members"]) > MAX_GROUP_CHANGE_MEMBERS:
+            raise GroupError("too_many_members")
+        return {"members": [_canonical_address(x) for x in a["members"]]}
+    if kind == "leave":
+        return {}
+    if kind == "set_role":
+        member = _canonical_address(a["member"])
+        if a["role"] not in GROUP_ROLES:
+            raise GroupError("invalid_field")
+        return {"member": member, "role": a["role"]}
+    return {"title": _group_title(a["title"])}
+
+
+def decode_group_change(encoded):
+    """SPEC.md 18.4, VAL-GROUP-01 to -12, in order. Returns the decoded change."""
+    E = GroupError
+    encoded = bytes(encoded)
+    if len(encoded) > MAX_GROUP_CHANGE_LEN:
+        raise E("too_large")
+    try:
+        outer = decode("GroupChange", encoded)
+        body = decode("GroupChangeBody", outer["body"])
+    except DecodeError:
+        raise E("decode")
+    if body["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    if len(body["group_id"]) != 16:
+        raise E("invalid_field")
+    if len(body["parent"]) != (0 if body["epoch"] == 0 else 32):
+        raise E("invalid_field")
+    if len(body["state_hash"]) != 32:
+        raise E("invalid_field")
+    author = _canonical_address(body["author"])
+    kind = body.get("_oneof_action")
+    if kind is None:
+        raise E("invalid_field")
+    action = _group_action(kind, body[kind])
+    if (kind == "create") != (body["epoch"] == 0):
+        raise E("invalid_change")
+    seq_sig = outer["sequencer_signature"]
+    if len(seq_sig) not in (0, 64):
+        raise E("invalid_field")
+    try:
+        cert = decode_certificate(body["author_device"])
+    except CertificateError:
+        raise E("invalid_certificate")
+    if cert["address"] != author:
+        raise E("author_mismatch")
+    if not cert["not_before_ms"] <= body["issued_ms"] <= cert["not_after_ms"]:
+        raise E("certificate_not_valid")
+    if not strict_verify(cert["device_signing_key"],
+                         framed(LABELS["GroupChangeSignature"], outer["body"]), outer["signature"]):
+        raise E("bad_signature")
+    return {"group_id": body["group_id"], "epoch": body["epoch"], "parent": body["parent"],
+            "author": author, "identity_key": cert["identity_key"], "issued_ms": body["issued_ms"],
+            "state_hash": body["state_hash"], "kind": kind, "action": action,
+            "sequencer_signature": seq_sig,
+            "hash": sha256(framed(LABELS["GroupChangeHash"], outer["body"]))}
+
+
+def _sequenced(ch, key):
+    """C4 / A6: present (not_sequenced) and verifying with `key` (bad_sequencer_signature)."""
+    if not ch["sequencer_signature"]:
+        raise GroupError("not_sequenced")
+    if not strict_verify(key, group_sequence_input(ch["group_id"], ch["epoch"], ch["hash"]),
+                         ch["sequencer_signature"]):
+        raise GroupError("bad_sequencer_signature")
+
+
+def create_group(ch):
+    """SPEC.md 18.4 C1 to C5: the state a creating change makes."""
+    E = GroupError
+    a = ch["action"]
+    if group_id(ch["author"], ch["identity_key"], a["nonce"]) != ch["group_id"]:
+        raise E("bad_group_id")
+    ms = a["members"]
+    if not ms or (ms[0]["address"], ms[0]["identity_key"], ms[0]["role"]) != (
+            ch["author"], ch["identity_key"], 2):
+        raise E("invalid_change")
+    members = {}
+    for m in ms:
+        if m["address"] in members:
+            raise E("duplicate_member")
+        members[m["address"]] = (m["identity_key"], m["role"])
+    _sequenced(ch, a["sequencer_key"])
+    st = {"group_id": ch["group_id"], "epoch": 0, "head": ch["hash"], "title": a["title"],
+          "sequencer": a["sequencer"], "sequencer_key": a["sequencer_key"], "members": members}
+    if group_state_hash(st) != ch["state_hash"]:
+        raise E("state_mismatch")
+    return st
+
+
+def apply_group_change(st, ch):
+    """SPEC.md 18.4 A1 to A10: the state after `ch`; `st` is never modified."""
+    E = GroupError
+    if ch["group_id"] != st["group_id"]:
+        raise E("wrong_group")
+    e = st["epoch"]
+    if ch["epoch"] == e and ch["hash"] != st["head"]:
+        try:
+            _sequenced(ch, st["sequencer_key"])
+        except GroupError:
+            raise E("group_conflict")
+        raise E("sequencer_equivocation")
+    if ch["epoch"] <= e:
+        raise E("group_stale")
+    if ch["epoch"] != e + 1:
+        raise E("group_gap")
+    if ch["parent"] != st["head"]:
+        raise E("group_conflict")
+    _sequenced(ch, st["sequencer_key"])
+    author = ch["author"]
+    if author not in st["members"]:
+        raise E("not_member")
+    pinned, role = st["members"][author]
+    if pinned != ch["identity_key"]:
+        raise E("identity_mismatch")
+    members = dict(st["members"])
+    title = st["title"]
+    kind, a = ch["kind"], ch["action"]
+    if kind in ("add", "remove", "set_role", "set_title") and role != 2:
+        raise E("not_admin")
+    if kind in ("add", "remove") and not a["members"]:
+        raise E("invalid_change")
+    if kind == "add":
+        for m in a["members"]:
+            if m["address"] in st["members"]:
+                raise E("already_member")
+            if m["address"] in members:
+                raise E("duplicate_member")
+            members[m["address"]] = (m["identity_key"], m["role"])
+        if len(members) > MAX_GROUP_MEMBERS:
+            raise E("too_many_members")
+    elif kind == "remove":
+        seen = set()
+        for x in a["members"]:
+            if x == author:
+                raise E("invalid_change")
+            if x in seen:
+                raise E("duplicate_member")
+            seen.add(x)
+            if x not in members:
+                raise E("no_such_member")
+            del members[x]
+    elif kind == "leave":
+        del members[author]
+    elif kind == "set_role":
+        if a["member"] not in members:
+            raise E("no_such_member")
+        if members[a["member"]][1] == a["role"]:
+            raise E("invalid_change")
+        members[a["member"]] = (members[a["member"]][0], a["role"])
+    elif kind == "set_title":
+        title = a["title"]
+    else:  # a create at epoch > 0 is refused by VAL-GROUP-07 already
+        raise E("invalid_change")
+    if members and not any(r == 2 for _, r in members.values()):
+        raise E("no_admin_left")
+    new = dict(st, epoch=e + 1, title=title, members=members)
+    if group_state_hash(new) != ch["state_hash"]:
+        raise E("state_mismatch")
+    new["head"] = ch["hash"]
+    return new
+
+
+def decode_group_snapshot(encoded):
+    """SPEC.md 18.6, in the order listed there: length, decoding, version, field forms,
+    member count, member order, an admin."""
+    E = GroupError
+    encoded = bytes(encoded)
+    if len(encoded) > MAX_GROUP_SNAPSHOT_LEN:
+        raise E("too_large")
+    try:
+        s = decode("GroupSnapshot", encoded)
+    except DecodeError:
+        raise E("decode")
+    if s["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    if len(s["group_id"]) != 16 or len(s["head"]) != 32:
+        raise E("invalid_field")
+    title = _group_title(s["title"])
+    try:
+        sequencer = parse_domain_canonical(s["sequencer"])
+    except AddressError:
+        raise E("invalid_address")
+    if not valid_public_key(s["sequencer_key"]):
+        raise E("invalid_field")
+    ms = [_group_member(m) for m in s["members"]]
+    if len(ms) > MAX_GROUP_MEMBERS:
+        raise E("too_many_members")
+    members = {}
+    for i, m in enumerate(ms):
+        # Each address is compared with the one before it: equal is a repeated address,
+        # smaller is out of order (so every repetition is one or the other).
+        if i and m["address"].encode() <= ms[i - 1]["address"].encode():
+            raise E("duplicate_member" if m["address"] == ms[i - 1]["address"] else "invalid_field")
+        members[m["address"]] = (m["identity_key"], m["role"])
+    if not any(r == 2 for _, r in members.values()):
+        raise E("no_admin_left")
+    return {"group_id": s["group_id"], "epoch": s["epoch"], "head": s["head"], "title": title,
+            "sequencer": sequencer, "sequencer_key": s["sequencer_key"], "members": members}
+
+
+def join_group(snapshot, change, joiner):
+    """SPEC.md 18.6: the snapshot, the change applied to it, and the change is an add that
+    names the joiner."""
+    after = apply_group_change(decode_group_snapshot(snapshot), change)
+    if change["kind"] != "add" or joiner not in [m["address"] for m in change["action"]["members"]]:
+        raise GroupError("invalid_change")
+    return after
+
+
+# ---------------------------------------------------------------------------------------
 # The checks
 # ---------------------------------------------------------------------------------------
 class Checker:
@@ -2755,6 +3149,180 @@ def main():
                 return
             raise AssertionError("frame was accepted")
         c.check("frame negative " + neg["name"], frame_negative)
+
+    # groups.json (SPEC.md 18): users and sequencer from their seeds, the group id, the
+    # chain rebuilt byte for byte and applied, the join, refused changes and snapshots.
+    groups = load("groups.json")
+    cert_validity = identity["parties"][0]["certificate"]
+    gusers = {}
+    for u in groups["users"]:
+        def group_user(u=u):
+            # SPEC.md 12: "<user> identity", "<device> device signing"/"agreement";
+            # bob_new is Bob after an identity reset ("bob new ...").
+            what = "bob new" if u["name"] == "bob_new" else u["name"]
+            user = "bob new" if u["name"] == "bob_new" else u["address"].split("@")[0]
+            eq("identity_seed", u["identity_seed"], vector_seed(user + " identity").hex())
+            eq("device_signing_seed", u["device_signing_seed"],
+               vector_seed(what + " device signing").hex())
+            eq("device_agreement_secret", u["device_agreement_secret"],
+               vector_seed(what + " device agreement").hex())
+            ident = ed25519_public(unhex(u["identity_seed"]))
+            eq("identity_public", ident.hex(), u["identity_public"])
+            spk = ed25519_public(unhex(u["device_signing_seed"]))
+            eq("device_signing_public", spk.hex(), u["device_signing_public"])
+            body = encode_certificate_body({
+                "version": PROTOCOL_VERSION, "address": u["address"], "identity_key": ident,
+                "device_id": device_id(spk), "device_signing_key": spk,
+                "device_agreement_key": x25519_public(unhex(u["device_agreement_secret"])),
+                "not_before_ms": cert_validity["not_before_ms"],
+                "not_after_ms": cert_validity["not_after_ms"]})
+            cert = encode_certificate(
+                body, ed25519_sign(unhex(u["identity_seed"]),
+                                   framed(LABELS["DeviceCertIdentitySignature"], body)),
+                ed25519_sign(unhex(u["device_signing_seed"]),
+                             framed(LABELS["DeviceCertDeviceSignature"], body)))
+            eq("certificate", cert.hex(), u["certificate"])
+            decode_certificate(cert)
+            gusers[u["name"]] = {"address": u["address"], "identity": ident, "certificate": cert,
+                                 "signing_seed": unhex(u["device_signing_seed"])}
+        c.check("group user " + u["name"], group_user)
+
+    def providers():
+        for p in (groups["sequencer"], groups["other_provider"]):
+            eq("key_seed", p["key_seed"], vector_seed(p["domain"] + " provider key").hex())
+            eq("key", ed25519_public(unhex(p["key_seed"])).hex(), p["key"])
+    c.check("group sequencer key", providers)
+    seq_seed = unhex(groups["sequencer"]["key_seed"])
+
+    def group_id_example():
+        g = groups["group_id"]
+        eq("nonce", g["nonce"], vector_seed("group nonce")[:16].hex())
+        eq("identity_key", g["identity_key"], gusers["alice"]["identity"].hex())
+        inp = framed(LABELS["GroupId"], g["creator"].encode(), unhex(g["identity_key"]),
+                     unhex(g["nonce"]))
+        eq("input", inp.hex(), g["input"])
+        eq("group_id", group_id(g["creator"], unhex(g["identity_key"]), unhex(g["nonce"])).hex(),
+           g["group_id"])
+    c.check("group id", group_id_example)
+
+    def state_from_json(j):
+        return {"group_id": unhex(j["group_id"]), "epoch": j["epoch"], "head": unhex(j["head"]),
+                "title": j["title"], "sequencer": j["sequencer"],
+                "sequencer_key": unhex(j["sequencer_key"]),
+                "members": {m["address"]: (unhex(m["identity_key"]),
+                                           {"member": 1, "admin": 2}[m["role"]])
+                            for m in j["members"]}}
+
+    def check_state(st, j):
+        """`st` is the state `j` describes, with its hash and snapshot."""
+        want = state_from_json(j)
+        eq("state", st, want)
+        eq("member order", [m["address"] for m in j["members"]],
+           sorted(st["members"], key=lambda a: a.encode()))
+        eq("state_hash_input", group_state_hash_input(st).hex(), j["state_hash_input"])
+        eq("state_hash", group_state_hash(st).hex(), j["state_hash"])
+        eq("snapshot", encode_group_snapshot(st).hex(), j["snapshot"])
+        eq("snapshot decoded", decode_group_snapshot(unhex(j["snapshot"])), st)
+
+    def action_from_json(kind, a):
+        role = {"member": 1, "admin": 2}
+        member = lambda m: {"address": m["address"], "identity_key": unhex(m["identity_key"]),  # noqa: E731
+                            "role": role[m["role"]]}
+        if kind == "create":
+            return {"nonce": unhex(a["nonce"]), "title": a["title"], "sequencer": a["sequencer"],
+                    "sequencer_key": unhex(a["sequencer_key"]),
+                    "members": [member(m) for m in a["members"]]}
+        if kind == "add":
+            return {"members": [member(m) for m in a["members"]]}
+        if kind == "set_role":
+            return {"member": a["member"], "role": role[a["role"]]}
+        return dict(a)
+
+    gstates = {}
+    prev = None
+    for cj in groups["chain"]:
+        def chain_change(cj=cj, prev=prev):
+            dev = gusers[cj["device"]]
+            eq("author", dev["address"], gusers[cj["author"]]["address"])
+            (kind, aj), = cj["action"].items()
+            action = action_from_json(kind, aj)
+            body = encode_group_change_body({
+                "version": PROTOCOL_VERSION, "group_id": unhex(groups["group_id"]["group_id"]),
+                "epoch": cj["epoch"], "parent": unhex(cj["parent"]), "author": dev["address"],
+                "author_device": dev["certificate"], "issued_ms": cj["issued_ms"],
+                "state_hash": unhex(cj["state_hash"]), "kind": kind, "action": action})
+            eq("body", body.hex(), cj["body"])
+            sig_input = framed(LABELS["GroupChangeSignature"], body)
+            eq("signature_input", sig_input.hex(), cj["signature_input"])
+            sig = ed25519_sign(dev["signing_seed"], sig_input)
+            eq("signature", sig.hex(), cj["signature"])
+            hash_input = framed(LABELS["GroupChangeHash"], body)
+            eq("change_hash_input", hash_input.hex(), cj["change_hash_input"])
+            eq("change_hash", sha256(hash_input).hex(), cj["change_hash"])
+            seq_input = group_sequence_input(unhex(groups["group_id"]["group_id"]), cj["epoch"],
+                                             sha256(hash_input))
+            eq("sequence_input", seq_input.hex(), cj["sequence_input"])
+            seq_sig = ed25519_sign(seq_seed, seq_input)
+            eq("sequencer_signature", seq_sig.hex(), cj["sequencer_signature"])
+            eq("encoded", encode_group_change(body, sig, seq_sig).hex(), cj["encoded"])
+            # The state hash the change commits to is that of the state described.
+            eq("state_hash", group_state_hash(state_from_json(cj["state"])).hex(), cj["state_hash"])
+            ch = decode_group_change(unhex(cj["encoded"]))
+            st = create_group(ch) if prev is None else apply_group_change(gstates[prev], ch)
+            check_state(st, cj["state"])
+            gstates[cj["name"]] = st
+        c.check("group chain " + cj["name"], chain_change)
+        prev = cj["name"]
+
+    def group_join():
+        j = groups["join"]
+        st = join_group(unhex(j["snapshot"]), decode_group_change(unhex(j["change"])), j["joiner"])
+        check_state(st, j["state"])
+    c.check("group join", group_join)
+
+    gsnapshots = {}
+    for sj in groups["snapshots"]:
+        def group_snapshot(sj=sj):
+            st = decode_group_snapshot(unhex(sj["encoded"]))
+            eq("re-encoded", encode_group_snapshot(st).hex(), sj["encoded"])
+            gsnapshots[sj["name"]] = st
+        c.check("group snapshot " + sj["name"], group_snapshot)
+
+    group_codes = set()
+    for v in groups["invalid_changes"]:
+        def group_invalid_change(v=v):
+            ref = v["state"]
+            st = None if ref is None else (gstates[ref["chain"]] if "chain" in ref
+                                           else gsnapshots[ref["snapshot"]])
+            before = copy.deepcopy(st)
+            try:
+                ch = decode_group_change(hex_or_fill(v["change"]))
+                create_group(ch) if st is None else apply_group_change(st, ch)
+            except GroupError as e:
+                eq("code", e.code, v["expected_error"])
+                eq("state unchanged", st, before)
+                group_codes.add(e.code)
+                return
+            raise AssertionError("change was accepted")
+        c.check("group invalid change " + v["name"], group_invalid_change)
+    for v in groups["invalid_snapshots"]:
+        def group_invalid_snapshot(v=v):
+            try:
+                join_group(hex_or_fill(v["snapshot"]), decode_group_change(unhex(v["change"])),
+                           v["joiner"])
+            except GroupError as e:
+                eq("code", e.code, v["expected_error"])
+                group_codes.add(e.code)
+                return
+            raise AssertionError("snapshot was accepted")
+        c.check("group invalid snapshot " + v["name"], group_invalid_snapshot)
+
+    def group_codes_covered():
+        spec_codes = re.search(r"^\*\*Groups\*\* \(§18\.4, §18\.6\): (.*?), at the steps", spec,
+                               re.M | re.S).group(1)
+        want = set(re.findall(r"`([a-z_]+)`", spec_codes))
+        eq("codes of SPEC.md 10 (Groups) exercised", group_codes, want)
+    c.check("group codes covered", group_codes_covered)
 
     # Addresses (SPEC.md 3)
     for v in addresses["valid"]:
