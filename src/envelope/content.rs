@@ -317,8 +317,8 @@ mod tests {
 
     #[test]
     fn unknown_body_is_unknown_not_an_error() {
-        // Field 3 (a future body kind), length-delimited, 2 bytes.
-        let future = [0x1a, 0x02, 0x08, 0x01];
+        // Field 4 (a future body kind), length-delimited, 2 bytes.
+        let future = [0x22, 0x02, 0x08, 0x01];
         assert_eq!(Content::decode(&future), Ok(Content::Unknown));
         assert_eq!(Content::decode(&[]), Ok(Content::Unknown));
     }

@@ -2507,7 +2507,7 @@ def main():
 
     def content_rules():
         eq("empty plaintext", decode_content(b""), {"unknown": {}})
-        eq("unknown body field 3", decode_content(bytes.fromhex("1a020801")), {"unknown": {}})
+        eq("unknown body field 4", decode_content(bytes.fromhex("22020801")), {"unknown": {}})
         future_kind = enc_bytes_always(2, enc_uint(1, 9) + enc_bytes_always(2, bytes(16)))
         eq("unknown receipt kind", decode_content(future_kind), {"unknown": {}})
         for bad in [enc_bytes_always(2, enc_bytes_always(2, bytes(16))),  # kind 0
