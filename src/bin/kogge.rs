@@ -1144,7 +1144,12 @@ async fn link_finish(
 
 fn inspect_cmd(file: Option<PathBuf>, hex: Option<String>) -> Result<(), Failure> {
     let raw = match (hex, file) {
-        (Some(h), _) => h.into_bytes(),
+        (Some(h), _) => {
+            let compact: String = h.chars().filter(|c| !c.is_whitespace()).collect();
+            let bytes = vault::from_hex(&compact).ok_or(inspect::InspectError::Hex)?;
+            print!("{}", inspect::describe(bytes)?);
+            return Ok(());
+        }
         (None, Some(p)) if p.as_os_str() == "-" => {
             let mut b = Vec::new();
             io::stdin()
