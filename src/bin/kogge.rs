@@ -603,9 +603,8 @@ async fn listen(
     timeout: Option<u64>,
     read_receipts: bool,
 ) -> Result<(), Failure> {
-    let (vault, account, profile) = open(dir, key_file)?;
+    let (vault, account, mut profile) = open(dir, key_file)?;
     let until = timeout.map(deadline);
-    let mut conn = Connection::start(Arc::new(vault), account, profile).await?;
     let mut shown = 0usize;
     let mut to_mark: Vec<(Address, MessageId)> = Vec::new();
     let out = io::stdout();
@@ -627,23 +626,22 @@ async fn listen(
             false
         }
     };
-    // First what arrived before (while other commands ran), oldest first; what is shown
-    // leaves the inbox.
-    while count.is_none_or(|n| shown < n) {
-        let next = {
-            let mut p = conn
-                .profile()
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if p.inbox.is_empty() {
-                break;
-            }
-            p.inbox.remove(0)
-        };
-        if print(&next, &mut to_mark) {
+    // First what arrived before (while other commands ran), oldest first, before the
+    // connection adds anything; what is shown leaves the inbox.
+    let mut rest = Vec::new();
+    for item in std::mem::take(&mut profile.inbox) {
+        if count.is_some_and(|n| shown >= n) {
+            rest.push(item);
+        } else if print(&item, &mut to_mark) {
             shown += 1;
         }
     }
+    profile.inbox = rest;
+    if count.is_some_and(|n| shown >= n) && to_mark.is_empty() {
+        profile.save(&vault, &account, &mut os_rng()?)?;
+        return Ok(());
+    }
+    let mut conn = Connection::start(Arc::new(vault), account, profile).await?;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let result = loop {
