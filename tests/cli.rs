@@ -1,8 +1,9 @@
 //! The `kogge` command-line client against two real `kogge-provider` processes on
 //! loopback, each with its own folder: alice@one.example (passphrase) and bob@two.example
 //! (key file) register, message each other both ways, Bob links a second device that then
-//! receives too and sends, Alice verifies Bob's safety number (and a wrong one is refused),
-//! and `inspect` decodes an envelope and refuses garbage. Every message must be printed by
+//! receives too and sends and is then removed, Alice verifies Bob's safety number (and a wrong one is refused)
+//! and then refuses to send once Bob's identity key changes, the wrong passphrase and a
+//! tampered state file are refused, and `inspect` decodes an envelope and refuses garbage. Every message must be printed by
 //! `listen` exactly once. Every command is bounded by its own `--timeout`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // The test bounds its waits in wall-clock time.
@@ -89,6 +90,19 @@ impl Provider {
             assert!(started.elapsed() < WAIT, "{} did not start", self.name);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Provider {
+    /// Kills the provider, deletes its database (its users are forgotten; its key stays)
+    /// and starts it again: what a provider that resets an account, or lies, looks like.
+    fn restart_empty(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        fs::remove_dir_all(self.dir.join("data")).unwrap();
+        self.start();
     }
 }
 
@@ -292,6 +306,7 @@ fn cli_end_to_end_across_two_providers() {
         out.contains("linked and registered bob@two.example"),
         "{out}"
     );
+    let bob2_id = out.split_whitespace().last().unwrap().to_owned();
     let out = bob.ok(&["device", "list"]);
     assert!(out.starts_with("2 devices of bob@two.example"), "{out}");
 
@@ -322,6 +337,47 @@ fn cli_end_to_end_across_two_providers() {
             "{out}"
         );
     }
+
+    // Bob removes the second device (lost): the provider refuses it, and a message to Bob
+    // reaches the first device only.
+    let out = bob.ok(&["device", "remove", &bob2_id]);
+    assert!(out.contains("removed device"), "{out}");
+    assert!(
+        bob.ok(&["device", "list"])
+            .starts_with("1 devices of bob@two.example")
+    );
+    let err = bob2.fails(&["listen", "--timeout", "5"]);
+    assert!(
+        err.contains("not on the user's current device list"),
+        "{err}"
+    );
+    alice.ok(&["send", "bob@two.example", "only the first device now"]);
+    let out = bob.ok(&["listen", "--count", "1", "--timeout", "30"]);
+    assert_eq!(messages_with(&out, "only the first device now"), 1, "{out}");
+
+    // Bob's account is reset at his provider and "bob@two.example" now has another
+    // identity key. Alice verified the old one: her client refuses to seal to the new one.
+    two.restart_empty();
+    let new_bob = Dev {
+        dir: root.join("new-bob"),
+        key: Key::Passphrase("someone else"),
+    };
+    new_bob.ok(&[
+        "init",
+        "--address",
+        "bob@two.example",
+        "--provider",
+        &two.line,
+    ]);
+    new_bob.ok(&["register"]);
+    let err = alice.fails(&["send", "bob@two.example", "are you still you?"]);
+    assert!(err.contains("identity_mismatch"), "{err}");
+    let out = alice.ok(&["listen", "--timeout", "1"]);
+    assert!(out.contains("identity-changed bob@two.example"), "{out}");
+    let out = alice.ok(&["fingerprint", "bob@two.example"]);
+    assert!(out.contains("CHANGED since you verified it"), "{out}");
+    let out = new_bob.ok(&["listen", "--timeout", "1"]);
+    assert_eq!(messages_with(&out, "are you still you?"), 0, "{out}");
 
     // The wrong passphrase is refused with its own error; so is a tampered state file.
     let intruder = Dev {

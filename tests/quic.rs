@@ -1050,3 +1050,72 @@ async fn a_provider_crash_loses_nothing_acknowledged() {
     s1.shutdown().await.unwrap();
     s2.shutdown().await.unwrap();
 }
+
+/// The client driver persists before it acts (SPEC.md 16.7): when the persistence hook
+/// fails for the step that decrypted a message, the driver stops without acknowledging
+/// it or showing it to the app, and the provider delivers it again to the device
+/// restarted from its last stored state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_persist_hook_acknowledges_nothing() {
+    use std::sync::Mutex;
+
+    let mut rng = Rng::from_seed([21; 32]);
+    let dir = Directory::default();
+    let one = Node::new(&mut rng, "one.example");
+    let s1 = one.start(MemoryStore::new(), &dir, local(), 22).await;
+    let (_alice, a_client) = user(&mut rng, "alice", &one, s1.public_key());
+    let (bob, b_client) = user(&mut rng, "bob", &one, s1.public_key());
+    let (a, mut a_rx) = drive(a_client, s1.local_addr()).await;
+    online(&mut a_rx, "alice").await;
+
+    // Bob's hook keeps the last saved blob and fails ("disk full") on the step that
+    // received a message.
+    let key = kogge::crypto::Secret::new([7; 32]);
+    let saved: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let config = |fail_on_message: bool| {
+        let saved = Arc::clone(&saved);
+        let key = kogge::crypto::Secret::new(*key.expose());
+        let mut rng = Rng::from_seed([23; 32]);
+        let mut c = ClientDriverConfig::new(s1.local_addr());
+        c.persist = Some(Box::new(
+            move |account: &Account, events: &[ClientEvent]| {
+                if fail_on_message && events.iter().any(|e| matches!(e, ClientEvent::Message(_))) {
+                    return Err("disk full".into());
+                }
+                *saved.lock().unwrap() = account.save(&key, &mut rng);
+                Ok(())
+            },
+        ));
+        c
+    };
+    let (b, mut b_rx) = ClientDriver::start(b_client, config(true)).unwrap();
+    online(&mut b_rx, "bob").await;
+    prekeys_published(&s1, 2).await;
+
+    let id = send(&a, &bob, "kept until stored").await;
+    stored(&mut a_rx, id).await;
+    let reason = wait_for(&mut b_rx, "persist failure", |e| match e {
+        DriverEvent::Client(ClientEvent::Message(_)) => {
+            panic!("the app saw a message whose state was not stored")
+        }
+        DriverEvent::PersistFailed { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "disk full");
+    drop(b);
+
+    // Restarted from the last stored state: the unacknowledged message comes again.
+    let blob = saved.lock().unwrap().clone();
+    let account = Account::restore(&blob, &key).unwrap();
+    let mut config_b = ClientConfig::new(one.domain.clone(), s1.public_key());
+    config_b.backoff = FAST;
+    let client = Client::new(account, config_b, Rng::from_seed([24; 32]), quic::now());
+    let (b, mut b_rx) = ClientDriver::start(client, config(false)).unwrap();
+    let (_, got) = message(&mut b_rx, "kept until stored").await;
+    assert_eq!(got, id);
+
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    s1.shutdown().await.unwrap();
+}

@@ -822,9 +822,23 @@ pub fn envelope_decode(data: &[u8]) {
 }
 
 /// `certificate_decode`: `DeviceCertificate::decode`; a decoded certificate decodes
-/// again from its `encoded()` to an equal certificate, and its fields are consistent.
+/// again from its `encoded()` to an equal certificate, and its fields are consistent. The
+/// same bytes as a `CertificateRequest` (the device's half, for linking): never both a
+/// certificate and a request, and a request decodes again to an equal one.
 pub fn certificate_decode(data: &[u8]) {
     let input = Bytes::copy_from_slice(data);
+    match kogge::identity::CertificateRequest::decode(input.clone()) {
+        Ok(request) => {
+            assert_eq!(request.encoded(), &input);
+            assert_eq!(
+                kogge::identity::CertificateRequest::decode(input.clone()).as_ref(),
+                Ok(&request)
+            );
+            assert!(DeviceCertificate::decode(input.clone()).is_err());
+            assert!(request.not_before() <= request.not_after());
+        }
+        Err(e) => assert!(!e.code().is_empty() && !e.to_string().is_empty()),
+    }
     let cert = match DeviceCertificate::decode(input.clone()) {
         Ok(cert) => cert,
         Err(e) => {

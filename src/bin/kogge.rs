@@ -48,8 +48,8 @@ use kogge::client::ClientEvent;
 use kogge::crypto::Secret;
 use kogge::envelope::{Content, MessageId, Text};
 use kogge::identity::{
-    CertificateRequest, Device, DeviceKeyPair, DeviceList, IdentityKey, IdentityKeyPair,
-    ProviderKey, SafetyNumber,
+    CertificateRequest, Device, DeviceCertificate, DeviceId, DeviceKeyPair, DeviceList,
+    IdentityKey, IdentityKeyPair, ProviderKey, SafetyNumber,
 };
 use kogge::resolve::{PeerInfo, StaticDirectory};
 use kogge::session::Account;
@@ -198,6 +198,15 @@ enum DeviceCommand {
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         timeout: u64,
     },
+    /// Removes a device (a lost one, say) from the device list and publishes the list: the
+    /// provider drops the device's mailbox and prekeys, and contacts stop sealing to it.
+    Remove {
+        /// The device id (as `kogge device list` shows it).
+        device: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +320,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Device(DeviceCommand::Invite) => invite(&dir, key_file),
         Command::Device(DeviceCommand::Approve { request, timeout }) => {
             runtime()?.block_on(approve(&dir, key_file, &request, timeout))
+        }
+        Command::Device(DeviceCommand::Remove { device, timeout }) => {
+            runtime()?.block_on(remove_device(&dir, key_file, &device, timeout))
         }
         Command::Link(LinkCommand::Request { invite }) => link_request(&dir, key_file, &invite),
         Command::Link(LinkCommand::Finish { approval, timeout }) => {
@@ -603,9 +615,8 @@ async fn listen(
     timeout: Option<u64>,
     read_receipts: bool,
 ) -> Result<(), Failure> {
-    let (vault, account, profile) = open(dir, key_file)?;
+    let (vault, account, mut profile) = open(dir, key_file)?;
     let until = timeout.map(deadline);
-    let mut conn = Connection::start(Arc::new(vault), account, profile).await?;
     let mut shown = 0usize;
     let mut to_mark: Vec<(Address, MessageId)> = Vec::new();
     let out = io::stdout();
@@ -627,23 +638,22 @@ async fn listen(
             false
         }
     };
-    // First what arrived before (while other commands ran), oldest first; what is shown
-    // leaves the inbox.
-    while count.is_none_or(|n| shown < n) {
-        let next = {
-            let mut p = conn
-                .profile()
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if p.inbox.is_empty() {
-                break;
-            }
-            p.inbox.remove(0)
-        };
-        if print(&next, &mut to_mark) {
+    // First what arrived before (while other commands ran), oldest first, before the
+    // connection adds anything; what is shown leaves the inbox.
+    let mut rest = Vec::new();
+    for item in std::mem::take(&mut profile.inbox) {
+        if count.is_some_and(|n| shown >= n) {
+            rest.push(item);
+        } else if print(&item, &mut to_mark) {
             shown += 1;
         }
     }
+    profile.inbox = rest;
+    if count.is_some_and(|n| shown >= n) && to_mark.is_empty() {
+        profile.save(&vault, &account, &mut os_rng()?)?;
+        return Ok(());
+    }
+    let mut conn = Connection::start(Arc::new(vault), account, profile).await?;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let result = loop {
@@ -988,29 +998,31 @@ fn link_request(dir: &Path, key_file: Option<&Path>, code: &str) -> Result<(), F
     Ok(())
 }
 
-async fn approve(
+/// Changes this user's device list on the device that holds the identity key: fetches
+/// the newest list the provider holds (so the new serial is above every earlier one), lets
+/// `edit` choose the devices, signs the new list, stores it, and publishes it by
+/// authenticating with it (the provider stores it before it says Welcome). Returns the new
+/// list, and the error if publishing failed (the list is then published on the next
+/// connection).
+async fn change_devices<F>(
     dir: &Path,
     key_file: Option<&Path>,
-    code: &str,
     timeout: u64,
-) -> Result<(), Failure> {
-    let bytes = decode_code(code, REQUEST_PREFIX, "a link request")?;
-    let request = CertificateRequest::decode(Bytes::from(bytes))
-        .map_err(|e| Failure::new(format!("the link request is invalid ({}): {e}", e.code())))?;
+    edit: F,
+) -> Result<(DeviceList, Option<Failure>), Failure>
+where
+    F: FnOnce(&DeviceList, &IdentityKeyPair, DeviceId) -> Result<Vec<DeviceCertificate>, Failure>,
+{
     let (vault, account, profile) = open(dir, key_file)?;
     let identity = state::load_identity(&vault)?.ok_or_else(|| {
-        Failure::new("this device does not hold the identity key: approve on the device that created the identity")
+        Failure::new(
+            "this device does not hold the identity key: change the device list on the \
+             device that created the identity",
+        )
     })?;
     let me = account.device().address().clone();
-    if request.address() != &me || request.identity_key() != &identity.public() {
-        return Err(Failure::new(format!(
-            "the request is for {} under another identity key, not for {me} with this identity",
-            request.address()
-        )));
-    }
     let vault = Arc::new(vault);
     let until = deadline(timeout);
-    // The newest list the provider holds, so the new serial is above every earlier one.
     let mut conn = Connection::start(Arc::clone(&vault), account, profile).await?;
     conn.wait_online(until, &mut ignore).await?;
     net::refresh_list(
@@ -1023,29 +1035,21 @@ async fn approve(
     conn.close().await?;
     let vault = Arc::try_unwrap(vault)
         .map_err(|_| Failure::new("internal error: the data directory is still in use"))?;
-    let Some((mut account, profile)) = state::load_state(&vault)? else {
-        return Err(Failure::new("the state disappeared"));
-    };
+    let (mut account, profile) =
+        state::load_state(&vault)?.ok_or_else(|| Failure::new("the state disappeared"))?;
     let current = account.own_device_list().clone();
-    if current.contains(request.device_id()) {
-        return Err(Failure::new(format!(
-            "device {} is already on the list",
-            request.device_id()
-        )));
+    if current.identity_key() != &identity.public() {
+        return Err(Failure::new(
+            "the provider holds a device list under another identity key than this device's",
+        ));
     }
-    let certificate = request
-        .approve(&identity)
-        .map_err(|e| Failure::new(format!("cannot certify the device: {e}")))?;
-    let mut devices = current.devices().to_vec();
-    devices.push(certificate);
+    let devices = edit(&current, &identity, account.device().id())?;
     let list = DeviceList::sign(&identity, &me, current.serial() + 1, now(), &devices)
         .map_err(|e| Failure::new(format!("cannot sign the new device list: {e}")))?;
     account
         .update_device_list(list.clone())
         .map_err(|e| Failure::new(format!("the new device list: {e}")))?;
     profile.save(&vault, &account, &mut os_rng()?)?;
-    // Authenticating with the new list publishes it: the provider stores it before it
-    // says Welcome.
     let vault = Arc::new(vault);
     let published = async {
         let mut conn = Connection::start(vault, account, profile).await?;
@@ -1053,7 +1057,42 @@ async fn approve(
         conn.close().await
     }
     .await;
-    if let Err(e) = &published {
+    Ok((list, published.err()))
+}
+
+async fn approve(
+    dir: &Path,
+    key_file: Option<&Path>,
+    code: &str,
+    timeout: u64,
+) -> Result<(), Failure> {
+    let bytes = decode_code(code, REQUEST_PREFIX, "a link request")?;
+    let request = CertificateRequest::decode(Bytes::from(bytes))
+        .map_err(|e| Failure::new(format!("the link request is invalid ({}): {e}", e.code())))?;
+    let new_device = request.device_id();
+    let (list, unpublished) = change_devices(dir, key_file, timeout, |current, identity, _| {
+        if request.address() != current.address() || request.identity_key() != &identity.public() {
+            return Err(Failure::new(format!(
+                "the request is for {} under another identity key, not for {} with this \
+                 identity",
+                request.address(),
+                current.address()
+            )));
+        }
+        if current.contains(new_device) {
+            return Err(Failure::new(format!(
+                "device {new_device} is already on the list"
+            )));
+        }
+        let certificate = request
+            .approve(identity)
+            .map_err(|e| Failure::new(format!("cannot certify the device: {e}")))?;
+        let mut devices = current.devices().to_vec();
+        devices.push(certificate);
+        Ok(devices)
+    })
+    .await?;
+    if let Some(e) = unpublished {
         eprintln!(
             "kogge: warning: the new device list is not published yet ({e}); the new device \
              publishes it when it registers, and this device the next time it connects"
@@ -1064,10 +1103,52 @@ async fn approve(
         vault::to_hex(list.encoded()).as_str()
     );
     eprintln!(
-        "Device {} added to {me} (device list serial {}). On the new device: kogge --dir NEW \
-         link finish <the line above>",
-        request.device_id(),
+        "Device {new_device} added to {} (device list serial {}). On the new device: kogge \
+         --dir NEW link finish <the line above>",
+        list.address(),
         list.serial()
+    );
+    Ok(())
+}
+
+async fn remove_device(
+    dir: &Path,
+    key_file: Option<&Path>,
+    device: &str,
+    timeout: u64,
+) -> Result<(), Failure> {
+    let (list, unpublished) = change_devices(dir, key_file, timeout, |current, _, this| {
+        if this.to_string() == device.to_ascii_lowercase() {
+            return Err(Failure::new(
+                "this is the device that holds the identity key; it cannot remove itself",
+            ));
+        }
+        let keep: Vec<DeviceCertificate> = current
+            .devices()
+            .iter()
+            .filter(|c| c.device_id().to_string() != device.to_ascii_lowercase())
+            .cloned()
+            .collect();
+        if keep.len() == current.devices().len() {
+            return Err(Failure::new(format!("device {device} is not on the list")));
+        }
+        Ok(keep)
+    })
+    .await?;
+    if let Some(e) = unpublished {
+        return Err(Failure::new(format!(
+            "device {device} is removed from the list held here (serial {}), but the provider \
+             does not know yet: {e}. It is published the next time this device connects \
+             (kogge register).",
+            list.serial()
+        )));
+    }
+    println!(
+        "removed device {device} from {} (device list serial {}): it can no longer receive \
+         or send as {}",
+        list.address(),
+        list.serial(),
+        list.address()
     );
     Ok(())
 }
@@ -1144,7 +1225,12 @@ async fn link_finish(
 
 fn inspect_cmd(file: Option<PathBuf>, hex: Option<String>) -> Result<(), Failure> {
     let raw = match (hex, file) {
-        (Some(h), _) => h.into_bytes(),
+        (Some(h), _) => {
+            let compact: String = h.chars().filter(|c| !c.is_whitespace()).collect();
+            let bytes = vault::from_hex(&compact).ok_or(inspect::InspectError::Hex)?;
+            print!("{}", inspect::describe(bytes)?);
+            return Ok(());
+        }
         (None, Some(p)) if p.as_os_str() == "-" => {
             let mut b = Vec::new();
             io::stdin()

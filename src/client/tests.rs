@@ -1544,3 +1544,48 @@ fn an_old_device_list_is_refreshed_before_sealing_and_a_new_device_is_reached() 
         vec![ClientEvent::DeliveredToProvider { message_id: id3 }]
     );
 }
+
+#[test]
+fn a_device_list_can_be_fetched_before_any_message() {
+    let mut rng = ChaCha20Rng::from_seed([40; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let bob = user(&mut rng, "bob@two.example", 2);
+    let mut p = Fake::new("one.example", 41);
+    let mut c = online(&mut alice, &mut p, 42);
+    let b = addr(&bob);
+    assert!(!c.is_fetching_device_list(&b));
+    c.fetch_device_list(NOW, &b).unwrap();
+    // Asking again while it is under way sends nothing more.
+    c.fetch_device_list(NOW, &b).unwrap();
+    assert!(c.is_fetching_device_list(&b));
+    let (out, _) = drain(&mut c, NOW);
+    let reqs = requests(&out);
+    let [r] = reqs.as_slice() else {
+        panic!("one fetch expected: {out:?}");
+    };
+    let Some(wire::request::Body::FetchDeviceList(f)) = &r.body else {
+        panic!("device list fetch expected");
+    };
+    assert_eq!(f.address, "bob@two.example");
+    c.handle_input(
+        NOW,
+        respond(
+            r.id,
+            wire::response::Body::DeviceList(wire::DeviceListResponse {
+                device_list: bob.list.encoded().clone(),
+            }),
+        ),
+    );
+    let (out, _) = drain(&mut c, NOW);
+    assert!(!c.is_fetching_device_list(&b));
+    assert_eq!(
+        c.account().contacts().get(&b).map(DeviceList::identity_key),
+        Some(bob.list.identity_key())
+    );
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::IdentityFirstSeen { address, .. } if *address == b)),
+        "{out:?}"
+    );
+}

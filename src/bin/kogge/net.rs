@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kogge::address::Address;
-use kogge::client::{Client, ClientConfig, ClientEvent, IdentityState};
+use kogge::client::{AuthFailure, Client, ClientConfig, ClientEvent, IdentityState};
 use kogge::envelope::Content;
 use kogge::session::Account;
 use kogge::transport::quic::{self, ClientDriver, ClientDriverConfig, DriverEvent};
@@ -134,6 +134,34 @@ pub(crate) fn same_item(a: &InboxItem, b: &InboxItem) -> bool {
         && a.message_id == b.message_id
 }
 
+/// What a failed connection authentication means for the user (SPEC.md 16.3).
+fn auth_failure(why: &AuthFailure) -> String {
+    match why {
+        AuthFailure::Refused(e) => {
+            let hint = match e.raw_code.as_str() {
+                "registration_closed" => " (this provider does not let new users register)",
+                "unknown_user" => " (the provider does not know this user: run `kogge register`)",
+                "unknown_device" | "stale_device_list" => {
+                    " (this device is not on the user's current device list: it was removed, \
+                     or a newer list replaced the one it knows)"
+                }
+                "identity_mismatch" => {
+                    " (the provider holds this address under another identity key)"
+                }
+                _ => "",
+            };
+            format!("the provider refused this device: {e}{hint}")
+        }
+        AuthFailure::WrongKey => "the provider presented another key than the pinned one".into(),
+        AuthFailure::WrongProvider { domain } => {
+            format!("the endpoint serves {domain:?}, not this device's provider")
+        }
+        AuthFailure::BadSignature => "the provider's challenge signature is invalid".into(),
+        AuthFailure::Timeout => "the provider did not complete authentication in time".into(),
+        other => format!("authentication failed: {other:?}"),
+    }
+}
+
 /// Finds `endpoint` (`host:port`).
 async fn resolve(endpoint: &str) -> Result<SocketAddr, Failure> {
     let mut addrs = tokio::net::lookup_host(endpoint).await.map_err(|e| {
@@ -210,9 +238,7 @@ impl Connection {
             };
             match event {
                 DriverEvent::Client(ClientEvent::AuthFailed(why)) => {
-                    return Err(Failure::new(format!(
-                        "the provider connection failed authentication: {why:?}"
-                    )));
+                    return Err(Failure::new(auth_failure(&why)));
                 }
                 DriverEvent::Client(e) => return Ok(Some(e)),
                 DriverEvent::ConnectFailed { reason } => {

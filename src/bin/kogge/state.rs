@@ -35,6 +35,7 @@ pub(crate) const MAX_INBOX: usize = 10_000;
 
 /// The state file's plaintext.
 #[derive(Clone, PartialEq, Message)]
+#[prost(skip_debug)]
 pub(crate) struct StateFile {
     /// [`FORMAT`].
     #[prost(uint32, tag = "1")]
@@ -92,6 +93,7 @@ pub(crate) enum ItemKind {
 
 /// One thing received.
 #[derive(Clone, PartialEq, Message)]
+#[prost(skip_debug)]
 pub(crate) struct InboxItem {
     /// What it is.
     #[prost(enumeration = "ItemKind", tag = "1")]
@@ -124,6 +126,7 @@ pub(crate) struct InboxItem {
 
 /// The identity file's plaintext.
 #[derive(Clone, PartialEq, Message)]
+#[prost(skip_debug)]
 struct IdentityFile {
     #[prost(uint32, tag = "1")]
     format: u32,
@@ -134,6 +137,7 @@ struct IdentityFile {
 
 /// The link file's plaintext: a new device waiting for approval.
 #[derive(Clone, PartialEq, Message)]
+#[prost(skip_debug)]
 pub(crate) struct LinkFile {
     #[prost(uint32, tag = "1")]
     pub(crate) format: u32,
@@ -158,6 +162,47 @@ pub(crate) struct LinkFile {
     /// The encoded certificate request.
     #[prost(bytes = "vec", tag = "8")]
     pub(crate) request: Vec<u8>,
+}
+
+// The plaintexts hold secrets and message texts: their `Debug` says only what kind of
+// thing they are and how big.
+
+impl std::fmt::Debug for StateFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateFile")
+            .field("format", &self.format)
+            .field("account_len", &self.account.len())
+            .field("inbox", &self.inbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for InboxItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxItem")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for IdentityFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityFile").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LinkFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkFile")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for IdentityFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.seed);
+    }
 }
 
 impl Drop for LinkFile {

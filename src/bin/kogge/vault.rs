@@ -485,10 +485,11 @@ fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
 /// Takes the directory's lock (released when the returned file closes, also on a crash).
 fn lock(dir: &Path) -> Result<fs::File, VaultError> {
     let path = dir.join("lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(&path)
         .map_err(|e| VaultError::io("open", &path, e))?;
     match file.try_lock() {
