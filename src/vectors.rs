@@ -9,6 +9,7 @@
 //! Regenerate after a deliberate change with
 //! `KOGGE_WRITE_VECTORS=1 cargo test --lib vectors`, and update SPEC.md in the same commit.
 
+mod group_messages;
 mod groups;
 
 use std::path::PathBuf;
@@ -673,6 +674,8 @@ fn generate() -> Vec<(&'static str, Value)> {
     check_protocol(&identity, &device_lists, &protocol);
     let groups = groups::group_vectors();
     groups::check_groups(&groups);
+    let group_messages = group_messages::group_message_vectors();
+    group_messages::check_group_messages(&group_messages);
 
     vec![
         ("identity.json", identity),
@@ -682,6 +685,7 @@ fn generate() -> Vec<(&'static str, Value)> {
         ("device_lists.json", device_lists),
         ("protocol.json", protocol),
         ("groups.json", groups),
+        ("group_messages.json", group_messages),
     ]
 }
 
@@ -885,6 +889,7 @@ fn vectors_replay_from_the_files() {
 
     // Groups: the chain, the join, refused changes and snapshots.
     groups::check_groups(&load("groups.json"));
+    group_messages::check_group_messages(&load("group_messages.json"));
 
     let addresses = load("addresses.json");
     for v in addresses["valid"].as_array().unwrap() {

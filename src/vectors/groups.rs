@@ -1279,7 +1279,9 @@ pub(super) fn group_vectors() -> Value {
         snapshot_bytes(&s)
     };
     let c1_hex = h(c1.encoded());
-    let mut bad_snapshots: Vec<(&str, &str, Vec<u8>, String, &str, &str)> = Vec::new();
+    // (name, description, snapshot, change hex, joiner, expected code)
+    type BadSnapshot<'a> = (&'a str, &'a str, Vec<u8>, String, &'a str, &'a str);
+    let mut bad_snapshots: Vec<BadSnapshot> = Vec::new();
     let mut bs = |name, description, bytes: Vec<u8>, expected| {
         bad_snapshots.push((
             name,

@@ -97,6 +97,10 @@ MAX_GROUP_CHANGE_MEMBERS = 100
 MAX_GROUP_CHANGE_LEN = 48 * 1024
 MAX_GROUP_TITLE_LEN = 256
 MAX_GROUP_SNAPSHOT_LEN = 384 * 1024
+MAX_GROUP_SENDER_KEY_LEN = 512
+MAX_GROUP_SKIP = 1000
+MAX_GROUP_SKIPPED_KEYS = 5000
+MAX_GROUP_CHAINS_PER_DEVICE = 4
 LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PLAINTEXT_LEN",
                "AEAD_TAG_LEN", "MAX_CIPHERTEXT_LEN", "PADDING_BLOCK", "MAX_CERTIFICATE_LEN",
                "MAX_MEDIA_TYPE_LEN", "MAX_RECEIPT_IDS", "MAX_LOCAL_PART_LEN", "MAX_DOMAIN_LEN",
@@ -112,7 +116,9 @@ LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PL
                "MAX_RELAY_ENVELOPES", "MAX_DELIVER_ITEMS", "MAX_ACK_SEQS", "MAX_PUBLISH_ONE_TIME",
                "MAX_FETCH_DEVICES", "AUTH_NONCE_LEN", "MAX_BINDING_LEN", "MAX_ERROR_MESSAGE_LEN",
                "MAX_ERROR_CODE_LEN", "MAX_GROUP_MEMBERS", "MAX_GROUP_CHANGE_MEMBERS",
-               "MAX_GROUP_CHANGE_LEN", "MAX_GROUP_TITLE_LEN", "MAX_GROUP_SNAPSHOT_LEN"]
+               "MAX_GROUP_CHANGE_LEN", "MAX_GROUP_TITLE_LEN", "MAX_GROUP_SNAPSHOT_LEN",
+               "MAX_GROUP_SENDER_KEY_LEN", "MAX_GROUP_SKIP", "MAX_GROUP_SKIPPED_KEYS",
+               "MAX_GROUP_CHAINS_PER_DEVICE"]
 
 # SPEC.md 2.3: labels
 LABELS = {
@@ -136,6 +142,9 @@ LABELS = {
     "GroupChangeHash": b"kogge/v1/hash/group-change",
     "GroupSequence": b"kogge/v1/sig/group-sequence",
     "GroupState": b"kogge/v1/hash/group-state",
+    "GroupMessageKeys": b"kogge/v1/kdf/group-message",
+    "GroupEnvelopeSignature": b"kogge/v1/sig/group-envelope",
+    "GroupEnvelopeAad": b"kogge/v1/aad/group-envelope",
 }
 
 
@@ -256,6 +265,7 @@ SCHEMAS = {
                               7: ("not_before_ms", "uint64"), 8: ("not_after_ms", "uint64")},
     "ScannableFingerprint": {1: ("version", "uint32"), 2: ("own", "bytes"), 3: ("peer", "bytes")},
     "Content": {1: ("text", "message", "body"), 2: ("receipt", "message", "body"),
+                3: ("group_sender_key", "message", "body", "GroupSenderKey"),
                 15: ("padding", "bytes")},
     "Text": {1: ("media_type", "string"), 2: ("body", "string"), 3: ("reply_to", "bytes")},
     "Receipt": {1: ("kind", "int32"), 2: ("message_ids", "rbytes")},
@@ -355,6 +365,19 @@ SCHEMAS = {
     "GroupLeave": {},
     "GroupSetRole": {1: ("member", "string"), 2: ("role", "int32")},
     "GroupSetTitle": {1: ("title", "string")},
+    # SPEC.md 19
+    "GroupSenderKey": {1: ("version", "uint32"), 2: ("group_id", "bytes"), 3: ("sender", "string"),
+                       4: ("sender_device", "bytes"), 5: ("chain_id", "uint32"),
+                       6: ("epoch", "uint64"), 7: ("iteration", "uint32"),
+                       8: ("chain_key", "bytes")},
+    "GroupEnvelope": {1: ("version", "uint32"), 2: ("header", "bytes"), 3: ("ciphertext", "bytes"),
+                      4: ("signature", "bytes")},
+    "GroupEnvelopeHeader": {1: ("version", "uint32"), 2: ("sender", "string"),
+                            3: ("sender_device", "bytes"), 4: ("group_id", "bytes"),
+                            5: ("epoch", "uint64"), 6: ("state_hash", "bytes"),
+                            7: ("chain_id", "uint32"), 8: ("iteration", "uint32"),
+                            9: ("message_id", "bytes"), 10: ("timestamp_ms", "uint64"),
+                            11: ("content_type", "int32")},
     "GroupSnapshot": {1: ("version", "uint32"), 2: ("group_id", "bytes"), 3: ("epoch", "uint64"),
                       4: ("head", "bytes"), 5: ("title", "string"), 6: ("sequencer", "string"),
                       7: ("sequencer_key", "bytes"), 8: ("members", "rmsg", "GroupMember")},
@@ -963,6 +986,13 @@ def decode_content(plaintext):
     member = m.get("_oneof_body")
     if member is None:
         return {"unknown": {}}
+    if member == "group_sender_key":
+        try:
+            k = check_sender_key(m["group_sender_key"])
+        except GroupMessageError:
+            raise ContentError("group_sender_key")
+        return {"group_sender_key": {"group_id": k["group_id"].hex(), "sender": k["sender"],
+                                     "chain_id": k["chain_id"], "iteration": k["iteration"]}}
     if member == "text":
         t = m["text"]
         mt = t["media_type"]
@@ -2189,6 +2219,150 @@ def decode_group_snapshot(encoded):
             "sequencer": sequencer, "sequencer_key": s["sequencer_key"], "members": members}
 
 
+# ---------------------------------------------------------------------------------------
+# SPEC.md 19: group messages
+# ---------------------------------------------------------------------------------------
+class GroupMessageError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def check_sender_key(k):
+    """SPEC.md 19.2: the field forms of a decoded GroupSenderKey."""
+    E = GroupMessageError
+    if k["version"] != PROTOCOL_VERSION:
+        raise E("unsupported_version")
+    if len(k["group_id"]) != 16 or len(k["sender_device"]) != 16 or len(k["chain_key"]) != 32:
+        raise E("invalid_field")
+    try:
+        parse_address(k["sender"], canonical_only=True)
+    except AddressError:
+        raise E("invalid_address")
+    return k
+
+
+def decode_sender_key(encoded):
+    if len(encoded) > MAX_GROUP_SENDER_KEY_LEN:
+        raise GroupMessageError("too_large")
+    try:
+        k = decode("GroupSenderKey", encoded)
+    except DecodeError:
+        raise GroupMessageError("decode")
+    return check_sender_key(k)
+
+
+def group_message_keys(mk, message_id):
+    """SPEC.md 19.1: HKDF-SHA256(salt = message id, ikm = MK, info) -> key, nonce."""
+    okm = hkdf_sha256(message_id, mk, framed(LABELS["GroupMessageKeys"]), 44)
+    return okm[:32], okm[32:]
+
+
+class GroupReceiverState:
+    """A device's chains in one group (SPEC.md 19.2, 19.3): (sender, device, chain id) ->
+    [chain epoch, next iteration, chain key], and skipped positions' message keys."""
+
+    def __init__(self, group_id):
+        self.group_id = group_id
+        self.chains = {}
+        self.skipped = {}
+
+    def add(self, k):
+        self.chains.setdefault((k["sender"], k["sender_device"], k["chain_id"]),
+                               [k["epoch"], k["iteration"], k["chain_key"]])
+
+    def open(self, state, data, directory):
+        """SPEC.md 19.3, VAL-GENV-01 to -17 in order; `state` has the group fields of
+        decode_group_snapshot plus `rekey_epoch`. Returns the content json."""
+        E = GroupMessageError
+        data = bytes(data)
+        if len(data) > MAX_ENVELOPE_LEN:
+            raise E("too_large")
+        try:
+            outer = decode("GroupEnvelope", data)
+        except DecodeError:
+            raise E("decode")
+        if outer["version"] != PROTOCOL_VERSION:
+            raise E("unsupported_version")
+        if len(outer["header"]) > MAX_HEADER_LEN or len(outer["ciphertext"]) > MAX_CIPHERTEXT_LEN:
+            raise E("too_large")
+        if len(outer["ciphertext"]) < AEAD_TAG_LEN or len(outer["signature"]) != 64:
+            raise E("invalid_field")
+        try:
+            h = decode("GroupEnvelopeHeader", outer["header"])
+        except DecodeError:
+            raise E("decode")
+        if h["version"] != PROTOCOL_VERSION:
+            raise E("unsupported_version")
+        if (len(h["state_hash"]) != 32 or len(h["sender_device"]) != 16
+                or len(h["group_id"]) != 16 or len(h["message_id"]) != 16):
+            raise E("invalid_field")
+        if h["content_type"] != 1:
+            raise E("unsupported_content_type")
+        try:
+            parse_address(h["sender"], canonical_only=True)
+        except AddressError:
+            raise E("invalid_address")
+        cert = directory.get((h["sender"], h["sender_device"]))  # VAL-GENV-07
+        if cert is None:
+            raise E("unknown_sender")
+        if not cert["not_before_ms"] <= h["timestamp_ms"] <= cert["not_after_ms"]:
+            raise E("sender_certificate_not_valid")
+        sig_input = framed(LABELS["GroupEnvelopeSignature"], outer["header"],
+                           sha256(outer["ciphertext"]))
+        if not strict_verify(cert["device_signing_key"], sig_input, outer["signature"]):
+            raise E("bad_signature")
+        if h["group_id"] != self.group_id or state["group_id"] != self.group_id:
+            raise E("wrong_group")
+        if h["epoch"] > state["epoch"]:
+            raise E("group_gap")
+        if h["epoch"] == state["epoch"] and h["state_hash"] != group_state_hash(state):
+            raise E("state_mismatch")
+        if h["sender"] not in state["members"]:
+            raise E("not_member")
+        if state["members"][h["sender"]][0] != cert["identity_key"]:
+            raise E("identity_mismatch")
+        who = (h["sender"], h["sender_device"], h["chain_id"])
+        chain = self.chains.get(who)
+        if chain is None:
+            raise E("unknown_sender_key")
+        chain_epoch, nxt, ck = chain
+        if h["epoch"] >= state["rekey_epoch"] and chain_epoch < state["rekey_epoch"]:
+            raise E("stale_sender_key")
+        i = h["iteration"]
+        passed = []
+        if i < nxt:
+            mk = self.skipped.get(who + (i,))
+            if mk is None:
+                raise E("duplicate")
+            advance = None
+        else:
+            if i - nxt > MAX_GROUP_SKIP:
+                raise E("too_far_ahead")
+            for j in range(nxt, i):
+                mk_j, ck = kdf_ck(ck)
+                passed.append((j, mk_j))
+            mk, ck = kdf_ck(ck)
+            advance = ck
+        key, nonce = group_message_keys(mk, h["message_id"])
+        try:
+            plaintext = ChaCha20Poly1305(key).decrypt(
+                nonce, outer["ciphertext"], framed(LABELS["GroupEnvelopeAad"], outer["header"]))
+        except InvalidTag:
+            raise E("decrypt_failed")
+        try:
+            content = decode_content(plaintext)
+        except ContentError:
+            raise E("invalid_content")
+        if advance is None:
+            del self.skipped[who + (i,)]
+        else:
+            self.chains[who] = [chain_epoch, i + 1, advance]
+            for j, mk_j in passed:
+                self.skipped[who + (j,)] = mk_j
+        return content
+
+
 def join_group(snapshot, change, joiner):
     """SPEC.md 18.6: the snapshot, the change applied to it, and the change is an add that
     names the joiner."""
@@ -3323,6 +3497,94 @@ def main():
         want = set(re.findall(r"`([a-z_]+)`", spec_codes))
         eq("codes of SPEC.md 10 (Groups) exercised", group_codes, want)
     c.check("group codes covered", group_codes_covered)
+
+    # group_messages.json (SPEC.md 19, 7.5): the users' certificates from their seeds, the
+    # two states, the sender key and its content, every message rebuilt from the chain and
+    # opened in the given order, and the refused envelopes.
+    gm = load("group_messages.json")
+    gm_dir = {}
+    for u in gm["users"]:
+        def gm_user(u=u):
+            body = decode_certificate(unhex(u["certificate"]))
+            eq("signing key", body["device_signing_key"],
+               ed25519_public(unhex(u["device_signing_seed"])))
+            eq("identity key", body["identity_key"], ed25519_public(unhex(u["identity_seed"])))
+            gm_dir[(body["address"], body["device_id"])] = body
+        c.check("group messages user " + u["name"], gm_user)
+    gm_states = {}
+
+    def gm_states_check():
+        s0 = create_group(decode_group_change(unhex(gm["create"])))
+        removal = decode_group_change(unhex(gm["removal"]))
+        s1 = apply_group_change(s0, removal)
+        # SPEC.md 19.4: a remove (or leave) sets the last removal epoch.
+        s0["rekey_epoch"] = 0
+        s1["rekey_epoch"] = s1["epoch"] if removal["kind"] in ("remove", "leave") else 0
+        for st, j in zip((s0, s1), gm["states"]):
+            eq("epoch", st["epoch"], j["epoch"])
+            eq("state hash", group_state_hash(st).hex(), j["state_hash"])
+            eq("rekey epoch", st["rekey_epoch"], j["rekey_epoch"])
+            snap = decode_group_snapshot(unhex(j["snapshot"]))
+            eq("snapshot members", snap["members"], st["members"])
+            gm_states[st["epoch"]] = st
+    c.check("group messages states", gm_states_check)
+
+    sk = gm["sender_key"]
+
+    def gm_sender_key():
+        k = decode_sender_key(unhex(sk["encoded"]))
+        eq("chain key", k["chain_key"].hex(), sk["chain_key"])
+        eq("group id", k["group_id"].hex(), sk["group_id"])
+        content = decode_content(unhex(sk["content"]))
+        eq("content", content["group_sender_key"]["chain_id"], sk["chain_id"])
+        eq("padding", len(unhex(sk["content"])) % PADDING_BLOCK, 0)
+    c.check("group sender key", gm_sender_key)
+
+    def gm_messages():
+        ck = unhex(sk["chain_key"])
+        i = 0
+        for m in gm["messages"]:
+            while i < m["iteration"]:
+                _, ck = kdf_ck(ck)
+                i += 1
+            eq(m["name"] + " chain key", ck.hex(), m["chain_key"])
+            mk, _ = kdf_ck(ck)
+            eq(m["name"] + " message key", mk.hex(), m["message_key"])
+            key, nonce = group_message_keys(mk, unhex(m["message_id"]))
+            eq(m["name"] + " aead key", key.hex(), m["aead_key"])
+            eq(m["name"] + " aead nonce", nonce.hex(), m["aead_nonce"])
+            outer = decode("GroupEnvelope", unhex(m["envelope"]))
+            eq(m["name"] + " header", outer["header"].hex(), m["header"])
+            ct = ChaCha20Poly1305(key).encrypt(
+                nonce, unhex(m["plaintext"]), framed(LABELS["GroupEnvelopeAad"], outer["header"]))
+            eq(m["name"] + " ciphertext", ct, outer["ciphertext"])
+            eq(m["name"] + " signature input", framed(LABELS["GroupEnvelopeSignature"],
+                                                      outer["header"], sha256(ct)).hex(),
+               m["signature_input"])
+        bob = GroupReceiverState(unhex(sk["group_id"]))
+        bob.add(decode_sender_key(unhex(sk["encoded"])))
+        by_name = {m["name"]: m for m in gm["messages"]}
+        for d in gm["deliveries"]:
+            m = by_name[d["message"]]
+            try:
+                got = bob.open(gm_states[0], unhex(m["envelope"]), gm_dir)
+                eq(d["message"], "ok", d["expected"])
+                eq(d["message"] + " body", got["text"]["body"], m["body"])
+            except GroupMessageError as e:
+                eq(d["message"], e.code, d["expected"])
+    c.check("group messages in order", gm_messages)
+
+    for r in gm["refused"]:
+        def gm_refused(r=r):
+            bob = GroupReceiverState(unhex(sk["group_id"]))
+            bob.add(decode_sender_key(unhex(sk["encoded"])))
+            try:
+                bob.open(gm_states[r["state_epoch"]], unhex(r["envelope"]), gm_dir)
+            except GroupMessageError as e:
+                eq("refusal", e.code, r["expected_error"])
+                return
+            raise AssertionError("group envelope was accepted")
+        c.check("group message refused " + r["name"], gm_refused)
 
     # Addresses (SPEC.md 3)
     for v in addresses["valid"]:
