@@ -366,6 +366,16 @@ struct Refused {
     expected: &'static str,
 }
 
+/// A snapshot a joiner refuses: name, description, snapshot, change (hex), joiner, code.
+type RefusedSnapshot = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    String,
+    &'static str,
+    &'static str,
+);
+
 /// Builds `groups.json`.
 pub(super) fn group_vectors() -> Value {
     let us = users();
@@ -1279,9 +1289,7 @@ pub(super) fn group_vectors() -> Value {
         snapshot_bytes(&s)
     };
     let c1_hex = h(c1.encoded());
-    // (name, description, snapshot, change hex, joiner, expected code)
-    type BadSnapshot<'a> = (&'a str, &'a str, Vec<u8>, String, &'a str, &'a str);
-    let mut bad_snapshots: Vec<BadSnapshot> = Vec::new();
+    let mut bad_snapshots: Vec<RefusedSnapshot> = Vec::new();
     let mut bs = |name, description, bytes: Vec<u8>, expected| {
         bad_snapshots.push((
             name,
