@@ -436,6 +436,8 @@ pub struct Provider<S: Store, R: CryptoRng> {
     /// Connections of devices just removed from their lists, closed once the current
     /// frame is handled.
     to_refuse: Vec<ConnectionId>,
+    /// Successful commits, for [`ProviderStats::commits`].
+    commits: u64,
 }
 
 impl<S: Store, R: CryptoRng> fmt::Debug for Provider<S, R> {
@@ -504,6 +506,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             dirty_remotes: BTreeSet::new(),
             now,
             to_refuse: Vec::new(),
+            commits: 0,
         };
         p.after_load(now);
         Ok(p)
@@ -556,6 +559,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             dedup_entries: self.durable.dedup.len(),
             pending_fetches: self.forwards.len(),
             connections: self.conns.len(),
+            commits: self.commits,
             ..ProviderStats::default()
         };
         for u in self.durable.users.values() {
@@ -2137,8 +2141,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         }
         if !self.ops.is_empty() {
             let ops = std::mem::take(&mut self.ops);
-            if let Err(e) = self.store.commit(&ops) {
-                self.rollback(now, e);
+            match self.store.commit(&ops) {
+                Ok(()) => self.commits += 1,
+                Err(e) => self.rollback(now, e),
             }
         }
         if let Some(o) = self.out.pop_front() {

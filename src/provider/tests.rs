@@ -612,6 +612,12 @@ fn one_time_prekeys_are_handed_out_once_and_rationed() {
 fn failed_commit_acknowledges_nothing_and_rolls_back() {
     let mut s = setup();
     let sent = alice_encrypts(&mut s, "durable?");
+    let commits = s.p.stats().commits;
+    assert_eq!(
+        commits,
+        s.p.store.commits(),
+        "stats count the store's commits"
+    );
     s.p.store.fail_next_commits(1);
     let outs = request(
         &mut s.p,
@@ -632,6 +638,11 @@ fn failed_commit_acknowledges_nothing_and_rolls_back() {
             .any(|o| matches!(o, ProviderOutput::Event(ProviderEvent::StorageFailed(_))))
     );
     assert_eq!(s.p.stats().mailbox_items, 0);
+    assert_eq!(
+        s.p.stats().commits,
+        commits,
+        "a failed commit is not counted"
+    );
     // The device reconnects and resubmits: stored exactly once.
     let outs = login(&mut s.p, ConnectionId(11), &s.alice.accounts[0], None);
     assert!(welcomed(&outs, ConnectionId(11)));
@@ -640,6 +651,7 @@ fn failed_commit_acknowledges_nothing_and_rolls_back() {
         wire::response::Body::Done(_)
     ));
     assert_eq!(s.p.stats().mailbox_items, 2);
+    assert_eq!(s.p.stats().commits, s.p.store.commits());
 }
 
 #[test]
