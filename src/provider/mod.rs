@@ -1358,7 +1358,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     ) -> Result<(), ProtocolError> {
         enum Dest {
             Local(DeviceKey),
-            Remote(Domain),
+            /// The queue item is made from the header decoded here (not decoded again).
+            Remote(Domain, OutItem),
         }
         let mut plan = Vec::with_capacity(envelopes.len());
         let mut local_counts: HashMap<DeviceKey, usize> = HashMap::new();
@@ -1391,7 +1392,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 }
                 Dest::Local((h.recipient.clone(), h.recipient_device))
             } else {
-                Dest::Remote(h.recipient.domain())
+                Dest::Remote(
+                    h.recipient.domain(),
+                    OutItem::with_header(bytes.clone(), h, now),
+                )
             };
             // Stored before (or twice in this submit): not stored again, not counted.
             if self.durable.seen(&dk) || plan.iter().any(|(k, _, _)| *k == dk) {
@@ -1399,7 +1403,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
             match &dest {
                 Dest::Local(dkey) => *local_counts.entry(dkey.clone()).or_default() += 1,
-                Dest::Remote(d) => *remote_counts.entry(d.clone()).or_default() += 1,
+                Dest::Remote(d, _) => *remote_counts.entry(d.clone()).or_default() += 1,
             }
             plan.push((dk, dest, bytes));
         }
@@ -1426,16 +1430,14 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .remember(dk, expiry, MAX_DEDUP_ENTRIES, &mut self.ops);
             match dest {
                 Dest::Local(dkey) => self.deliver_local(&dkey, bytes, now),
-                Dest::Remote(domain) => {
-                    if let Some(item) = OutItem::new(bytes, now) {
-                        let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
-                        self.remotes
-                            .entry(domain.clone())
-                            .or_default()
-                            .ready
-                            .insert(seq);
-                        self.dirty_remotes.insert(domain);
-                    }
+                Dest::Remote(domain, item) => {
+                    let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
+                    self.remotes
+                        .entry(domain.clone())
+                        .or_default()
+                        .ready
+                        .insert(seq);
+                    self.dirty_remotes.insert(domain);
                 }
             }
         }

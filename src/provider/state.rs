@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::address::{Address, Domain};
-use crate::envelope::{MessageId, UnverifiedEnvelope};
+use crate::envelope::{EnvelopeHeader, MessageId, UnverifiedEnvelope};
 use crate::identity::{DeviceCertificate, DeviceId, DeviceList};
 use crate::session::SignedPrekey;
 use crate::store::{Contents, StoreOp, Table};
@@ -98,8 +98,12 @@ pub(super) struct OutItem {
 impl OutItem {
     pub(super) fn new(envelope: Bytes, accepted: UnixMillis) -> Option<Self> {
         let env = UnverifiedEnvelope::decode(envelope.clone()).ok()?;
-        let h = env.claimed_header();
-        Some(Self {
+        Some(Self::with_header(envelope, env.claimed_header(), accepted))
+    }
+
+    /// An item for `envelope`, whose header the caller has already decoded as `h`.
+    pub(super) fn with_header(envelope: Bytes, h: &EnvelopeHeader, accepted: UnixMillis) -> Self {
+        Self {
             accepted,
             sender: h.sender.clone(),
             sender_device: h.sender_device,
@@ -107,7 +111,7 @@ impl OutItem {
             recipient_device: h.recipient_device,
             message_id: h.message_id,
             envelope,
-        })
+        }
     }
 }
 
