@@ -8,8 +8,10 @@
 //!
 //! * **saturation**: 200,000 messages as fast as the providers take them: messages/s from
 //!   the first submit to the last delivery acknowledged, the latency distribution under that
-//!   load, commits per provider, and CPU seconds per message (the whole process, and split by
-//!   thread: provider A, provider B, load generator);
+//!   load, and CPU seconds per message (the whole process, and split by thread: provider A,
+//!   provider B, load generator); for each provider's store: commits, messages and store
+//!   operations per commit, the committing thread's CPU per message, and the wall time per
+//!   commit (which includes waiting for `fdatasync`);
 //! * **paced**: 100 messages/s for 30 s: latency from the sender's submit to the recipient
 //!   device's receipt of the `Deliver`, p50 / p99 / max;
 //! * **memory**: RSS per idle authenticated device connection (N devices connected to
@@ -73,7 +75,7 @@ use kogge::identity::{
 use kogge::provider::{ProviderConfig, ProviderStats};
 use kogge::resolve::{PeerInfo, ResolveError, Resolver, StaticDirectory};
 use kogge::session::Account;
-use kogge::store::RedbStore;
+use kogge::store::{Contents, RedbStore, Store, StoreError, StoreOp};
 use kogge::transport::quic::{self, ProviderServer, QuicConfig};
 use prost::Message;
 use rand_chacha::ChaCha20Rng;
@@ -93,7 +95,7 @@ mod wire {
 }
 
 type Rng20 = ChaCha20Rng;
-type Server = ProviderServer<RedbStore, Rng20>;
+type Server = ProviderServer<Timed, Rng20>;
 
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 /// Bytes of text body per message.
@@ -270,6 +272,80 @@ fn fixture(per_pair: usize) -> Vec<Arc<Pair>> {
 // The test bed: two providers on their own runtimes, a load-generator runtime
 // ---------------------------------------------------------------------------------------
 
+/// What a provider's store commits cost: count, ops, CPU time of the committing thread
+/// and wall time (which includes waiting for `fdatasync`).
+#[derive(Default)]
+struct StoreTimes {
+    commits: AtomicU64,
+    ops: AtomicU64,
+    cpu_ns: AtomicU64,
+    wall_ns: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct StoreTotals {
+    commits: u64,
+    ops: u64,
+    cpu_ns: u64,
+    wall_ns: u64,
+}
+
+impl StoreTimes {
+    fn totals(&self) -> StoreTotals {
+        StoreTotals {
+            commits: self.commits.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
+            wall_ns: self.wall_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::Sub for StoreTotals {
+    type Output = StoreTotals;
+    fn sub(self, o: StoreTotals) -> StoreTotals {
+        StoreTotals {
+            commits: self.commits - o.commits,
+            ops: self.ops - o.ops,
+            cpu_ns: self.cpu_ns - o.cpu_ns,
+            wall_ns: self.wall_ns - o.wall_ns,
+        }
+    }
+}
+
+/// CPU time of the calling thread in nanoseconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A [`RedbStore`] that records what its commits cost.
+struct Timed {
+    inner: RedbStore,
+    times: Arc<StoreTimes>,
+}
+
+impl Store for Timed {
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let (cpu, wall) = (thread_cpu_ns(), Instant::now());
+        let r = self.inner.commit(ops);
+        let t = &self.times;
+        t.wall_ns
+            .fetch_add(wall.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        t.cpu_ns
+            .fetch_add(thread_cpu_ns().saturating_sub(cpu), Ordering::Relaxed);
+        t.commits.fetch_add(1, Ordering::Relaxed);
+        t.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        r
+    }
+}
+
 /// A directory filled in as the servers start.
 #[derive(Clone, Default)]
 struct Directory(Arc<RwLock<StaticDirectory>>);
@@ -293,6 +369,8 @@ struct Bed {
     // Field order is drop order: servers before their runtimes.
     a: Option<Server>,
     b: Option<Server>,
+    store_a: Arc<StoreTimes>,
+    store_b: Arc<StoreTimes>,
     rt_a: Runtime,
     rt_b: Runtime,
     load: Runtime,
@@ -318,7 +396,11 @@ impl Bed {
             let domain = Domain::parse(domain).expect("domain");
             let key = ProviderKeyPair::generate(rng);
             let config = ProviderConfig::new(domain.clone(), key);
-            let store = RedbStore::open(dir.path().join(file)).expect("redb");
+            let times = Arc::new(StoreTimes::default());
+            let store = Timed {
+                inner: RedbStore::open(dir.path().join(file)).expect("redb"),
+                times: times.clone(),
+            };
             let mut seed = [0u8; 32];
             rng.fill_bytes(&mut seed);
             let _guard = rt.enter();
@@ -336,10 +418,10 @@ impl Bed {
                 endpoint: server.local_addr().to_string(),
                 key: server.public_key(),
             });
-            server
+            (server, times)
         };
-        let a = start(&rt_a, "one.example", "a.redb", &mut rng);
-        let b = start(&rt_b, "two.example", "b.redb", &mut rng);
+        let (a, store_a) = start(&rt_a, "one.example", "a.redb", &mut rng);
+        let (b, store_b) = start(&rt_b, "two.example", "b.redb", &mut rng);
         let senders: Vec<DeviceList> = pairs.iter().map(|p| p.sender.list.clone()).collect();
         let recipients: Vec<DeviceList> = pairs.iter().map(|p| p.recipient.list.clone()).collect();
         add_users(&rt_a, &a, senders);
@@ -351,6 +433,8 @@ impl Bed {
         Self {
             a: Some(a),
             b: Some(b),
+            store_a,
+            store_b,
             rt_a,
             rt_b,
             load,
@@ -833,7 +917,7 @@ struct Run {
     elapsed: Duration,
     cpu: Cpu,
     latencies: Vec<u64>,
-    commits: (u64, u64),
+    store: (StoreTotals, StoreTotals),
 }
 
 /// Sends `per_pair` messages from every pair (starting at `offset` in each pair's
@@ -855,7 +939,7 @@ fn run(
         .iter()
         .map(|p| bed.connect(bed.b(), &p.recipient))
         .collect();
-    let (a0, b0) = bed.stats();
+    let (a0, b0) = (bed.store_a.totals(), bed.store_b.totals());
     // Only `per_pair` of each pair's messages are sent.
     let expected = per_pair * pairs.len();
     let progress = Progress::new(&vec![offset + per_pair; pairs.len()], expected);
@@ -906,14 +990,14 @@ fn run(
         elapsed
     });
     let cpu1 = cpu();
-    let (a1, b1) = bed.stats();
+    let (a1, b1) = (bed.store_a.totals(), bed.store_b.totals());
     let latencies = std::mem::take(&mut *progress.latencies.lock().expect("lock"));
     Run {
         messages: expected,
         elapsed,
         cpu: cpu1 - cpu0,
         latencies,
-        commits: (a1.commits - a0.commits, b1.commits - b0.commits),
+        store: (a1 - a0, b1 - b0),
     }
 }
 
@@ -929,9 +1013,19 @@ fn describe(r: &mut Run) -> String {
     r.latencies.sort_unstable();
     let rate = r.messages as f64 / r.elapsed.as_secs_f64();
     let per = |s: f64| s * 1e6 / r.messages as f64;
+    let store = |t: &StoreTotals| {
+        format!(
+            "{} commits, {:.0} msgs and {:.1} ops/msg each, CPU {:.1} µs/msg, wall {:.2} ms/commit",
+            t.commits,
+            r.messages as f64 / t.commits.max(1) as f64,
+            t.ops as f64 / r.messages as f64,
+            t.cpu_ns as f64 / 1e3 / r.messages as f64,
+            t.wall_ns as f64 / 1e6 / t.commits.max(1) as f64
+        )
+    };
     format!(
         "{} msgs in {:.2} s = {:.0} msg/s; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms; \
-         CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); commits A {} B {}",
+         CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); store A: {}; store B: {}",
         r.messages,
         r.elapsed.as_secs_f64(),
         rate,
@@ -942,8 +1036,8 @@ fn describe(r: &mut Run) -> String {
         per(r.cpu.prov_a),
         per(r.cpu.prov_b),
         per(r.cpu.load),
-        r.commits.0,
-        r.commits.1,
+        store(&r.store.0),
+        store(&r.store.1),
     )
 }
 
