@@ -18,7 +18,8 @@
 //! Every change to durable state becomes [`StoreOp`]s. `poll_output` commits them, in
 //! one batch for however many inputs came before, **before** it releases any output,
 //! so nothing is acknowledged (and no one-time prekey handed out) that the store has
-//! not made durable. If the commit fails, the provider drops the outputs, reloads its
+//! not made durable. Only deletions that SPEC.md 16.12 lets wait (acknowledged mailbox
+//! items and queue entries) wait for the next commit, or at most a second. If the commit fails, the provider drops the outputs, reloads its
 //! state from the store and carries on; peers retry.
 //!
 //! Envelopes are routed by their claimed header without verifying signatures: the
@@ -58,6 +59,13 @@ use crate::wire::{self, frame::Body};
 
 /// How often expiry sweeps run (relay expiry, dedup expiry).
 const SWEEP_INTERVAL_MS: u64 = 60_000;
+
+/// Deletions that may wait (see [`Provider::lazy_ops`]) are committed on their own once
+/// this many are pending…
+const LAZY_FLUSH_OPS: usize = 4096;
+
+/// …or once the oldest has waited this long (unless a commit takes them along first).
+const LAZY_FLUSH_MS: u64 = 1000;
 
 /// Bytes of envelopes per `Deliver` or `Relay` frame before a new frame is started.
 const FRAME_FILL: usize = MAX_FRAME_LEN / 2;
@@ -438,6 +446,15 @@ pub struct Provider<S: Store, R: CryptoRng> {
     to_refuse: Vec<ConnectionId>,
     /// Successful commits, for [`ProviderStats::commits`].
     commits: u64,
+    /// Deletions whose durability nothing waits for (SPEC.md 16.12 rule 4): mailbox items
+    /// the device acknowledged and queue entries the next hop acknowledged. They go to the
+    /// store with the next commit of `ops`, or on their own after [`LAZY_FLUSH_MS`] or
+    /// beyond [`LAZY_FLUSH_OPS`], so an acknowledgement alone costs no `fsync` of its own.
+    /// Lost in a crash, they only make the item be sent again, which its receiver
+    /// recognises (SPEC.md 16.9).
+    lazy_ops: Vec<StoreOp>,
+    /// When the oldest of `lazy_ops` was made.
+    lazy_since: Option<UnixMillis>,
 }
 
 impl<S: Store, R: CryptoRng> fmt::Debug for Provider<S, R> {
@@ -507,6 +524,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             now,
             to_refuse: Vec::new(),
             commits: 0,
+            lazy_ops: Vec::new(),
+            lazy_since: None,
         };
         p.after_load(now);
         Ok(p)
@@ -1474,7 +1493,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     fn on_ack(&mut self, key: DeviceKey, seqs: &[u64]) {
         for seq in seqs {
-            if self.durable.remove_mail(&key.0, key.1, *seq, &mut self.ops)
+            if self
+                .durable
+                .remove_mail(&key.0, key.1, *seq, &mut self.lazy_ops)
                 && let Some(o) = self.online.get_mut(&key)
             {
                 o.in_flight.remove(seq);
@@ -1803,7 +1824,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         };
         for (seq, res) in seqs.into_iter().zip(results) {
             if res.code.is_empty() {
-                self.durable.remove_out(domain, seq, &mut self.ops);
+                self.durable.remove_out(domain, seq, &mut self.lazy_ops);
                 if let Some(r) = self.remotes.get_mut(domain) {
                     r.attempts.remove(&seq);
                 }
@@ -2141,8 +2162,21 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
             break;
         }
-        if !self.ops.is_empty() {
-            let ops = std::mem::take(&mut self.ops);
+        if self.lazy_ops.is_empty() {
+            self.lazy_since = None;
+        } else if self.lazy_since.is_none() {
+            self.lazy_since = Some(now);
+        }
+        let lazy_due = self.lazy_ops.len() >= LAZY_FLUSH_OPS
+            || self
+                .lazy_since
+                .is_some_and(|t| t.saturating_add(LAZY_FLUSH_MS) <= now);
+        if !self.ops.is_empty() || lazy_due {
+            // The waiting deletions ride along: they concern items stored by earlier
+            // commits, so their order relative to `ops` does not matter.
+            let mut ops = std::mem::take(&mut self.lazy_ops);
+            ops.append(&mut self.ops);
+            self.lazy_since = None;
             match self.store.commit(&ops) {
                 Ok(()) => self.commits += 1,
                 Err(e) => self.rollback(now, e),
@@ -2151,7 +2185,12 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        ProviderOutput::Timeout(self.timers.first().map(|(t, _)| *t))
+        let flush = self.lazy_since.map(|t| t.saturating_add(LAZY_FLUSH_MS));
+        let timer = self.timers.first().map(|(t, _)| *t);
+        ProviderOutput::Timeout(match (timer, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// A commit failed: drop everything that depended on it and reload.
@@ -2159,6 +2198,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let closes: Vec<ConnectionId> = self.conns.keys().copied().collect();
         self.out.clear();
         self.ops.clear();
+        self.lazy_ops.clear();
+        self.lazy_since = None;
         self.dirty.clear();
         self.dirty_remotes.clear();
         self.forwards.clear();

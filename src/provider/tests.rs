@@ -475,7 +475,9 @@ fn submit_store_deliver_ack() {
         wire::response::Body::Done(_)
     ));
     assert_eq!(s.p.stats().mailbox_items, 2);
-    // Ack removes durably.
+    // An ack removes the item at once; its deletion from the store waits for the next
+    // commit, or at most LAZY_FLUSH_MS (nothing depends on it: SPEC.md 16.12 rule 4).
+    let commits = s.p.stats().commits;
     let outs = send(
         &mut s.p,
         ConnectionId(2),
@@ -484,6 +486,19 @@ fn submit_store_deliver_ack() {
         }),
     );
     assert!(delivered(&outs, ConnectionId(2)).is_empty());
+    assert_eq!(s.p.stats().mailbox_items, 1);
+    assert_eq!(
+        s.p.store().len(Table::Mailbox),
+        2,
+        "no commit for an ack alone"
+    );
+    assert_eq!(s.p.stats().commits, commits);
+    let flush = NOW.saturating_add(super::LAZY_FLUSH_MS);
+    assert!(
+        matches!(s.p.poll_output(NOW), ProviderOutput::Timeout(Some(t)) if t <= flush),
+        "the provider asks to be woken for the deletion"
+    );
+    let _ = drain(&mut s.p, flush);
     assert_eq!(s.p.store().len(Table::Mailbox), 1);
     // Unacknowledged items are pushed again after the resend delay.
     let later = NOW.saturating_add(RESEND_AFTER_MS);
