@@ -2,9 +2,10 @@
 //! store (every batch fsynced before anything it holds is acknowledged), 256-byte text
 //! messages from devices at `one.example` to devices at `two.example`.
 //!
-//! `cargo bench --features quic,redb --bench relay` runs the criterion group, then a report
-//! of its own (`-- summary-only`, a filter matching no group, runs only the report;
-//! `KOGGE_BENCH_NO_SUMMARY=1` skips it):
+//! `cargo bench --bench relay` (features `quic` and `redb`, both default) runs the criterion
+//! group, then a report of its own (`-- summary-only`, a filter matching no group, runs only
+//! the report; `KOGGE_BENCH_NO_SUMMARY=1` skips it; `KOGGE_RELAY_PARTS=saturation,paced`
+//! picks parts of it and `KOGGE_RELAY_RUNS=n` sets the number of saturation runs):
 //!
 //! * **saturation**: 200,000 messages as fast as the providers take them: messages/s from
 //!   the first submit to the last delivery acknowledged, the latency distribution under that
@@ -20,8 +21,10 @@
 //! * **fsync**: the latency of one 4 KiB write + `fdatasync` on the file system of the
 //!   stores, which bounds the latency of anything durable.
 //!
-//! The criterion group `relay/saturation` sends 10,000 messages per iteration through a
-//! fresh pair of providers (setup not timed) and reports messages per second.
+//! The criterion group `relay/saturation` sends 10,000 messages per iteration and reports
+//! messages per second; each sample starts a fresh pair of providers and connects its
+//! devices before the clock starts (the providers' dedup memory would recognise envelopes
+//! sent before, so envelopes are never sent twice to one pair).
 //!
 //! # The path measured
 //!
