@@ -566,6 +566,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         &self.store
     }
 
+    /// Makes the deletions that may wait (acknowledged mailbox items and queue entries,
+    /// SPEC.md 16.12 rule 4) due, so the next [`poll_output`](Self::poll_output) commits
+    /// them: for a graceful stop, after which nothing acknowledged is sent again. Without
+    /// it they would merely be sent again after a restart, which their receivers recognise.
+    pub fn flush(&mut self) {
+        if !self.lazy_ops.is_empty() {
+            self.lazy_since = Some(UnixMillis(0));
+        }
+    }
+
     /// Gives the store back (to restart a provider from it).
     pub fn into_store(self) -> S {
         self.store

@@ -506,6 +506,19 @@ fn submit_store_deliver_ack() {
     let outs = drain(&mut s.p, later);
     assert_eq!(delivered(&outs, ConnectionId(3)).len(), 1);
     assert!(delivered(&outs, ConnectionId(2)).is_empty());
+    // A graceful stop (`flush`) commits waiting deletions at once.
+    let _ = send(
+        &mut s.p,
+        ConnectionId(3),
+        Body::DeliverAck(wire::DeliverAck {
+            seqs: vec![items3[0].seq],
+        }),
+    );
+    assert_eq!(s.p.stats().mailbox_items, 0);
+    assert_eq!(s.p.store().len(Table::Mailbox), 1);
+    s.p.flush();
+    let _ = drain(&mut s.p, later);
+    assert_eq!(s.p.store().len(Table::Mailbox), 0);
 }
 
 #[test]
