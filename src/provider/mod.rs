@@ -18,7 +18,8 @@
 //! Every change to durable state becomes [`StoreOp`]s. `poll_output` commits them, in
 //! one batch for however many inputs came before, **before** it releases any output,
 //! so nothing is acknowledged (and no one-time prekey handed out) that the store has
-//! not made durable. If the commit fails, the provider drops the outputs, reloads its
+//! not made durable. Only deletions that SPEC.md 16.12 lets wait (acknowledged mailbox
+//! items and queue entries) wait for the next commit, or at most a second. If the commit fails, the provider drops the outputs, reloads its
 //! state from the store and carries on; peers retry.
 //!
 //! Envelopes are routed by their claimed header without verifying signatures: the
@@ -58,6 +59,13 @@ use crate::wire::{self, frame::Body};
 
 /// How often expiry sweeps run (relay expiry, dedup expiry).
 const SWEEP_INTERVAL_MS: u64 = 60_000;
+
+/// Deletions that may wait (see [`Provider::lazy_ops`]) are committed on their own once
+/// this many are pending…
+const LAZY_FLUSH_OPS: usize = 4096;
+
+/// …or once the oldest has waited this long (unless a commit takes them along first).
+const LAZY_FLUSH_MS: u64 = 1000;
 
 /// Bytes of envelopes per `Deliver` or `Relay` frame before a new frame is started.
 const FRAME_FILL: usize = MAX_FRAME_LEN / 2;
@@ -436,6 +444,17 @@ pub struct Provider<S: Store, R: CryptoRng> {
     /// Connections of devices just removed from their lists, closed once the current
     /// frame is handled.
     to_refuse: Vec<ConnectionId>,
+    /// Successful commits, for [`ProviderStats::commits`].
+    commits: u64,
+    /// Deletions whose durability nothing waits for (SPEC.md 16.12 rule 4): mailbox items
+    /// the device acknowledged and queue entries the next hop acknowledged. They go to the
+    /// store with the next commit of `ops`, or on their own after [`LAZY_FLUSH_MS`] or
+    /// beyond [`LAZY_FLUSH_OPS`], so an acknowledgement alone costs no `fsync` of its own.
+    /// Lost in a crash, they only make the item be sent again, which its receiver
+    /// recognises (SPEC.md 16.9).
+    lazy_ops: Vec<StoreOp>,
+    /// When the oldest of `lazy_ops` was made.
+    lazy_since: Option<UnixMillis>,
 }
 
 impl<S: Store, R: CryptoRng> fmt::Debug for Provider<S, R> {
@@ -504,6 +523,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             dirty_remotes: BTreeSet::new(),
             now,
             to_refuse: Vec::new(),
+            commits: 0,
+            lazy_ops: Vec::new(),
+            lazy_since: None,
         };
         p.after_load(now);
         Ok(p)
@@ -544,6 +566,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         &self.store
     }
 
+    /// Makes the deletions that may wait (acknowledged mailbox items and queue entries,
+    /// SPEC.md 16.12 rule 4) due, so the next [`poll_output`](Self::poll_output) commits
+    /// them: for a graceful stop, after which nothing acknowledged is sent again. Without
+    /// it they would merely be sent again after a restart, which their receivers recognise.
+    pub fn flush(&mut self) {
+        if !self.lazy_ops.is_empty() {
+            self.lazy_since = Some(UnixMillis(0));
+        }
+    }
+
     /// Gives the store back (to restart a provider from it).
     pub fn into_store(self) -> S {
         self.store
@@ -556,6 +588,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             dedup_entries: self.durable.dedup.len(),
             pending_fetches: self.forwards.len(),
             connections: self.conns.len(),
+            commits: self.commits,
             ..ProviderStats::default()
         };
         for u in self.durable.users.values() {
@@ -1354,7 +1387,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     ) -> Result<(), ProtocolError> {
         enum Dest {
             Local(DeviceKey),
-            Remote(Domain),
+            /// The queue item is made from the header decoded here (not decoded again).
+            Remote(Domain, OutItem),
         }
         let mut plan = Vec::with_capacity(envelopes.len());
         let mut local_counts: HashMap<DeviceKey, usize> = HashMap::new();
@@ -1387,7 +1421,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 }
                 Dest::Local((h.recipient.clone(), h.recipient_device))
             } else {
-                Dest::Remote(h.recipient.domain())
+                Dest::Remote(
+                    h.recipient.domain(),
+                    OutItem::with_header(bytes.clone(), h, now),
+                )
             };
             // Stored before (or twice in this submit): not stored again, not counted.
             if self.durable.seen(&dk) || plan.iter().any(|(k, _, _)| *k == dk) {
@@ -1395,7 +1432,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
             match &dest {
                 Dest::Local(dkey) => *local_counts.entry(dkey.clone()).or_default() += 1,
-                Dest::Remote(d) => *remote_counts.entry(d.clone()).or_default() += 1,
+                Dest::Remote(d, _) => *remote_counts.entry(d.clone()).or_default() += 1,
             }
             plan.push((dk, dest, bytes));
         }
@@ -1422,16 +1459,14 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .remember(dk, expiry, MAX_DEDUP_ENTRIES, &mut self.ops);
             match dest {
                 Dest::Local(dkey) => self.deliver_local(&dkey, bytes, now),
-                Dest::Remote(domain) => {
-                    if let Some(item) = OutItem::new(bytes, now) {
-                        let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
-                        self.remotes
-                            .entry(domain.clone())
-                            .or_default()
-                            .ready
-                            .insert(seq);
-                        self.dirty_remotes.insert(domain);
-                    }
+                Dest::Remote(domain, item) => {
+                    let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
+                    self.remotes
+                        .entry(domain.clone())
+                        .or_default()
+                        .ready
+                        .insert(seq);
+                    self.dirty_remotes.insert(domain);
                 }
             }
         }
@@ -1468,7 +1503,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     fn on_ack(&mut self, key: DeviceKey, seqs: &[u64]) {
         for seq in seqs {
-            if self.durable.remove_mail(&key.0, key.1, *seq, &mut self.ops)
+            if self
+                .durable
+                .remove_mail(&key.0, key.1, *seq, &mut self.lazy_ops)
                 && let Some(o) = self.online.get_mut(&key)
             {
                 o.in_flight.remove(seq);
@@ -1797,7 +1834,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         };
         for (seq, res) in seqs.into_iter().zip(results) {
             if res.code.is_empty() {
-                self.durable.remove_out(domain, seq, &mut self.ops);
+                self.durable.remove_out(domain, seq, &mut self.lazy_ops);
                 if let Some(r) = self.remotes.get_mut(domain) {
                     r.attempts.remove(&seq);
                 }
@@ -2135,16 +2172,35 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
             break;
         }
-        if !self.ops.is_empty() {
-            let ops = std::mem::take(&mut self.ops);
-            if let Err(e) = self.store.commit(&ops) {
-                self.rollback(now, e);
+        if self.lazy_ops.is_empty() {
+            self.lazy_since = None;
+        } else if self.lazy_since.is_none() {
+            self.lazy_since = Some(now);
+        }
+        let lazy_due = self.lazy_ops.len() >= LAZY_FLUSH_OPS
+            || self
+                .lazy_since
+                .is_some_and(|t| t.saturating_add(LAZY_FLUSH_MS) <= now);
+        if !self.ops.is_empty() || lazy_due {
+            // The waiting deletions ride along: they concern items stored by earlier
+            // commits, so their order relative to `ops` does not matter.
+            let mut ops = std::mem::take(&mut self.lazy_ops);
+            ops.append(&mut self.ops);
+            self.lazy_since = None;
+            match self.store.commit(&ops) {
+                Ok(()) => self.commits += 1,
+                Err(e) => self.rollback(now, e),
             }
         }
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        ProviderOutput::Timeout(self.timers.first().map(|(t, _)| *t))
+        let flush = self.lazy_since.map(|t| t.saturating_add(LAZY_FLUSH_MS));
+        let timer = self.timers.first().map(|(t, _)| *t);
+        ProviderOutput::Timeout(match (timer, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// A commit failed: drop everything that depended on it and reload.
@@ -2152,6 +2208,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let closes: Vec<ConnectionId> = self.conns.keys().copied().collect();
         self.out.clear();
         self.ops.clear();
+        self.lazy_ops.clear();
+        self.lazy_since = None;
         self.dirty.clear();
         self.dirty_remotes.clear();
         self.forwards.clear();

@@ -3,13 +3,13 @@
 //! Every mutation here pushes the ops that make it durable; [`Durable::load`] rebuilds
 //! the same state from a store's contents.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::address::{Address, Domain};
-use crate::envelope::{MessageId, UnverifiedEnvelope};
+use crate::envelope::{EnvelopeHeader, MessageId, UnverifiedEnvelope};
 use crate::identity::{DeviceCertificate, DeviceId, DeviceList};
 use crate::session::SignedPrekey;
 use crate::store::{Contents, StoreOp, Table};
@@ -98,8 +98,12 @@ pub(super) struct OutItem {
 impl OutItem {
     pub(super) fn new(envelope: Bytes, accepted: UnixMillis) -> Option<Self> {
         let env = UnverifiedEnvelope::decode(envelope.clone()).ok()?;
-        let h = env.claimed_header();
-        Some(Self {
+        Some(Self::with_header(envelope, env.claimed_header(), accepted))
+    }
+
+    /// An item for `envelope`, whose header the caller has already decoded as `h`.
+    pub(super) fn with_header(envelope: Bytes, h: &EnvelopeHeader, accepted: UnixMillis) -> Self {
+        Self {
             accepted,
             sender: h.sender.clone(),
             sender_device: h.sender_device,
@@ -107,7 +111,7 @@ impl OutItem {
             recipient_device: h.recipient_device,
             message_id: h.message_id,
             envelope,
-        })
+        }
     }
 }
 
@@ -165,6 +169,9 @@ pub(super) struct Durable {
     pub(super) next_out_seq: u64,
     pub(super) dedup: HashMap<[u8; 16], UnixMillis>,
     pub(super) dedup_by_expiry: BTreeSet<(UnixMillis, [u8; 16])>,
+    /// Dedup entries loaded in the first record layout (key = the dedup key alone),
+    /// deleted under that key when forgotten. See [`key_dedup`].
+    legacy_dedup: HashSet<[u8; 16]>,
     /// Records in the store that did not decode (reported, then ignored).
     pub(super) corrupt: usize,
 }
@@ -213,6 +220,18 @@ fn key_out(domain: &Domain, seq: u64) -> Bytes {
     k.put_u16(u16::try_from(d.len()).unwrap_or(u16::MAX));
     k.put_slice(d);
     k.put_u64(seq);
+    k.freeze()
+}
+
+/// The store key of a dedup entry: `expiry (u64, big-endian) ‖ dedup key`, with an empty
+/// value. Ordered by expiry, so new entries go to the end of the table and expired ones
+/// leave from its start: a commit touches a few B-tree pages at the edges, where keys
+/// ordered by the (uniformly random) dedup key alone would touch a page per entry.
+/// Records of the first layout (`dedup key -> expiry`) are still read.
+fn key_dedup(expiry: UnixMillis, key: &[u8; 16]) -> Bytes {
+    let mut k = BytesMut::with_capacity(8 + 16);
+    k.put_u64(expiry.0);
+    k.put_slice(key);
     k.freeze()
 }
 
@@ -336,13 +355,21 @@ impl Durable {
             d.corrupt += usize::from(ok.is_none());
         }
         for (k, v) in table(Table::Dedup) {
-            let ok = <[u8; 16]>::try_from(k.as_ref())
-                .ok()
-                .zip(be_u64(v))
-                .map(|(key, exp)| {
-                    d.dedup.insert(key, UnixMillis(exp));
-                    d.dedup_by_expiry.insert((UnixMillis(exp), key));
-                });
+            let entry = match k.len() {
+                24 => be_u64(&k[..8]).zip(<[u8; 16]>::try_from(&k[8..]).ok()),
+                16 => {
+                    let legacy = <[u8; 16]>::try_from(k.as_ref()).ok().zip(be_u64(v));
+                    legacy.map(|(key, exp)| {
+                        d.legacy_dedup.insert(key);
+                        (exp, key)
+                    })
+                }
+                _ => None,
+            };
+            let ok = entry.map(|(exp, key)| {
+                d.dedup.insert(key, UnixMillis(exp));
+                d.dedup_by_expiry.insert((UnixMillis(exp), key));
+            });
             d.corrupt += usize::from(ok.is_none());
         }
         for (k, v) in table(Table::Meta) {
@@ -626,22 +653,27 @@ impl Durable {
         self.dedup_by_expiry.insert((expiry, key));
         ops.push(StoreOp::Put {
             table: Table::Dedup,
-            key: Bytes::copy_from_slice(&key),
-            value: Bytes::copy_from_slice(&expiry.0.to_be_bytes()),
+            key: key_dedup(expiry, &key),
+            value: Bytes::new(),
         });
         while self.dedup.len() > max {
-            let Some((_, old)) = self.dedup_by_expiry.pop_first() else {
+            let Some((exp, old)) = self.dedup_by_expiry.pop_first() else {
                 break;
             };
-            self.forget(old, ops);
+            self.forget(exp, old, ops);
         }
     }
 
-    fn forget(&mut self, key: [u8; 16], ops: &mut Vec<StoreOp>) {
+    fn forget(&mut self, expiry: UnixMillis, key: [u8; 16], ops: &mut Vec<StoreOp>) {
         self.dedup.remove(&key);
+        let key = if self.legacy_dedup.remove(&key) {
+            Bytes::copy_from_slice(&key)
+        } else {
+            key_dedup(expiry, &key)
+        };
         ops.push(StoreOp::Delete {
             table: Table::Dedup,
-            key: Bytes::copy_from_slice(&key),
+            key,
         });
     }
 
@@ -652,7 +684,68 @@ impl Durable {
                 break;
             }
             self.dedup_by_expiry.pop_first();
-            self.forget(key, ops);
+            self.forget(exp, key, ops);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dedup_ops(ops: &[StoreOp]) -> Vec<(bool, Bytes)> {
+        ops.iter()
+            .map(|op| match op {
+                StoreOp::Put { table, key, .. } => {
+                    assert_eq!(*table, Table::Dedup);
+                    (true, key.clone())
+                }
+                StoreOp::Delete { table, key } => {
+                    assert_eq!(*table, Table::Dedup);
+                    (false, key.clone())
+                }
+            })
+            .collect()
+    }
+
+    /// Dedup records are keyed by expiry first; records of the first layout still load
+    /// and are deleted under their own key.
+    #[test]
+    fn dedup_records_both_layouts() {
+        let legacy = [1u8; 16];
+        let current = [2u8; 16];
+        let mut contents = Contents::new();
+        let t = contents.entry(Table::Dedup).or_default();
+        t.insert(
+            Bytes::copy_from_slice(&legacy),
+            Bytes::copy_from_slice(&10u64.to_be_bytes()),
+        );
+        t.insert(key_dedup(UnixMillis(20), &current), Bytes::new());
+        t.insert(Bytes::from_static(b"garbage"), Bytes::new());
+        let mut d = Durable::load(&contents);
+        assert_eq!(d.corrupt, 1);
+        assert!(d.seen(&legacy) && d.seen(&current));
+
+        let mut ops = Vec::new();
+        d.remember([3u8; 16], UnixMillis(30), MAX, &mut ops);
+        assert_eq!(
+            dedup_ops(&ops),
+            vec![(true, key_dedup(UnixMillis(30), &[3u8; 16]))]
+        );
+        // Keys sort by expiry, whatever the dedup key.
+        assert!(key_dedup(UnixMillis(20), &[0xff; 16]) < key_dedup(UnixMillis(30), &[0; 16]));
+
+        let mut ops = Vec::new();
+        d.expire_dedup(UnixMillis(25), &mut ops);
+        assert_eq!(
+            dedup_ops(&ops),
+            vec![
+                (false, Bytes::copy_from_slice(&legacy)),
+                (false, key_dedup(UnixMillis(20), &current)),
+            ]
+        );
+        assert!(!d.seen(&legacy) && !d.seen(&current) && d.seen(&[3u8; 16]));
+    }
+
+    const MAX: usize = 10;
 }

@@ -475,7 +475,9 @@ fn submit_store_deliver_ack() {
         wire::response::Body::Done(_)
     ));
     assert_eq!(s.p.stats().mailbox_items, 2);
-    // Ack removes durably.
+    // An ack removes the item at once; its deletion from the store waits for the next
+    // commit, or at most LAZY_FLUSH_MS (nothing depends on it: SPEC.md 16.12 rule 4).
+    let commits = s.p.stats().commits;
     let outs = send(
         &mut s.p,
         ConnectionId(2),
@@ -484,6 +486,19 @@ fn submit_store_deliver_ack() {
         }),
     );
     assert!(delivered(&outs, ConnectionId(2)).is_empty());
+    assert_eq!(s.p.stats().mailbox_items, 1);
+    assert_eq!(
+        s.p.store().len(Table::Mailbox),
+        2,
+        "no commit for an ack alone"
+    );
+    assert_eq!(s.p.stats().commits, commits);
+    let flush = NOW.saturating_add(super::LAZY_FLUSH_MS);
+    assert!(
+        matches!(s.p.poll_output(NOW), ProviderOutput::Timeout(Some(t)) if t <= flush),
+        "the provider asks to be woken for the deletion"
+    );
+    let _ = drain(&mut s.p, flush);
     assert_eq!(s.p.store().len(Table::Mailbox), 1);
     // Unacknowledged items are pushed again after the resend delay.
     let later = NOW.saturating_add(RESEND_AFTER_MS);
@@ -491,6 +506,19 @@ fn submit_store_deliver_ack() {
     let outs = drain(&mut s.p, later);
     assert_eq!(delivered(&outs, ConnectionId(3)).len(), 1);
     assert!(delivered(&outs, ConnectionId(2)).is_empty());
+    // A graceful stop (`flush`) commits waiting deletions at once.
+    let _ = send(
+        &mut s.p,
+        ConnectionId(3),
+        Body::DeliverAck(wire::DeliverAck {
+            seqs: vec![items3[0].seq],
+        }),
+    );
+    assert_eq!(s.p.stats().mailbox_items, 0);
+    assert_eq!(s.p.store().len(Table::Mailbox), 1);
+    s.p.flush();
+    let _ = drain(&mut s.p, later);
+    assert_eq!(s.p.store().len(Table::Mailbox), 0);
 }
 
 #[test]
@@ -612,6 +640,12 @@ fn one_time_prekeys_are_handed_out_once_and_rationed() {
 fn failed_commit_acknowledges_nothing_and_rolls_back() {
     let mut s = setup();
     let sent = alice_encrypts(&mut s, "durable?");
+    let commits = s.p.stats().commits;
+    assert_eq!(
+        commits,
+        s.p.store.commits(),
+        "stats count the store's commits"
+    );
     s.p.store.fail_next_commits(1);
     let outs = request(
         &mut s.p,
@@ -632,6 +666,11 @@ fn failed_commit_acknowledges_nothing_and_rolls_back() {
             .any(|o| matches!(o, ProviderOutput::Event(ProviderEvent::StorageFailed(_))))
     );
     assert_eq!(s.p.stats().mailbox_items, 0);
+    assert_eq!(
+        s.p.stats().commits,
+        commits,
+        "a failed commit is not counted"
+    );
     // The device reconnects and resubmits: stored exactly once.
     let outs = login(&mut s.p, ConnectionId(11), &s.alice.accounts[0], None);
     assert!(welcomed(&outs, ConnectionId(11)));
@@ -640,6 +679,7 @@ fn failed_commit_acknowledges_nothing_and_rolls_back() {
         wire::response::Body::Done(_)
     ));
     assert_eq!(s.p.stats().mailbox_items, 2);
+    assert_eq!(s.p.stats().commits, s.p.store.commits());
 }
 
 #[test]

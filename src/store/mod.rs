@@ -41,7 +41,8 @@ pub enum Table {
     Mailbox = 4,
     /// Remote domain ‖ sequence number -> one envelope queued for that provider.
     Outbound = 5,
-    /// Envelope dedup key -> expiry time.
+    /// Expiry time ‖ envelope dedup key -> nothing (ordered by expiry; the first layout,
+    /// dedup key -> expiry time, is still read).
     Dedup = 6,
     /// Counters (next sequence numbers).
     Meta = 7,

