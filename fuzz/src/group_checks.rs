@@ -362,9 +362,9 @@ pub fn group_snapshot(data: &[u8]) {
     match GroupState::join(snapshot, &w.changes[k], joiner) {
         Ok(joined) => {
             assert_eq!(k, 1, "a join by a change that adds nobody");
-            // `join` checks that the joiner is a member afterwards (SPEC.md 18.6 says: that
-            // the add names it; see the report of commit "fuzz: group targets").
+            // `join` checks that the change is an add that names the joiner (SPEC.md 18.6).
             assert!(joined.role(joiner).is_some());
+            assert_eq!(joiner.as_str(), "dave@two.example");
             assert!(
                 joined == w.states[1],
                 "a join gave another state than the group's"

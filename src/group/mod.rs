@@ -886,7 +886,6 @@ impl GroupState {
         if change.group != self.id {
             return Err(E::WrongGroup);
         }
-        let next_epoch = self.epoch.saturating_add(1);
         if change.epoch == self.epoch && change.hash != self.head {
             // Another change for the epoch this state is at. Countersigned, it is the
             // sequencer's proof of ordering two changes for one epoch; otherwise it lost
@@ -894,13 +893,14 @@ impl GroupState {
             let proven = change.check_sequenced(&self.sequencer.key).is_ok();
             return Err(if proven { E::Equivocation } else { E::Conflict });
         }
-        if change.epoch < next_epoch {
+        if change.epoch <= self.epoch {
             return Err(E::Stale {
                 epoch: change.epoch,
                 current: self.epoch,
             });
         }
-        if change.epoch > next_epoch {
+        // Here change.epoch > self.epoch, so self.epoch + 1 cannot overflow.
+        if change.epoch != self.epoch + 1 {
             return Err(E::Gap {
                 epoch: change.epoch,
                 current: self.epoch,
@@ -1162,6 +1162,20 @@ impl GroupState {
         if s.version != PROTOCOL_VERSION {
             return Err(E::UnsupportedVersion(s.version));
         }
+        // The order of SPEC.md 18.6: field forms, member count, members (each one's form,
+        // then its place in the order), an admin.
+        let id = GroupId::from_slice(&s.group_id).ok_or(E::InvalidField("group_id"))?;
+        let head: [u8; 32] = s
+            .head
+            .as_ref()
+            .try_into()
+            .map_err(|_| E::InvalidField("head"))?;
+        let title = checked_title(s.title)?;
+        let sequencer = Sequencer {
+            domain: Domain::parse_canonical(&s.sequencer).map_err(E::InvalidAddress)?,
+            key: ProviderKey::from_bytes(&s.sequencer_key)
+                .map_err(|_| E::InvalidField("sequencer_key"))?,
+        };
         if s.members.len() > MAX_GROUP_MEMBERS {
             return Err(E::TooManyMembers {
                 count: s.members.len(),
@@ -1186,19 +1200,11 @@ impl GroupState {
             return Err(E::NoAdminLeft);
         }
         Ok(Self {
-            id: GroupId::from_slice(&s.group_id).ok_or(E::InvalidField("group_id"))?,
+            id,
             epoch: s.epoch,
-            head: s
-                .head
-                .as_ref()
-                .try_into()
-                .map_err(|_| E::InvalidField("head"))?,
-            title: checked_title(s.title)?,
-            sequencer: Sequencer {
-                domain: Domain::parse_canonical(&s.sequencer).map_err(E::InvalidAddress)?,
-                key: ProviderKey::from_bytes(&s.sequencer_key)
-                    .map_err(|_| E::InvalidField("sequencer_key"))?,
-            },
+            head,
+            title,
+            sequencer,
             members,
             rekey_epoch: 0,
             hash: [0; 32],
@@ -1218,7 +1224,11 @@ impl GroupState {
     ) -> Result<Self, GroupError> {
         let before = Self::from_snapshot(snapshot)?;
         let after = before.apply(change)?;
-        if !matches!(change.action, GroupAction::Add(_)) || after.role(joiner).is_none() {
+        let names_joiner = match &change.action {
+            GroupAction::Add(members) => members.iter().any(|m| &m.address == joiner),
+            _ => false,
+        };
+        if !names_joiner {
             return Err(GroupError::InvalidChange(
                 "the change does not add the joiner",
             ));

@@ -519,6 +519,13 @@ fn a_new_member_joins_from_a_snapshot_it_can_check() {
         GroupState::join(&lie, &add, w.dave.address()),
         Err(GroupError::StateMismatch)
     );
+    // An add that names someone else is no invitation for an existing member either.
+    assert_eq!(
+        GroupState::join(&g0.to_snapshot(), &add, w.alice.address()),
+        Err(GroupError::InvalidChange(
+            "the change does not add the joiner"
+        ))
+    );
     // A change that does not add the joiner is no invitation.
     let other = w.ordered(&g0, &w.alice.device, GroupAction::SetTitle("t".into()));
     assert_eq!(

@@ -2203,15 +2203,17 @@ def decode_group_snapshot(encoded):
         raise E("invalid_address")
     if not valid_public_key(s["sequencer_key"]):
         raise E("invalid_field")
-    ms = [_group_member(m) for m in s["members"]]
-    if len(ms) > MAX_GROUP_MEMBERS:
+    if len(s["members"]) > MAX_GROUP_MEMBERS:
         raise E("too_many_members")
     members = {}
-    for i, m in enumerate(ms):
-        # Each address is compared with the one before it: equal is a repeated address,
-        # smaller is out of order (so every repetition is one or the other).
-        if i and m["address"].encode() <= ms[i - 1]["address"].encode():
-            raise E("duplicate_member" if m["address"] == ms[i - 1]["address"] else "invalid_field")
+    prev = None
+    for raw in s["members"]:
+        # Each member's form, then its place: compared with the one before it, equal is a
+        # repeated address, smaller is out of order.
+        m = _group_member(raw)
+        if prev is not None and m["address"].encode() <= prev.encode():
+            raise E("duplicate_member" if m["address"] == prev else "invalid_field")
+        prev = m["address"]
         members[m["address"]] = (m["identity_key"], m["role"])
     if not any(r == 2 for _, r in members.values()):
         raise E("no_admin_left")
