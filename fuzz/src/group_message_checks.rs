@@ -168,7 +168,8 @@ pub fn group_message_open(data: &[u8]) {
                 assert_eq!(r.skipped_keys(), w.receiver.skipped_keys());
                 let honest = GroupEnvelope::decode(w.sealed[0].clone()).unwrap();
                 assert!(
-                    r.open(&w.state, &honest, w.devices[0].certificate()).is_ok(),
+                    r.open(&w.state, &honest, w.devices[0].certificate())
+                        .is_ok(),
                     "a refused message ({}) changed the receiver",
                     e.code()
                 );
