@@ -94,6 +94,29 @@ impl World {
         GroupState::create(&change.sequence(&self.sequencer)).unwrap()
     }
 
+    /// The next change of `state` by `by`, committing to `state_hash`, made without the
+    /// author-side checks of `GroupState::change` (as a modified client or a provider
+    /// holding a device of its own would), and countersigned.
+    fn forced(
+        &self,
+        state: &GroupState,
+        by: &Device,
+        state_hash: [u8; 32],
+        action: &GroupAction,
+    ) -> GroupChange {
+        GroupChange::sign(
+            by,
+            state.id(),
+            state.epoch() + 1,
+            Some(*state.head()),
+            T,
+            state_hash,
+            action,
+        )
+        .unwrap()
+        .sequence(&self.sequencer)
+    }
+
     fn ordered(&self, state: &GroupState, by: &Device, action: GroupAction) -> GroupChange {
         state
             .change(by, action, T)
@@ -180,9 +203,7 @@ fn only_admins_govern() {
         // The author's own client refuses to make it...
         assert_eq!(g.change(bob, action.clone(), T), Err(GroupError::NotAdmin));
         // ...and a change made anyway (by a modified client) is refused by everyone.
-        let forced = GroupChange::sign(bob, g.id(), 1, Some(*g.head()), T, [0; 32], &action)
-            .unwrap()
-            .sequence(&w.sequencer);
+        let forced = w.forced(&g, bob, [0; 32], &action);
         assert_eq!(g.apply(&forced), Err(GroupError::NotAdmin));
     }
     // A member may leave.
@@ -198,21 +219,12 @@ fn a_provider_cannot_add_anyone() {
     // a device of its own, under an identity of its own, it is not a member...
     let eve_identity = IdentityKeyPair::generate(&mut w.rng);
     let eve = device_of(&mut w.rng, &eve_identity, "eve@one.example");
-    let inject = GroupChange::sign(
-        &eve,
-        g.id(),
-        1,
-        Some(*g.head()),
-        T,
-        [0; 32],
-        &GroupAction::Add(vec![GroupMember {
-            address: eve.address().clone(),
-            identity: eve_identity.public(),
-            role: GroupRole::Admin,
-        }]),
-    )
-    .unwrap()
-    .sequence(&w.sequencer);
+    let eve_admin = GroupAction::Add(vec![GroupMember {
+        address: eve.address().clone(),
+        identity: eve_identity.public(),
+        role: GroupRole::Admin,
+    }]);
+    let inject = w.forced(&g, &eve, [0; 32], &eve_admin);
     assert_eq!(
         g.apply(&inject),
         Err(GroupError::NotMember(eve.address().clone()))
@@ -220,21 +232,7 @@ fn a_provider_cannot_add_anyone() {
     // ...and a device certificate it makes for alice's address is under the wrong
     // identity key.
     let fake_alice = device_of(&mut w.rng, &eve_identity, "alice@one.example");
-    let forged = GroupChange::sign(
-        &fake_alice,
-        g.id(),
-        1,
-        Some(*g.head()),
-        T,
-        [0; 32],
-        &GroupAction::Add(vec![GroupMember {
-            address: eve.address().clone(),
-            identity: eve_identity.public(),
-            role: GroupRole::Admin,
-        }]),
-    )
-    .unwrap()
-    .sequence(&w.sequencer);
+    let forged = w.forced(&g, &fake_alice, [0; 32], &eve_admin);
     assert_eq!(g.apply(&forged), Err(GroupError::IdentityMismatch));
 }
 
@@ -369,17 +367,12 @@ fn tampering_is_refused() {
         assert!(r.is_err(), "flipping byte {i} was accepted");
     }
     // A member that lies about the resulting state is caught.
-    let lie = GroupChange::sign(
+    let lie = w.forced(
+        &g,
         &w.alice.device,
-        g.id(),
-        1,
-        Some(*g.head()),
-        T,
         [7; 32],
         &GroupAction::SetTitle("t".into()),
-    )
-    .unwrap()
-    .sequence(&w.sequencer);
+    );
     assert_eq!(g.apply(&lie), Err(GroupError::StateMismatch));
     // A change for another group.
     let other = GroupState::create(
