@@ -133,6 +133,19 @@ pub const MAX_GROUP_SKIPPED_KEYS: usize = 5000;
 /// is dropped first).
 pub const MAX_GROUP_CHAINS_PER_DEVICE: usize = 4;
 
+/// Users one `SubmitGroup` or `GroupRelay` names: a whole group, with the members a
+/// change removes (they learn of their removal).
+pub const MAX_GROUP_RECIPIENTS: usize = MAX_GROUP_MEMBERS + MAX_GROUP_CHANGE_MEMBERS;
+
+/// Groups one provider orders as their sequencer; a creating change beyond it is refused
+/// with `too_many`.
+pub const MAX_SEQUENCER_GROUPS: usize = 100_000;
+
+/// Group items (envelopes and changes) a device holds unacknowledged while it waits for
+/// the sender key or the change they need; beyond it the oldest is dropped and
+/// acknowledged.
+pub const MAX_PENDING_GROUP_ITEMS: usize = 1000;
+
 // ---------------------------------------------------------------------------
 // The client-provider and provider-provider protocol (SPEC.md section 16).
 

@@ -2307,6 +2307,25 @@ fn hexes(v: &[Bytes]) -> Vec<String> {
 /// as hex, `uint64` as decimal strings, enums by name; every field outside a `oneof` is
 /// present (with its default when absent on the wire; an absent message is null); of a
 /// `oneof`, only the member that is set.
+
+/// A `GroupItem` as JSON (SPEC.md 20).
+fn group_item_json(g: &wire::GroupItem) -> Value {
+    let mut o = json!({});
+    match &g.body {
+        Some(wire::group_item::Body::Envelope(e)) => o["envelope"] = json!(h(e)),
+        Some(wire::group_item::Body::Change(c)) => o["change"] = json!(h(c)),
+        None => {}
+    }
+    if !g.snapshot.is_empty() {
+        o["snapshot"] = json!(h(&g.snapshot));
+    }
+    o
+}
+
+fn group_relay_json(g: &wire::GroupRelay) -> Value {
+    json!({"item": g.item.as_ref().map(group_item_json), "recipients": g.recipients})
+}
+
 fn frame_json(body: &wire::frame::Body) -> Value {
     use wire::frame::Body;
     match body {
@@ -2351,7 +2370,21 @@ fn frame_json(body: &wire::frame::Body) -> Value {
                     json!({"address": m.address, "devices": hexes(&m.devices), "requester": m.requester}),
                 )),
                 Some(B::Submit(m)) => Some(("submit", json!({"envelopes": hexes(&m.envelopes)}))),
-                Some(B::Relay(m)) => Some(("relay", json!({"envelopes": hexes(&m.envelopes)}))),
+                Some(B::Relay(m)) => {
+                    let mut r = json!({"envelopes": hexes(&m.envelopes)});
+                    if !m.groups.is_empty() {
+                        r["groups"] = json!(m.groups.iter().map(group_relay_json).collect::<Vec<_>>());
+                    }
+                    Some(("relay", r))
+                }
+                Some(B::SubmitGroup(m)) => Some((
+                    "submit_group",
+                    json!({"envelope": h(&m.envelope), "recipients": m.recipients}),
+                )),
+                Some(B::OrderGroupChange(m)) => Some((
+                    "order_group_change",
+                    json!({"change": h(&m.change), "sequencer": m.sequencer, "requester": m.requester}),
+                )),
                 Some(B::FetchDeviceList(m)) => Some((
                     "fetch_device_list",
                     json!({"address": m.address, "requester": m.requester}),
@@ -2380,6 +2413,7 @@ fn frame_json(body: &wire::frame::Body) -> Value {
                 Some(B::DeviceList(m)) => {
                     Some(("device_list", json!({"device_list": h(&m.device_list)})))
                 }
+                Some(B::GroupChange(m)) => Some(("group_change", json!({"change": h(&m.change)}))),
                 None => None,
             };
             if let Some((k, v)) = member {
@@ -2395,6 +2429,7 @@ fn frame_json(body: &wire::frame::Body) -> Value {
                     let mut o = json!({ "seq": u64_json(i.seq) });
                     match &i.item {
                         Some(wire::mailbox_item::Item::Envelope(e)) => o["envelope"] = json!(h(e)),
+                        Some(wire::mailbox_item::Item::Group(g)) => o["group"] = group_item_json(g),
                         Some(wire::mailbox_item::Item::Notice(n)) => {
                             o["notice"] = match &n.body {
                                 Some(wire::notice::Body::Undeliverable(u)) => json!({"undeliverable": {
@@ -2808,6 +2843,7 @@ fn protocol_vectors(
                 u64::MAX,
                 request::Body::Relay(wire::Relay {
                     envelopes: envs.clone(),
+                    groups: Vec::new(),
                 }),
             ),
         ),
@@ -3261,6 +3297,7 @@ fn protocol_vectors(
                 6,
                 request::Body::Relay(wire::Relay {
                     envelopes: Vec::new(),
+                    groups: Vec::new(),
                 }),
             )),
             "invalid_field",

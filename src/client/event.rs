@@ -4,6 +4,7 @@ use std::fmt;
 
 use crate::address::Address;
 use crate::envelope::{Content, ContentError, MessageId};
+use crate::group::{GroupAction, GroupError, GroupId, GroupMessageError, GroupOpened};
 use crate::identity::{DeviceId, IdentityKey};
 use crate::protocol::ProtocolError;
 use crate::session::SessionError;
@@ -202,6 +203,46 @@ pub enum ClientEvent {
         /// The sender the envelope claimed, if it decoded (not authenticated).
         claimed_sender: Option<Address>,
     },
+    /// A group change applied: from the group's sequencer, made by `author` (this
+    /// user's own changes too). A creating change, or one that added this user, makes
+    /// the group appear ([`Client::group`](super::Client::group)).
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+        /// Its epoch now.
+        epoch: u64,
+        /// Who made the change (authenticated by its signature).
+        author: Address,
+        /// What it did.
+        action: GroupAction,
+    },
+    /// A group message arrived (its `Debug` output leaves the content out).
+    GroupMessage(Box<GroupOpened>),
+    /// A group change this device asked for was not ordered (`group_conflict`: another
+    /// change came first; make it again on the new state).
+    GroupChangeFailed {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        error: ProtocolError,
+    },
+    /// A group message was not stored by the provider.
+    GroupMessageFailed {
+        /// The group.
+        group: GroupId,
+        /// The message.
+        message_id: MessageId,
+        /// Why.
+        reason: ProtocolError,
+    },
+    /// A group item (change or envelope) was refused and acknowledged: `code` is its
+    /// group error code (SPEC.md 18.4, 19.3).
+    GroupItemRejected {
+        /// The group, if the item named one that decoded.
+        group: Option<GroupId>,
+        /// The error code.
+        code: &'static str,
+    },
     /// A request other than a submit failed for good (publishing prekeys).
     RequestFailed {
         /// Which request ("publish_prekeys").
@@ -228,6 +269,18 @@ pub enum ClientError {
     /// The session layer refused the command.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// This device holds no device list of the user (fetch it first).
+    #[error("no device list known for {0}")]
+    UnknownContact(Address),
+    /// This device holds no such group.
+    #[error("no group {0}")]
+    UnknownGroup(GroupId),
+    /// The group change cannot be made.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The group message cannot be made.
+    #[error(transparent)]
+    GroupMessage(#[from] GroupMessageError),
 }
 
 impl ClientError {
@@ -237,6 +290,10 @@ impl ClientError {
             Self::Busy { .. } => "busy",
             Self::Content(_) => "invalid_content",
             Self::Session(e) => e.code(),
+            Self::UnknownContact(_) => "unknown_contact",
+            Self::UnknownGroup(_) => "unknown_group",
+            Self::Group(e) => e.code(),
+            Self::GroupMessage(e) => e.code(),
         }
     }
 }

@@ -40,6 +40,7 @@
 //! input, and a malformed input changes nothing.
 
 mod event;
+mod group;
 #[cfg(test)]
 mod tests;
 
@@ -182,6 +183,15 @@ enum RequestKind {
     Submit {
         message: u64,
     },
+    /// A group change handed to the group's sequencer.
+    OrderGroupChange {
+        group: crate::group::GroupId,
+    },
+    /// A group envelope.
+    SubmitGroup {
+        group: crate::group::GroupId,
+        message_id: MessageId,
+    },
 }
 
 /// A request, resent unchanged until answered.
@@ -254,6 +264,11 @@ pub struct Client<R: CryptoRng> {
     verified: BTreeMap<Address, IdentityKey>,
     /// The provider acknowledged the prekeys published at a connection start.
     prekeys_published: bool,
+    /// Groups (see the `group` module).
+    groups: group::Groups,
+    /// Messages stored or given up on since the last flush: (local key, stored, to),
+    /// for the group messages waiting on their sender keys.
+    settled: Vec<(u64, bool, Address)>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -317,6 +332,8 @@ impl<R: CryptoRng> Client<R> {
             outgoing: BTreeMap::new(),
             next_local: 0,
             held: VecDeque::new(),
+            groups: group::Groups::default(),
+            settled: Vec::new(),
             recent_notices: VecDeque::new(),
             verified: BTreeMap::new(),
             prekeys_published: false,
@@ -766,6 +783,9 @@ impl<R: CryptoRng> Client<R> {
     /// Sends what is due: new requests (at most [`MAX_CLIENT_IN_FLIGHT`] unanswered at
     /// once) and resends of unanswered ones.
     fn flush(&mut self, now: UnixMillis) {
+        for (local, ok, to) in std::mem::take(&mut self.settled) {
+            self.key_message_settled(now, local, ok, &to);
+        }
         if !matches!(self.conn, Conn::Online) {
             return;
         }
@@ -857,6 +877,18 @@ impl<R: CryptoRng> Client<R> {
                     self.submit_done(message, r.id);
                 }
             }
+            Some(Body::Done(_)) if matches!(req.kind, RequestKind::SubmitGroup { .. }) => {
+                if let RequestKind::SubmitGroup { message_id, .. } = req.kind {
+                    self.group_submit_done(message_id);
+                }
+            }
+            Some(Body::GroupChange(g))
+                if matches!(req.kind, RequestKind::OrderGroupChange { .. }) =>
+            {
+                if let RequestKind::OrderGroupChange { group } = req.kind {
+                    self.on_ordered(now, group, g.change);
+                }
+            }
             Some(Body::Done(_))
                 if matches!(req.kind, RequestKind::PublishPrekeys | RequestKind::Refill) =>
             {
@@ -911,6 +943,10 @@ impl<R: CryptoRng> Client<R> {
                     let recipient = m.to.clone();
                     self.message_failed(message, recipient, None, error);
                 }
+            }
+            RequestKind::OrderGroupChange { group } => self.order_failed(group, error),
+            RequestKind::SubmitGroup { group, message_id } => {
+                self.group_submit_failed(group, message_id, error);
             }
         }
     }
@@ -1290,6 +1326,7 @@ impl<R: CryptoRng> Client<R> {
         parts.remove(&request);
         if parts.is_empty() {
             let (message_id, notify) = (m.message_id, m.notify);
+            self.settled.push((key, true, m.to.clone()));
             self.outgoing.remove(&key);
             if notify {
                 self.event(ClientEvent::DeliveredToProvider { message_id });
@@ -1308,6 +1345,7 @@ impl<R: CryptoRng> Client<R> {
         let Some(m) = self.outgoing.remove(&key) else {
             return;
         };
+        self.settled.push((key, false, m.to.clone()));
         if let Stage::Submitting { parts } = &m.stage {
             for id in parts {
                 self.take_request(*id);
@@ -1336,6 +1374,11 @@ impl<R: CryptoRng> Client<R> {
             }
             match item.item {
                 Some(wire::mailbox_item::Item::Envelope(e)) => envelopes.push((seq, e)),
+                Some(wire::mailbox_item::Item::Group(g)) => {
+                    if self.on_group_item(now, seq, g) {
+                        acks.push(seq);
+                    }
+                }
                 Some(wire::mailbox_item::Item::Notice(n)) => {
                     self.on_notice(now, seq, n);
                     acks.push(seq);
@@ -1401,6 +1444,9 @@ impl<R: CryptoRng> Client<R> {
             }
         }
         match r.content {
+            Content::GroupSenderKey(key) => {
+                self.on_sender_key(now, &r.sender, r.sender_device, *key);
+            }
             Content::Receipt(receipt) => {
                 for message_id in receipt.message_ids {
                     let (by, device) = (r.sender.clone(), r.sender_device);

@@ -587,8 +587,9 @@ impl GroupEnvelope {
     }
 }
 
-/// An opened group message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An opened group message. Its `Debug` output leaves the content out, so logging it
+/// does not log plaintext.
+#[derive(Clone, PartialEq, Eq)]
 pub struct GroupOpened {
     /// The group.
     pub group: GroupId,
@@ -606,6 +607,19 @@ pub struct GroupOpened {
     pub timestamp: UnixMillis,
     /// The content.
     pub content: Content,
+}
+
+impl fmt::Debug for GroupOpened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupOpened")
+            .field("group", &self.group)
+            .field("sender", &self.sender)
+            .field("sender_device", &self.sender_device)
+            .field("epoch", &self.epoch)
+            .field("message_id", &self.message_id)
+            .field("timestamp", &self.timestamp)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]

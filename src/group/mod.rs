@@ -624,6 +624,12 @@ impl GroupChange {
         .map_err(|_| GroupError::BadSequencerSignature)
     }
 
+    /// Whether the change carries a valid countersignature by the sequencer `key` (what
+    /// a provider checks before delivering a change a peer relays, SPEC.md 20.4).
+    pub fn is_sequenced_by(&self, key: &ProviderKey) -> bool {
+        self.check_sequenced(key).is_ok()
+    }
+
     /// The encoded change, exactly as made or received.
     pub fn encoded(&self) -> &Bytes {
         &self.encoded

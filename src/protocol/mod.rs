@@ -22,7 +22,8 @@ use crate::limits::{
     AUTH_NONCE_LEN, MAX_ACK_SEQS, MAX_ADDRESS_LEN, MAX_BINDING_LEN, MAX_CERTIFICATE_LEN,
     MAX_DELIVER_ITEMS, MAX_DEVICE_LIST_LEN, MAX_DOMAIN_LEN, MAX_ENVELOPE_LEN, MAX_ERROR_CODE_LEN,
     MAX_ERROR_MESSAGE_LEN, MAX_FETCH_DEVICES, MAX_FRAME_LEN, MAX_PREKEY_BUNDLE_LEN,
-    MAX_PUBLISH_ONE_TIME, MAX_RELAY_ENVELOPES, MAX_SIGNED_PREKEY_LEN, MAX_SUBMIT_ENVELOPES,
+    MAX_GROUP_CHANGE_LEN, MAX_GROUP_RECIPIENTS, MAX_GROUP_SNAPSHOT_LEN, MAX_PUBLISH_ONE_TIME,
+    MAX_RELAY_ENVELOPES, MAX_SIGNED_PREKEY_LEN, MAX_SUBMIT_ENVELOPES,
 };
 use crate::wire;
 
@@ -101,6 +102,14 @@ pub enum ErrorCode {
     Expired,
     /// The provider's storage failed; nothing was changed: retry.
     Unavailable,
+    /// The sequencer does not order this group.
+    UnknownGroup,
+    /// The group change lost the race to another change of the same epoch: make it
+    /// again on the new state (SPEC.md 18.3).
+    GroupConflict,
+    /// The group change does not apply to the group's state (the message gives the
+    /// group error code of SPEC.md 18.4).
+    GroupRefused,
 }
 
 impl ErrorCode {
@@ -125,6 +134,9 @@ impl ErrorCode {
         Self::Unreachable,
         Self::Expired,
         Self::Unavailable,
+        Self::UnknownGroup,
+        Self::GroupConflict,
+        Self::GroupRefused,
     ];
 
     /// The code's string on the wire.
@@ -149,6 +161,9 @@ impl ErrorCode {
             Self::Unreachable => "unreachable",
             Self::Expired => "expired",
             Self::Unavailable => "unavailable",
+            Self::UnknownGroup => "unknown_group",
+            Self::GroupConflict => "group_conflict",
+            Self::GroupRefused => "group_refused",
         }
     }
 
@@ -351,6 +366,7 @@ fn check(body: &wire::frame::Body) -> Result<(), FrameError> {
                     Some(wire::mailbox_item::Item::Envelope(e)) => {
                         max_len("deliver.envelope", e, MAX_ENVELOPE_LEN)?
                     }
+                    Some(wire::mailbox_item::Item::Group(g)) => check_group_item(g)?,
                     Some(wire::mailbox_item::Item::Notice(n)) => {
                         if let Some(wire::notice::Body::Undeliverable(u)) = &n.body {
                             exact_len("undeliverable.message_id", &u.message_id, 16)?;
@@ -411,15 +427,62 @@ fn check_request(r: &wire::Request) -> Result<(), FrameError> {
                 .try_for_each(|e| max_len("submit.envelopes", e, MAX_ENVELOPE_LEN))
         }
         Some(Body::Relay(s)) => {
-            max_count("relay.envelopes", s.envelopes.len(), MAX_RELAY_ENVELOPES)?;
-            if s.envelopes.is_empty() {
+            let count = s.envelopes.len() + s.groups.len();
+            max_count("relay.envelopes", count, MAX_RELAY_ENVELOPES)?;
+            if count == 0 {
                 return Err(FrameError::InvalidField("relay.envelopes"));
             }
             s.envelopes
                 .iter()
-                .try_for_each(|e| max_len("relay.envelopes", e, MAX_ENVELOPE_LEN))
+                .try_for_each(|e| max_len("relay.envelopes", e, MAX_ENVELOPE_LEN))?;
+            for g in &s.groups {
+                check_group_item(g.item.as_ref().ok_or(FrameError::InvalidField("relay.groups.item"))?)?;
+                check_recipients("relay.groups.recipients", &g.recipients)?;
+            }
+            Ok(())
+        }
+        Some(Body::SubmitGroup(g)) => {
+            max_len("submit_group.envelope", &g.envelope, MAX_ENVELOPE_LEN)?;
+            if g.envelope.is_empty() {
+                return Err(FrameError::InvalidField("submit_group.envelope"));
+            }
+            check_recipients("submit_group.recipients", &g.recipients)
+        }
+        Some(Body::OrderGroupChange(o)) => {
+            max_len("order_group_change.change", &o.change, MAX_GROUP_CHANGE_LEN)?;
+            max_len("order_group_change.sequencer", o.sequencer.as_bytes(), MAX_DOMAIN_LEN)?;
+            max_len("order_group_change.requester", o.requester.as_bytes(), MAX_ADDRESS_LEN)
         }
     }
+}
+
+/// A group item: exactly one body of its size limit; a snapshot only with a change.
+fn check_group_item(g: &wire::GroupItem) -> Result<(), FrameError> {
+    use wire::group_item::Body;
+    match &g.body {
+        Some(Body::Envelope(e)) => {
+            max_len("group_item.envelope", e, MAX_ENVELOPE_LEN)?;
+            if !g.snapshot.is_empty() {
+                return Err(FrameError::InvalidField("group_item.snapshot"));
+            }
+            Ok(())
+        }
+        Some(Body::Change(c)) => {
+            max_len("group_item.change", c, MAX_GROUP_CHANGE_LEN)?;
+            max_len("group_item.snapshot", &g.snapshot, MAX_GROUP_SNAPSHOT_LEN)
+        }
+        None => Err(FrameError::InvalidField("group_item.body")),
+    }
+}
+
+/// A recipient list: 1 to [`MAX_GROUP_RECIPIENTS`] addresses of bounded length.
+fn check_recipients(field: &'static str, list: &[String]) -> Result<(), FrameError> {
+    max_count(field, list.len(), MAX_GROUP_RECIPIENTS)?;
+    if list.is_empty() {
+        return Err(FrameError::InvalidField(field));
+    }
+    list.iter()
+        .try_for_each(|a| max_len(field, a.as_bytes(), MAX_ADDRESS_LEN))
 }
 
 fn check_response(r: &wire::Response) -> Result<(), FrameError> {
@@ -440,6 +503,7 @@ fn check_response(r: &wire::Response) -> Result<(), FrameError> {
                 .try_for_each(|x| max_len("bundles.bundles", x, MAX_PREKEY_BUNDLE_LEN))
         }
         Some(Body::DeviceList(d)) => max_len("device_list", &d.device_list, MAX_DEVICE_LIST_LEN),
+        Some(Body::GroupChange(g)) => max_len("group_change.change", &g.change, MAX_GROUP_CHANGE_LEN),
         Some(Body::RelayResult(rr)) => {
             max_count(
                 "relay_result.results",

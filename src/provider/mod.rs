@@ -26,6 +26,7 @@
 //! authenticated connection says which device or provider handed an envelope over, and
 //! recipients verify end to end (SPEC.md 16.1).
 
+mod group;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -263,6 +264,21 @@ pub enum ProviderEvent {
     StorageFailed(StoreError),
     /// Records in the store did not decode and were skipped.
     CorruptRecords(usize),
+    /// This provider, a group's sequencer, ordered a change (SPEC.md 20.3).
+    GroupChangeOrdered {
+        /// The group.
+        group: crate::group::GroupId,
+        /// The change's epoch.
+        epoch: u64,
+    },
+    /// A group item was not stored for a local device whose mailbox is full
+    /// (SPEC.md 20.5).
+    GroupItemDropped {
+        /// The user.
+        recipient: Address,
+        /// The device.
+        device: DeviceId,
+    },
 }
 
 /// What the driver must do.
@@ -1302,6 +1318,12 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                     Err(e) => Err(e),
                 }
             }
+            Some(Rq::SubmitGroup(g)) => self.submit_group(now, &key, g).map(|()| done(id)),
+            Some(Rq::OrderGroupChange(o)) => match self.order_change(now, conn, id, &key, o) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            },
             Some(Rq::Relay(_)) | None => Err(err(ErrorCode::Unexpected, "not a device request")),
         };
         let bytes = result.unwrap_or_else(|e| error_response(id, &e));
@@ -1535,7 +1557,32 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .answer_fetch(now, id, requester, &target, what)
                 .map(Some);
         }
-        // A resend of a fetch still being forwarded joins it (SPEC.md 16.5).
+        let domain = target.domain();
+        let body = match what {
+            Fetch::Bundles(mut f) => {
+                f.requester = requester.as_str().to_owned();
+                wire::request::Body::FetchBundles(f)
+            }
+            Fetch::List(mut f) => {
+                f.requester = requester.as_str().to_owned();
+                wire::request::Body::FetchDeviceList(f)
+            }
+        };
+        self.forward(now, conn, id, domain, body)
+    }
+
+    /// Forwards a device's request to a remote provider; its answer goes back to the
+    /// device under the device's request id (SPEC.md 16.5). Returns `None`: the answer
+    /// comes later.
+    fn forward(
+        &mut self,
+        now: UnixMillis,
+        conn: ConnectionId,
+        id: u64,
+        domain: Domain,
+        body: wire::request::Body,
+    ) -> Result<Option<Bytes>, ProtocolError> {
+        // A resend of a request still being forwarded joins it (SPEC.md 16.5).
         if self
             .forwards
             .values()
@@ -1547,18 +1594,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             return Err(err(ErrorCode::RateLimited, "too many fetches in flight")
                 .retry_after(RESEND_AFTER_MS));
         }
-        let domain = target.domain();
         let peer_id = self.take_request_id();
-        let body = match what {
-            Fetch::Bundles(mut f) => {
-                f.requester = requester.as_str().to_owned();
-                wire::request::Body::FetchBundles(f)
-            }
-            Fetch::List(mut f) => {
-                f.requester = requester.as_str().to_owned();
-                wire::request::Body::FetchDeviceList(f)
-            }
-        };
         let deadline = now.saturating_add(FORWARD_TIMEOUT_MS);
         self.forwards.insert(
             peer_id,
@@ -1680,7 +1716,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             return;
         }
         let result = match r.body {
-            Some(Rq::Relay(relay)) => Ok(self.relay_in(now, &domain, id, relay.envelopes)),
+            Some(Rq::Relay(relay)) => Ok(self.relay_in(now, &domain, id, relay)),
+            Some(Rq::OrderGroupChange(o)) => self.peer_order_change(now, id, &domain, o),
             Some(Rq::FetchBundles(f)) => self.peer_fetch(now, id, &domain, Fetch::Bundles(f)),
             Some(Rq::FetchDeviceList(f)) => self.peer_fetch(now, id, &domain, Fetch::List(f)),
             _ => Err(err(ErrorCode::Unexpected, "not a provider request")),
@@ -1719,12 +1756,19 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         now: UnixMillis,
         peer: &Domain,
         id: u64,
-        envelopes: Vec<Bytes>,
+        relay: wire::Relay,
     ) -> Bytes {
         let expiry = now.saturating_add(DEDUP_RETENTION_MS);
-        let mut results = Vec::with_capacity(envelopes.len());
-        for bytes in envelopes {
+        let mut results = Vec::with_capacity(relay.envelopes.len() + relay.groups.len());
+        for bytes in relay.envelopes {
             let r = self.relay_one(now, peer, bytes, expiry);
+            results.push(match r {
+                Ok(()) => wire::Error::default(),
+                Err(e) => e.to_wire(),
+            });
+        }
+        for g in relay.groups {
+            let r = self.relay_group(now, peer, g, expiry);
             results.push(match r {
                 Ok(()) => wire::Error::default(),
                 Err(e) => e.to_wire(),
@@ -1942,20 +1986,32 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         };
         let queue = self.durable.outbound.get(domain);
         while r.in_flight_items < MAX_RELAY_IN_FLIGHT && !r.ready.is_empty() {
+            // Envelopes first, then group relays: the order of the results (SPEC.md 20.4).
             let mut seqs = Vec::new();
             let mut envelopes = Vec::new();
+            let mut group_seqs = Vec::new();
+            let mut groups = Vec::new();
             let mut size = 0;
-            while seqs.len() < MAX_RELAY_ENVELOPES && size < FRAME_FILL {
+            while seqs.len() + group_seqs.len() < MAX_RELAY_ENVELOPES && size < FRAME_FILL {
                 let Some(seq) = r.ready.pop_first() else {
                     break;
                 };
                 let Some(item) = queue.and_then(|q| q.get(&seq)) else {
                     continue;
                 };
-                size += item.envelope.len() + 8;
-                seqs.push(seq);
-                envelopes.push(item.envelope.clone());
+                size += item.wire_len();
+                match &item.group {
+                    None => {
+                        seqs.push(seq);
+                        envelopes.push(item.envelope.clone());
+                    }
+                    Some(g) => {
+                        group_seqs.push(seq);
+                        groups.push(g.clone());
+                    }
+                }
             }
+            seqs.extend(group_seqs);
             if seqs.is_empty() {
                 break;
             }
@@ -1965,7 +2021,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             r.in_flight.insert(id, (seqs, now));
             let bytes = protocol::encode(Body::Request(wire::Request {
                 id,
-                body: Some(wire::request::Body::Relay(wire::Relay { envelopes })),
+                body: Some(wire::request::Body::Relay(wire::Relay { envelopes, groups })),
             }));
             self.out.push_back(ProviderOutput::Transmit { conn, bytes });
         }
@@ -2044,10 +2100,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             size += item.size();
             items.push(wire::MailboxItem {
                 seq,
-                item: Some(match &item.body {
-                    MailBody::Envelope(e) => wire::mailbox_item::Item::Envelope(e.clone()),
-                    MailBody::Notice(n) => wire::mailbox_item::Item::Notice(n.clone()),
-                }),
+                item: Some(item.to_wire()),
             });
             if items.len() >= MAX_DELIVER_ITEMS || size >= FRAME_FILL {
                 frames.push(std::mem::take(&mut items));

@@ -10,6 +10,7 @@ use prost::Message;
 
 use crate::address::{Address, Domain};
 use crate::envelope::{EnvelopeHeader, MessageId, UnverifiedEnvelope};
+use crate::group::{GroupChange, GroupEnvelope, GroupId, GroupState};
 use crate::identity::{DeviceCertificate, DeviceId, DeviceList};
 use crate::session::SignedPrekey;
 use crate::store::{Contents, StoreOp, Table};
@@ -27,6 +28,7 @@ pub(super) struct MailItem {
 pub(super) enum MailBody {
     Envelope(Bytes),
     Notice(wire::Notice),
+    Group(wire::GroupItem),
 }
 
 impl MailItem {
@@ -34,6 +36,16 @@ impl MailItem {
         match &self.body {
             MailBody::Envelope(e) => e.len() + 16,
             MailBody::Notice(_) => 128,
+            MailBody::Group(g) => group_item_len(g) + 16,
+        }
+    }
+
+    /// The item as a `Deliver` frame carries it.
+    pub(super) fn to_wire(&self) -> wire::mailbox_item::Item {
+        match &self.body {
+            MailBody::Envelope(e) => wire::mailbox_item::Item::Envelope(e.clone()),
+            MailBody::Notice(n) => wire::mailbox_item::Item::Notice(n.clone()),
+            MailBody::Group(g) => wire::mailbox_item::Item::Group(g.clone()),
         }
     }
 
@@ -41,6 +53,7 @@ impl MailItem {
         let item = match &self.body {
             MailBody::Envelope(e) => wire::stored_mail_item::Item::Envelope(e.clone()),
             MailBody::Notice(n) => wire::stored_mail_item::Item::Notice(n.clone()),
+            MailBody::Group(g) => wire::stored_mail_item::Item::Group(g.clone()),
         };
         Bytes::from(
             wire::StoredMailItem {
@@ -68,6 +81,10 @@ impl MailItem {
                 MailBody::Notice(n.clone()),
                 wire::mailbox_item::Item::Notice(n),
             ),
+            wire::stored_mail_item::Item::Group(g) => {
+                check_group_item(&g)?;
+                (MailBody::Group(g.clone()), wire::mailbox_item::Item::Group(g))
+            }
         };
         let frame = crate::protocol::encode(wire::frame::Body::Deliver(wire::Deliver {
             items: vec![wire::MailboxItem {
@@ -83,11 +100,40 @@ impl MailItem {
     }
 }
 
-/// One envelope queued for a remote provider, with its routing header parsed.
+/// The bytes a group item holds.
+pub(super) fn group_item_len(g: &wire::GroupItem) -> usize {
+    let body = match &g.body {
+        Some(wire::group_item::Body::Envelope(b) | wire::group_item::Body::Change(b)) => b.len(),
+        None => 0,
+    };
+    body + g.snapshot.len()
+}
+
+/// Whether a group item's body decodes as what it claims to be (a group envelope or a
+/// countersigned group change); checks no keys or group state.
+pub(super) fn check_group_item(g: &wire::GroupItem) -> Option<()> {
+    match g.body.as_ref()? {
+        wire::group_item::Body::Envelope(e) => {
+            GroupEnvelope::decode(e.clone()).ok()?;
+        }
+        wire::group_item::Body::Change(c) => {
+            if !GroupChange::decode(c.clone()).ok()?.is_sequenced() {
+                return None;
+            }
+        }
+    }
+    Some(())
+}
+
+/// One envelope or group relay queued for a remote provider, with its routing header
+/// parsed. For a group relay, `envelope` is empty, `recipient` is its first recipient and
+/// `recipient_device` is all zeros; `sender` and `sender_device` are the device to tell
+/// if it cannot be delivered (the group envelope's sender, or a change's author).
 #[derive(Clone, Debug)]
 pub(super) struct OutItem {
     pub(super) accepted: UnixMillis,
     pub(super) envelope: Bytes,
+    pub(super) group: Option<wire::GroupRelay>,
     pub(super) sender: Address,
     pub(super) sender_device: DeviceId,
     pub(super) recipient: Address,
@@ -101,10 +147,92 @@ impl OutItem {
         Some(Self::with_header(envelope, env.claimed_header(), accepted))
     }
 
+    /// A group relay, told to `sender`'s device if it cannot be delivered.
+    pub(super) fn group(
+        relay: wire::GroupRelay,
+        sender: Address,
+        sender_device: DeviceId,
+        message_id: MessageId,
+        accepted: UnixMillis,
+    ) -> Option<Self> {
+        let recipient = Address::parse_canonical(relay.recipients.first()?).ok()?;
+        Some(Self {
+            accepted,
+            envelope: Bytes::new(),
+            group: Some(relay),
+            sender,
+            sender_device,
+            recipient,
+            recipient_device: DeviceId::from_slice(&[0; 16])?,
+            message_id,
+        })
+    }
+
+    /// Bytes it takes in a `Relay` frame (about).
+    pub(super) fn wire_len(&self) -> usize {
+        match &self.group {
+            None => self.envelope.len() + 8,
+            Some(g) => {
+                g.item.as_ref().map_or(0, group_item_len)
+                    + g.recipients.iter().map(|r| r.len() + 4).sum::<usize>()
+                    + 16
+            }
+        }
+    }
+
+    fn to_stored(&self) -> wire::StoredOutbound {
+        wire::StoredOutbound {
+            accepted_ms: self.accepted.0,
+            envelope: self.envelope.clone(),
+            group: self.group.clone(),
+            group_sender: if self.group.is_some() {
+                self.sender.as_str().to_owned()
+            } else {
+                String::new()
+            },
+            group_sender_device: if self.group.is_some() {
+                Bytes::copy_from_slice(self.sender_device.as_bytes())
+            } else {
+                Bytes::new()
+            },
+        }
+    }
+
+    fn from_stored(w: wire::StoredOutbound) -> Option<Self> {
+        let accepted = UnixMillis(w.accepted_ms);
+        match w.group {
+            None => Self::new(w.envelope, accepted),
+            Some(g) => {
+                check_group_item(g.item.as_ref()?)?;
+                let sender = Address::parse_canonical(&w.group_sender).ok()?;
+                let device = DeviceId::from_slice(&w.group_sender_device)?;
+                let id = group_item_id(g.item.as_ref()?)?;
+                Self::group(g, sender, device, id, accepted)
+            }
+        }
+    }
+}
+
+/// The message id a group item is known by in notices: a group envelope's own, or the
+/// first 16 bytes of a change's hash.
+pub(super) fn group_item_id(g: &wire::GroupItem) -> Option<MessageId> {
+    match g.body.as_ref()? {
+        wire::group_item::Body::Envelope(e) => {
+            Some(GroupEnvelope::decode(e.clone()).ok()?.message_id())
+        }
+        wire::group_item::Body::Change(c) => {
+            let change = GroupChange::decode(c.clone()).ok()?;
+            MessageId::from_slice(&change.hash()[..16])
+        }
+    }
+}
+
+impl OutItem {
     /// An item for `envelope`, whose header the caller has already decoded as `h`.
     pub(super) fn with_header(envelope: Bytes, h: &EnvelopeHeader, accepted: UnixMillis) -> Self {
         Self {
             accepted,
+            group: None,
             sender: h.sender.clone(),
             sender_device: h.sender_device,
             recipient: h.recipient.clone(),
@@ -161,6 +289,14 @@ pub(super) struct User {
     pub(super) devices: HashMap<DeviceId, DeviceState>,
 }
 
+/// A group this provider orders (it is the group's sequencer, SPEC.md 20.3).
+#[derive(Debug)]
+pub(super) struct SeqGroup {
+    pub(super) state: GroupState,
+    /// The countersigned change that made `state` (answered again to a retry).
+    pub(super) last: GroupChange,
+}
+
 /// Everything the provider must not lose.
 #[derive(Debug, Default)]
 pub(super) struct Durable {
@@ -169,6 +305,8 @@ pub(super) struct Durable {
     pub(super) next_out_seq: u64,
     pub(super) dedup: HashMap<[u8; 16], UnixMillis>,
     pub(super) dedup_by_expiry: BTreeSet<(UnixMillis, [u8; 16])>,
+    /// The groups this provider is the sequencer of.
+    pub(super) groups: HashMap<GroupId, SeqGroup>,
     /// Dedup entries loaded in the first record layout (key = the dedup key alone),
     /// deleted under that key when forgotten. See [`key_dedup`].
     legacy_dedup: HashSet<[u8; 16]>,
@@ -264,13 +402,18 @@ pub(super) fn dedup_key(
     recipient: &Address,
     recipient_device: DeviceId,
 ) -> [u8; 16] {
-    let parts: [&[u8]; 5] = [
+    hash_key(&[
         sender.as_str().as_bytes(),
         sender_device.as_bytes(),
         message_id.as_bytes(),
         recipient.as_str().as_bytes(),
         recipient_device.as_bytes(),
-    ];
+    ])
+}
+
+/// A 16-byte dedup key: the first half of SHA-256 over the length-prefixed parts. Keys of
+/// group items start with a tag that holds no `@`, so they never equal an envelope's.
+pub(super) fn hash_key(parts: &[&[u8]]) -> [u8; 16] {
     let mut buf = Vec::with_capacity(128);
     for p in parts {
         buf.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -347,7 +490,7 @@ impl Durable {
                 let domain = Domain::parse_canonical(domain).ok()?;
                 let seq = be_u64(rest)?;
                 let w = wire::StoredOutbound::decode(v.clone()).ok()?;
-                let item = OutItem::new(w.envelope, UnixMillis(w.accepted_ms))?;
+                let item = OutItem::from_stored(w)?;
                 d.outbound.entry(domain).or_default().insert(seq, item);
                 d.next_out_seq = d.next_out_seq.max(seq.saturating_add(1));
                 Some(())
@@ -370,6 +513,20 @@ impl Durable {
                 d.dedup.insert(key, UnixMillis(exp));
                 d.dedup_by_expiry.insert((UnixMillis(exp), key));
             });
+            d.corrupt += usize::from(ok.is_none());
+        }
+        for (k, v) in table(Table::Groups) {
+            let ok = (|| {
+                let id = GroupId::from_slice(k)?;
+                let w = wire::StoredGroup::decode(v.clone()).ok()?;
+                let state = GroupState::from_snapshot(&w.snapshot).ok()?;
+                let last = GroupChange::decode(w.last_change).ok()?;
+                let fits = state.id() == id
+                    && last.hash() == state.head()
+                    && last.is_sequenced()
+                    && last.epoch() == state.epoch();
+                fits.then(|| d.groups.insert(id, SeqGroup { state, last }))
+            })();
             d.corrupt += usize::from(ok.is_none());
         }
         for (k, v) in table(Table::Meta) {
@@ -597,13 +754,7 @@ impl Durable {
         ops.push(StoreOp::Put {
             table: Table::Outbound,
             key: key_out(domain, seq),
-            value: Bytes::from(
-                wire::StoredOutbound {
-                    accepted_ms: item.accepted.0,
-                    envelope: item.envelope.clone(),
-                }
-                .encode_to_vec(),
-            ),
+            value: Bytes::from(item.to_stored().encode_to_vec()),
         });
         ops.push(StoreOp::Put {
             table: Table::Meta,
@@ -633,6 +784,22 @@ impl Durable {
             key: key_out(domain, seq),
         });
         Some(item)
+    }
+
+    /// Stores the state of a group this provider orders, with the change that made it.
+    pub(super) fn put_group(&mut self, state: GroupState, last: GroupChange, ops: &mut Vec<StoreOp>) {
+        ops.push(StoreOp::Put {
+            table: Table::Groups,
+            key: Bytes::copy_from_slice(state.id().as_bytes()),
+            value: Bytes::from(
+                wire::StoredGroup {
+                    snapshot: state.to_snapshot(),
+                    last_change: last.encoded().clone(),
+                }
+                .encode_to_vec(),
+            ),
+        });
+        self.groups.insert(state.id(), SeqGroup { state, last });
     }
 
     pub(super) fn seen(&self, key: &[u8; 16]) -> bool {

@@ -82,6 +82,9 @@ pub struct SimConfig {
     pub attack: Option<Attack>,
     /// After the faults, how long the run may take to deliver everything.
     pub heal_limit_ms: u64,
+    /// Group messages sent in total, in one group of every user that the first client
+    /// creates (0: no group).
+    pub group_messages: usize,
     /// Print every app event and provider event to stderr (for debugging a seed).
     pub trace: bool,
 }
@@ -105,6 +108,7 @@ impl SimConfig {
             crashes: 2,
             attack: None,
             heal_limit_ms: 6 * 3_600_000,
+            group_messages: 8,
             trace: false,
         }
     }
@@ -127,6 +131,7 @@ impl SimConfig {
             crashes: 3,
             attack: None,
             heal_limit_ms: 24 * 3_600_000,
+            group_messages: messages / 10,
             trace: false,
         }
     }
@@ -235,6 +240,13 @@ enum Event {
     Send {
         client: usize,
         to: Address,
+        body: Vec<u8>,
+    },
+    /// The first client creates the group (once it knows every member's device list).
+    CreateGroup,
+    /// A group message (once the client holds the group).
+    SendGroup {
+        client: usize,
         body: Vec<u8>,
     },
     Crash(usize),
@@ -423,6 +435,16 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             body.extend_from_slice(format!("{n}").as_bytes());
             sim.schedule(at, Event::Send { client, to, body });
         }
+        if config.group_messages > 0 && !sim.clients.is_empty() {
+            sim.schedule(T0.saturating_add(1_000), Event::CreateGroup);
+            for n in 0..config.group_messages {
+                let client = (rng.next_u64() % sim.clients.len() as u64) as usize;
+                let at = T0.saturating_add(rng.next_u64() % config.send_window_ms.max(1));
+                let mut body = PLAINTEXT_CANARY.to_vec();
+                body.extend_from_slice(format!("group {n}").as_bytes());
+                sim.schedule(at, Event::SendGroup { client, body });
+            }
+        }
         // Faults.
         for _ in 0..config.crashes {
             if config.providers == 0 {
@@ -525,7 +547,11 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     fn is_busy(e: &Event) -> bool {
         matches!(
             e,
-            Event::Frame { .. } | Event::Send { .. } | Event::Restart(_)
+            Event::Frame { .. }
+                | Event::Send { .. }
+                | Event::Restart(_)
+                | Event::CreateGroup
+                | Event::SendGroup { .. }
         )
     }
 
@@ -632,7 +658,11 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
         let frames_in_flight = self.events.values().any(|e| {
             matches!(
                 e,
-                Event::Frame { .. } | Event::Send { .. } | Event::Restart(_)
+                Event::Frame { .. }
+                | Event::Send { .. }
+                | Event::Restart(_)
+                | Event::CreateGroup
+                | Event::SendGroup { .. }
             )
         });
         if frames_in_flight {
@@ -679,6 +709,8 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                         .push(format!("send refused by client {client}: {e}")),
                 }
             }
+            Event::CreateGroup => self.create_group(),
+            Event::SendGroup { client, body } => self.send_group(client, body),
             Event::Crash(p) => {
                 if self.config.trace {
                     eprintln!("{:>8} CRASH provider {p}", self.now.0 - T0.0);
@@ -714,6 +746,71 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             Event::Heal { a, b } => {
                 self.partitioned.remove(&(a.min(b), a.max(b)));
             }
+        }
+    }
+
+    /// The first client creates a group of every simulated user, fetching the device
+    /// lists it lacks first; tried again every 2 s until the group is asked for.
+    fn create_group(&mut self) {
+        let now = self.now;
+        self.touched.insert(Node::Client(0));
+        let mut members: Vec<Address> = self.clients.iter().map(|c| c.address.clone()).collect();
+        members.sort();
+        members.dedup();
+        let me = self.clients[0].address.clone();
+        let machine = &mut self.clients[0].machine;
+        let unknown: Vec<Address> = members
+            .iter()
+            .filter(|a| **a != me && machine.account().contacts().get(a).is_none())
+            .cloned()
+            .collect();
+        if unknown.is_empty() {
+            match machine.create_group(now, "everyone", &members) {
+                Ok(_) => return,
+                Err(e) => {
+                    self.report
+                        .violations
+                        .push(format!("create_group refused: {e}"));
+                    return;
+                }
+            }
+        }
+        for a in &unknown {
+            let _ = machine.fetch_device_list(now, a);
+        }
+        self.schedule(now.saturating_add(2_000), Event::CreateGroup);
+    }
+
+    /// A group message from `client`, once it holds the group (tried again every 2 s).
+    fn send_group(&mut self, client: usize, body: Vec<u8>) {
+        let now = self.now;
+        self.touched.insert(Node::Client(client));
+        let machine = &mut self.clients[client].machine;
+        let Some(state) = machine.groups().next().cloned() else {
+            self.schedule(now.saturating_add(2_000), Event::SendGroup { client, body });
+            return;
+        };
+        let text = String::from_utf8_lossy(&body).into_owned();
+        self.report.sent += 1;
+        match machine.send_group(now, state.id(), Content::Text(Text::plain(&text))) {
+            Ok(id) => {
+                self.by_client_send.insert((client, id), ());
+                let sender_device = self.clients[client].machine.account().device().id();
+                let expected: BTreeSet<(Address, DeviceId)> = self
+                    .clients
+                    .iter()
+                    .filter(|c| state.role(&c.address).is_some())
+                    .map(|c| (c.address.clone(), c.machine.account().device().id()))
+                    .filter(|(_, d)| *d != sender_device)
+                    .collect();
+                let log = self.messages.entry(id).or_default();
+                log.sender = client;
+                log.expected = expected;
+            }
+            Err(e) => self
+                .report
+                .violations
+                .push(format!("group send refused by client {client}: {e}")),
         }
     }
 
@@ -1139,6 +1236,31 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 {
                     log.undeliverable.insert(device.map(|d| (recipient, d)));
                 }
+            }
+            ClientEvent::GroupMessage(m) => {
+                if let Content::Text(_) = m.content {
+                    self.report.deliveries += 1;
+                    let log = self.messages.entry(m.message_id).or_default();
+                    *log.delivered.entry(c).or_default() += 1;
+                    if log.delivered[&c] > 1 {
+                        let v = format!(
+                            "group message {:?} surfaced twice on client {c} ({})",
+                            m.message_id, self.clients[c].address
+                        );
+                        self.report.violations.push(v);
+                    }
+                }
+            }
+            ClientEvent::GroupMessageFailed { message_id, .. } => {
+                if let Some(log) = self.messages.get_mut(&message_id)
+                    && log.sender == c
+                {
+                    log.undeliverable.insert(None);
+                }
+            }
+            ClientEvent::GroupItemRejected { .. } | ClientEvent::GroupChangeFailed { .. } => {
+                self.report.rejected += 1;
+                self.detected.insert(c);
             }
             ClientEvent::DeliveredToDevice { .. } => self.report.receipts += 1,
             ClientEvent::Rejected { .. } => {

@@ -46,6 +46,8 @@ pub enum Table {
     Dedup = 6,
     /// Counters (next sequence numbers).
     Meta = 7,
+    /// Group id -> the state of a group this provider orders, and its last change.
+    Groups = 8,
 }
 
 impl Table {
@@ -58,6 +60,7 @@ impl Table {
         Table::Outbound,
         Table::Dedup,
         Table::Meta,
+        Table::Groups,
     ];
 
     /// The table's name (for on-disk stores).
@@ -70,6 +73,7 @@ impl Table {
             Table::Outbound => "outbound",
             Table::Dedup => "dedup",
             Table::Meta => "meta",
+            Table::Groups => "groups",
         }
     }
 }

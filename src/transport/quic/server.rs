@@ -738,6 +738,12 @@ where
             ProviderEvent::CorruptRecords(n) => {
                 tracing::warn!(records = n, "store records that do not decode were skipped");
             }
+            ProviderEvent::GroupChangeOrdered { group, epoch } => {
+                tracing::info!(%group, epoch, "group change ordered");
+            }
+            ProviderEvent::GroupItemDropped { recipient, device } => {
+                tracing::warn!(%recipient, %device, "group item dropped: mailbox full");
+            }
         }
     }
 

@@ -1,0 +1,572 @@
+//! Groups at the device (SPEC.md section 20): the group states this device holds, its
+//! sender chain per group and the other member devices' chains, the changes it asks
+//! the sequencer to order, and the group items that wait for what they need.
+//!
+//! A group message is sent once: its sender key goes to every member over the pairwise
+//! sessions first (as ordinary one-to-one messages), and the group envelope is handed
+//! to the provider only once the provider has stored those, so a member's device
+//! mostly gets the key before the message. A group item that arrives before what it
+//! needs (the change that made its epoch, the sender's key, the group itself) waits,
+//! unacknowledged, and is tried again whenever a change applies or a key arrives.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use rand_core::CryptoRng;
+
+use super::{Client, ClientError, ClientEvent, RequestKind};
+use crate::address::Address;
+use crate::envelope::{Content, MessageId};
+use crate::group::{
+    GroupAction, GroupChange, GroupEnvelope, GroupError, GroupId, GroupMember,
+    GroupMessageError, GroupReceiver, GroupRole, GroupSender, GroupState, SenderKey, Sequencer,
+};
+use crate::identity::{DeviceCertificate, DeviceId};
+use crate::limits::MAX_PENDING_GROUP_ITEMS;
+use crate::protocol::ProtocolError;
+use crate::time::UnixMillis;
+use crate::wire;
+
+/// One group this device holds.
+pub(super) struct ClientGroup {
+    pub(super) state: GroupState,
+    sender: Option<GroupSender>,
+    /// Users sent the current chain's key.
+    keyed: BTreeSet<Address>,
+    /// Local keys of the sender-key messages the provider has not stored yet.
+    key_msgs: BTreeSet<u64>,
+    /// Sealed group envelopes waiting for `key_msgs` to be stored.
+    queued: VecDeque<(MessageId, Bytes, Vec<String>)>,
+    receiver: GroupReceiver,
+}
+
+impl ClientGroup {
+    fn new(state: GroupState) -> Self {
+        Self {
+            receiver: GroupReceiver::new(state.id()),
+            state,
+            sender: None,
+            keyed: BTreeSet::new(),
+            key_msgs: BTreeSet::new(),
+            queued: VecDeque::new(),
+        }
+    }
+}
+
+/// A group mailbox item that waits (unacknowledged).
+pub(super) struct Pending {
+    pub(super) seq: u64,
+    item: wire::GroupItem,
+}
+
+/// The client's group part.
+#[derive(Default)]
+pub(super) struct Groups {
+    pub(super) groups: BTreeMap<GroupId, ClientGroup>,
+    pub(super) pending: VecDeque<Pending>,
+    /// Sender keys for groups this device does not hold yet.
+    keys: VecDeque<(DeviceCertificate, SenderKey)>,
+}
+
+/// What became of a group item.
+enum Outcome {
+    /// Processed (or refused): acknowledge it.
+    Done,
+    /// It needs something that has not arrived: keep it.
+    Wait,
+}
+
+impl<R: CryptoRng> Client<R> {
+    /// The groups this device holds (including those this user left or was removed
+    /// from: their last state).
+    pub fn groups(&self) -> impl Iterator<Item = &GroupState> + '_ {
+        self.groups.groups.values().map(|g| &g.state)
+    }
+
+    /// One group's state.
+    pub fn group(&self, group: GroupId) -> Option<&GroupState> {
+        self.groups.groups.get(&group).map(|g| &g.state)
+    }
+
+    /// The member entry for `address`, from its pinned identity key (its device list
+    /// must be known: after a message exchange or [`Client::fetch_device_list`]).
+    fn member(&self, address: &Address, role: GroupRole) -> Result<GroupMember, ClientError> {
+        let identity = if address == self.account.device().address() {
+            *self.account.own_device_list().identity_key()
+        } else {
+            *self
+                .account
+                .contacts()
+                .get(address)
+                .ok_or_else(|| ClientError::UnknownContact(address.clone()))?
+                .identity_key()
+        };
+        Ok(GroupMember {
+            address: address.clone(),
+            identity,
+            role,
+        })
+    }
+
+    /// Creates a group with this user as its first admin and `members` (whose device
+    /// lists this device knows), ordered by this device's own provider. The group
+    /// appears with [`ClientEvent::GroupChanged`] once the provider has ordered the
+    /// creating change; [`ClientEvent::GroupChangeFailed`] otherwise.
+    pub fn create_group(
+        &mut self,
+        now: UnixMillis,
+        title: &str,
+        members: &[Address],
+    ) -> Result<GroupId, ClientError> {
+        self.check_capacity(1)?;
+        let others = members
+            .iter()
+            .filter(|a| *a != self.account.device().address())
+            .map(|a| self.member(a, GroupRole::Member))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut nonce = [0u8; 16];
+        rand_core::Rng::fill_bytes(&mut self.rng, &mut nonce);
+        let sequencer = Sequencer {
+            domain: self.config.provider.clone(),
+            key: self.config.provider_key,
+        };
+        let change = GroupState::create_change(
+            self.account.device(),
+            nonce,
+            title.to_owned(),
+            sequencer,
+            others,
+            now,
+        )?;
+        let group = change.group();
+        let sequencer = self.config.provider.as_str().to_owned();
+        self.order(now, &change, &sequencer);
+        Ok(group)
+    }
+
+    /// Asks the group's sequencer to order a change made by this device: adding members
+    /// (`GroupAction::Add`, with [`Client::group_member`] entries), removing, leaving,
+    /// roles, title. Checked here as every member will check it. The result comes as
+    /// [`ClientEvent::GroupChanged`] or [`ClientEvent::GroupChangeFailed`] (a
+    /// `group_conflict` means another change came first: make it again).
+    pub fn change_group(
+        &mut self,
+        now: UnixMillis,
+        group: GroupId,
+        action: GroupAction,
+    ) -> Result<(), ClientError> {
+        self.check_capacity(1)?;
+        let g = self
+            .groups
+            .groups
+            .get(&group)
+            .ok_or(ClientError::UnknownGroup(group))?;
+        let change = g.state.change(self.account.device(), action, now)?;
+        let sequencer = g.state.sequencer().domain.as_str().to_owned();
+        self.order(now, &change, &sequencer);
+        Ok(())
+    }
+
+    /// A member entry for adding `address` to a group: its pinned identity key (its
+    /// device list must be known) and `role`.
+    pub fn group_member(
+        &self,
+        address: &Address,
+        role: GroupRole,
+    ) -> Result<GroupMember, ClientError> {
+        self.member(address, role)
+    }
+
+    fn order(&mut self, now: UnixMillis, change: &GroupChange, sequencer: &str) {
+        let body = wire::request::Body::OrderGroupChange(wire::OrderGroupChange {
+            change: change.encoded().clone(),
+            sequencer: sequencer.to_owned(),
+            requester: String::new(),
+        });
+        let expires = now.saturating_add(self.config.submit_expiry_ms);
+        let kind = RequestKind::OrderGroupChange {
+            group: change.group(),
+        };
+        self.new_request(now, kind, body, expires);
+        self.flush(now);
+    }
+
+    /// Sends `content` to the group: encrypted and signed once, handed to the provider
+    /// once with the member list. A new sender chain is made first when none exists or
+    /// a removal requires one, and the chain's key goes to every member who lacks it.
+    /// [`ClientEvent::DeliveredToProvider`] follows once the provider stored it.
+    pub fn send_group(
+        &mut self,
+        now: UnixMillis,
+        group: GroupId,
+        content: Content,
+    ) -> Result<MessageId, ClientError> {
+        content.encode_padded()?;
+        let me = self.account.device().address().clone();
+        let g = self
+            .groups
+            .groups
+            .get_mut(&group)
+            .ok_or(ClientError::UnknownGroup(group))?;
+        if g.state.role(&me).is_none() {
+            return Err(GroupMessageError::NotMember(me).into());
+        }
+        let missing: Vec<Address> = g
+            .state
+            .members()
+            .map(|m| m.address)
+            .filter(|a| a != &me)
+            .filter(|a| {
+                !g.keyed.contains(a) || g.sender.as_ref().is_none_or(|s| s.needs_new_chain(&g.state))
+            })
+            .collect();
+        let capacity = missing.len() + 1;
+        if self.requests.len() + self.outgoing.len() + capacity > crate::limits::MAX_CLIENT_PENDING {
+            return Err(ClientError::Busy {
+                max: crate::limits::MAX_CLIENT_PENDING,
+            });
+        }
+        let Some(g) = self.groups.groups.get_mut(&group) else {
+            return Err(ClientError::UnknownGroup(group));
+        };
+        if g.sender.as_ref().is_none_or(|s| s.needs_new_chain(&g.state)) {
+            let chain_id = g
+                .sender
+                .as_ref()
+                .map_or(1, |s| s.sender_key().chain_id().wrapping_add(1));
+            g.sender = Some(GroupSender::new(
+                &g.state,
+                self.account.device(),
+                chain_id,
+                &mut self.rng,
+            )?);
+            g.keyed.clear();
+        }
+        let Some(sender) = g.sender.as_mut() else {
+            return Err(ClientError::UnknownGroup(group));
+        };
+        // The key at the position of this message: taken before sealing moves it on.
+        let key = sender.sender_key().clone();
+        let message_id = MessageId::random(&mut self.rng);
+        let envelope = sender.seal(self.account.device(), &g.state, &content, message_id, now)?;
+        let recipients: Vec<String> = g.state.members().map(|m| m.address.as_str().to_owned()).collect();
+        g.queued.push_back((message_id, envelope, recipients));
+        let to_key: Vec<Address> = g
+            .state
+            .members()
+            .map(|m| m.address)
+            .filter(|a| a != &me && !g.keyed.contains(a))
+            .collect();
+        for a in to_key {
+            let local = self.next_local;
+            self.queue_message(now, &a, Content::GroupSenderKey(Box::new(key.clone())), false)?;
+            if let Some(g) = self.groups.groups.get_mut(&group) {
+                // A message already stored (or failed) by now needs no waiting.
+                if self.outgoing.contains_key(&local) {
+                    g.key_msgs.insert(local);
+                }
+                g.keyed.insert(a);
+            }
+        }
+        self.release_group(now, group);
+        self.flush(now);
+        Ok(message_id)
+    }
+
+    /// Submits the group's queued envelopes once its sender keys are stored.
+    fn release_group(&mut self, now: UnixMillis, group: GroupId) {
+        let Some(g) = self.groups.groups.get_mut(&group) else {
+            return;
+        };
+        if !g.key_msgs.is_empty() {
+            return;
+        }
+        let queued: Vec<_> = g.queued.drain(..).collect();
+        for (message_id, envelope, recipients) in queued {
+            let body = wire::request::Body::SubmitGroup(wire::SubmitGroup {
+                envelope,
+                recipients,
+            });
+            let expires = now.saturating_add(self.config.submit_expiry_ms);
+            self.new_request(now, RequestKind::SubmitGroup { group, message_id }, body, expires);
+        }
+    }
+
+    /// A one-to-one message of this client's was stored (`ok`) or given up on: if it
+    /// carried a sender key, the group's messages may go.
+    pub(super) fn key_message_settled(&mut self, now: UnixMillis, local: u64, ok: bool, to: &Address) {
+        let groups: Vec<GroupId> = self
+            .groups
+            .groups
+            .iter()
+            .filter(|(_, g)| g.key_msgs.contains(&local))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in groups {
+            if let Some(g) = self.groups.groups.get_mut(&id) {
+                g.key_msgs.remove(&local);
+                if !ok {
+                    // Sent again with the next group message.
+                    g.keyed.remove(to);
+                }
+            }
+            self.release_group(now, id);
+        }
+    }
+
+    /// The sequencer's answer to an order request.
+    pub(super) fn on_ordered(&mut self, now: UnixMillis, group: GroupId, change: Bytes) {
+        let outcome = self.on_change(now, change, &Bytes::new());
+        if matches!(outcome, Outcome::Wait) {
+            self.event(ClientEvent::GroupChangeFailed {
+                group,
+                error: super::local_error(
+                    crate::protocol::ErrorCode::GroupRefused,
+                    "the ordered change does not apply here yet",
+                ),
+            });
+        }
+        self.retry_pending(now);
+    }
+
+    pub(super) fn order_failed(&mut self, group: GroupId, error: ProtocolError) {
+        self.event(ClientEvent::GroupChangeFailed { group, error });
+    }
+
+    pub(super) fn group_submit_done(&mut self, message_id: MessageId) {
+        self.event(ClientEvent::DeliveredToProvider { message_id });
+    }
+
+    pub(super) fn group_submit_failed(
+        &mut self,
+        group: GroupId,
+        message_id: MessageId,
+        reason: ProtocolError,
+    ) {
+        self.event(ClientEvent::GroupMessageFailed {
+            group,
+            message_id,
+            reason,
+        });
+    }
+
+    /// A group item from the mailbox. Returns whether to acknowledge it now.
+    pub(super) fn on_group_item(&mut self, now: UnixMillis, seq: u64, item: wire::GroupItem) -> bool {
+        if self.groups.pending.iter().any(|p| p.seq == seq) {
+            return false; // already waiting here
+        }
+        match self.try_item(now, seq, &item) {
+            Outcome::Done => {
+                self.retry_pending(now);
+                true
+            }
+            Outcome::Wait => {
+                if self.groups.pending.len() >= MAX_PENDING_GROUP_ITEMS
+                    && let Some(old) = self.groups.pending.pop_front()
+                {
+                    self.event(ClientEvent::Rejected {
+                        seq: old.seq,
+                        code: "group_item_expired",
+                        claimed_sender: None,
+                    });
+                    self.ack(vec![old.seq]);
+                }
+                self.groups.pending.push_back(Pending { seq, item });
+                false
+            }
+        }
+    }
+
+    /// Tries the waiting items again until none makes progress.
+    pub(super) fn retry_pending(&mut self, now: UnixMillis) {
+        loop {
+            let mut done = Vec::new();
+            let pending: Vec<Pending> = self.groups.pending.drain(..).collect();
+            for p in pending {
+                match self.try_item(now, p.seq, &p.item) {
+                    Outcome::Done => done.push(p.seq),
+                    Outcome::Wait => self.groups.pending.push_back(p),
+                }
+            }
+            if done.is_empty() {
+                return;
+            }
+            self.ack(done);
+        }
+    }
+
+    fn try_item(&mut self, now: UnixMillis, seq: u64, item: &wire::GroupItem) -> Outcome {
+        match &item.body {
+            Some(wire::group_item::Body::Change(c)) => self.on_change(now, c.clone(), &item.snapshot),
+            Some(wire::group_item::Body::Envelope(e)) => self.on_group_envelope(seq, e.clone()),
+            None => Outcome::Done,
+        }
+    }
+
+    /// A countersigned change (from the mailbox or the sequencer's answer).
+    fn on_change(&mut self, now: UnixMillis, bytes: Bytes, snapshot: &Bytes) -> Outcome {
+        let _ = now;
+        let me = self.account.device().address().clone();
+        let change = match GroupChange::decode(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.group_refused(None, e.code());
+                return Outcome::Done;
+            }
+        };
+        let gid = change.group();
+        let Some(g) = self.groups.groups.get_mut(&gid) else {
+            let made = if change.epoch() == 0 {
+                GroupState::create(&change)
+            } else if !snapshot.is_empty() {
+                GroupState::join(snapshot, &change, &me)
+            } else {
+                // The change that let this device in has not arrived yet.
+                return Outcome::Wait;
+            };
+            return match made {
+                Ok(state) if state.role(&me).is_some() => {
+                    let epoch = state.epoch();
+                    self.groups.groups.insert(gid, ClientGroup::new(state));
+                    self.take_stashed_keys(gid);
+                    self.event(ClientEvent::GroupChanged {
+                        group: gid,
+                        epoch,
+                        author: change.author().clone(),
+                        action: change.action().clone(),
+                    });
+                    Outcome::Done
+                }
+                Ok(_) => Outcome::Done, // not for this user
+                Err(e) => {
+                    self.group_refused(Some(gid), e.code());
+                    Outcome::Done
+                }
+            };
+        };
+        match g.state.apply(&change) {
+            Ok(next) => {
+                let old: BTreeSet<Address> = g.state.members().map(|m| m.address).collect();
+                let new: BTreeSet<Address> = next.members().map(|m| m.address).collect();
+                for gone in old.difference(&new) {
+                    g.receiver.forget(gone);
+                    g.keyed.remove(gone);
+                }
+                g.state = next;
+                let epoch = g.state.epoch();
+                self.take_stashed_keys(gid);
+                self.event(ClientEvent::GroupChanged {
+                    group: gid,
+                    epoch,
+                    author: change.author().clone(),
+                    action: change.action().clone(),
+                });
+                Outcome::Done
+            }
+            // Applied before (the sequencer's answer and the mailbox copy both come).
+            Err(GroupError::Stale { .. }) => Outcome::Done,
+            Err(GroupError::Gap { .. }) => Outcome::Wait,
+            Err(e) => {
+                self.group_refused(Some(gid), e.code());
+                Outcome::Done
+            }
+        }
+    }
+
+    fn group_refused(&mut self, group: Option<GroupId>, code: &'static str) {
+        self.event(ClientEvent::GroupItemRejected { group, code });
+    }
+
+    /// A group envelope from the mailbox.
+    fn on_group_envelope(&mut self, seq: u64, bytes: Bytes) -> Outcome {
+        let _ = seq;
+        let env = match GroupEnvelope::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                self.group_refused(None, e.code());
+                return Outcome::Done;
+            }
+        };
+        let gid = env.group();
+        let Some(cert) = self.certificate(env.sender(), env.sender_device()) else {
+            // The sender's device list comes with its sender key (a session message).
+            return Outcome::Wait;
+        };
+        let Some(g) = self.groups.groups.get_mut(&gid) else {
+            return Outcome::Wait;
+        };
+        match g.receiver.open(&g.state, &env, &cert) {
+            Ok(opened) => {
+                self.event(ClientEvent::GroupMessage(Box::new(opened)));
+                Outcome::Done
+            }
+            Err(GroupMessageError::Duplicate) => Outcome::Done,
+            Err(GroupMessageError::Gap { .. } | GroupMessageError::UnknownSenderKey) => {
+                Outcome::Wait
+            }
+            Err(e) => {
+                self.group_refused(Some(gid), e.code());
+                Outcome::Done
+            }
+        }
+    }
+
+    /// A device's certificate from its user's device list, as this device holds it.
+    fn certificate(&self, address: &Address, device: DeviceId) -> Option<DeviceCertificate> {
+        let list = if address == self.account.device().address() {
+            self.account.own_device_list()
+        } else {
+            self.account.contacts().get(address)?
+        };
+        list.get(device).cloned()
+    }
+
+    /// A sender key that arrived over an end-to-end session from `from`'s device.
+    pub(super) fn on_sender_key(
+        &mut self,
+        now: UnixMillis,
+        from: &Address,
+        device: DeviceId,
+        key: SenderKey,
+    ) {
+        let Some(cert) = self.certificate(from, device) else {
+            return;
+        };
+        let gid = key.group();
+        match self.groups.groups.get_mut(&gid) {
+            Some(g) => {
+                if let Err(e) = g.receiver.add_sender_key(&g.state, &cert, &key) {
+                    // Perhaps a member this device does not know of yet: keep it.
+                    if matches!(e, GroupMessageError::NotMember(_)) {
+                        self.stash_key(cert, key);
+                    } else {
+                        self.group_refused(Some(gid), e.code());
+                    }
+                }
+            }
+            None => self.stash_key(cert, key),
+        }
+        self.retry_pending(now);
+    }
+
+    fn stash_key(&mut self, cert: DeviceCertificate, key: SenderKey) {
+        if self.groups.keys.len() >= MAX_PENDING_GROUP_ITEMS {
+            self.groups.keys.pop_front();
+        }
+        self.groups.keys.push_back((cert, key));
+    }
+
+    /// Stashed keys for `group` that its current state accepts.
+    fn take_stashed_keys(&mut self, group: GroupId) {
+        let Some(g) = self.groups.groups.get_mut(&group) else {
+            return;
+        };
+        let keys: Vec<_> = self.groups.keys.drain(..).collect();
+        for (cert, key) in keys {
+            if key.group() == group && g.receiver.add_sender_key(&g.state, &cert, &key).is_ok() {
+                continue;
+            }
+            self.groups.keys.push_back((cert, key));
+        }
+    }
+}
