@@ -42,6 +42,7 @@ use kogge::address::{Address, Domain};
 use kogge::client::{Client, ClientConfig, ClientEvent};
 use kogge::crypto::Secret;
 use kogge::envelope::{Content, MessageId, Text};
+use kogge::group::{GroupAction, GroupId};
 use kogge::identity::{
     Device, DeviceKeyPair, DeviceList, IdentityKey, IdentityKeyPair, ProviderKey, ProviderKeyPair,
     SafetyNumber,
@@ -250,6 +251,8 @@ struct Ledger {
     receipts: usize,
     rejected: Vec<(usize, &'static str, Option<Address>)>,
     problems: Vec<String>,
+    /// The group epoch each device holds (after `GroupChanged`).
+    group_epoch: HashMap<usize, u64>,
 }
 
 struct World {
@@ -324,6 +327,54 @@ impl World {
                         t.body
                     );
                 }
+            }
+            DriverEvent::Client(ClientEvent::GroupChanged {
+                epoch,
+                author,
+                action,
+                ..
+            }) => {
+                l.group_epoch.insert(i, epoch);
+                if l.verbose {
+                    let what = match action {
+                        GroupAction::Create { title, members, .. } => {
+                            format!("created {title:?} with {} members", members.len())
+                        }
+                        GroupAction::Remove(who) => format!(
+                            "removed {}",
+                            who.iter().map(Address::as_str).collect::<Vec<_>>().join(", ")
+                        ),
+                        other => format!("{other:?}"),
+                    };
+                    println!(
+                        "    {name:<12} group epoch {epoch}: {} {what}",
+                        author.as_str()
+                    );
+                }
+            }
+            DriverEvent::Client(ClientEvent::GroupMessage(m)) => {
+                let Content::Text(t) = &m.content else { return };
+                let Some(sent) = l.sent.get(&m.message_id) else {
+                    l.problems
+                        .push(format!("{name} got a group message nobody sent: {:?}", t.body));
+                    return;
+                };
+                l.got.entry((m.message_id, i)).or_default().push(at);
+                if l.verbose {
+                    let ms = at.duration_since(sent.at).as_secs_f64() * 1e3;
+                    println!(
+                        "    {name:<12} ← {:<20} {:?}  in the group, after {ms:.1} ms",
+                        m.sender.as_str(),
+                        t.body
+                    );
+                }
+            }
+            DriverEvent::Client(
+                ClientEvent::GroupChangeFailed { error, .. }
+                | ClientEvent::GroupMessageFailed { reason: error, .. },
+            ) => l.problems.push(format!("{name}: group: {error}")),
+            DriverEvent::Client(ClientEvent::GroupItemRejected { code, .. }) => {
+                l.problems.push(format!("{name}: refused a group item: {code}"));
             }
             DriverEvent::Client(ClientEvent::DeliveredToProvider { message_id }) => {
                 if let Some(s) = l.sent.get_mut(&message_id) {
@@ -422,6 +473,58 @@ impl World {
         let ids = ids.to_vec();
         self.until(what, move |l| {
             ids.iter().all(|id| l.sent[id].accepted.is_some())
+        })
+        .await
+    }
+
+    /// Sends `text` to the group from device `from`; every other device of every member
+    /// must get it once.
+    async fn send_group(&mut self, from: usize, group: GroupId, text: &str) -> Result<MessageId, String> {
+        let members: Vec<Address> = self.devs[from]
+            .driver
+            .as_ref()
+            .expect("sender online")
+            .with_client(move |c, _| {
+                c.group(group)
+                    .map(|g| g.members().map(|m| m.address).collect())
+                    .unwrap_or_default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let expect: Vec<usize> = (0..self.devs.len())
+            .filter(|&j| j != from && members.contains(&self.devs[j].address))
+            .collect();
+        let at = Instant::now();
+        let content = Content::Text(Text::plain(text));
+        let id = self.devs[from]
+            .driver
+            .as_ref()
+            .expect("sender online")
+            .with_client(move |c, now| c.send_group(now, group, content))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("group send refused: {e}"))?;
+        let to = self.devs[from].address.clone();
+        self.ledger.sent.insert(
+            id,
+            Sent {
+                from,
+                to,
+                text: text.to_owned(),
+                at,
+                expect,
+                accepted: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Waits until every device in `devs` holds the group at `epoch` or later.
+    async fn group_at(&mut self, devs: &[usize], epoch: u64, what: &str) -> Result<(), String> {
+        let devs = devs.to_vec();
+        self.until(what, move |l| {
+            devs.iter()
+                .all(|j| l.group_epoch.get(j).is_some_and(|e| *e >= epoch))
         })
         .await
     }
@@ -844,6 +947,66 @@ async fn demo() -> Result<bool, String> {
     // -----------------------------------------------------------------------------------
     step(
         12,
+        "a group across all three providers: alice, bob (two devices) and carol",
+    );
+    let (b_addr2, c_addr2) = (world.address("bob's phone"), world.address("carol"));
+    let group = world.devs[alice]
+        .driver
+        .as_ref()
+        .expect("alice online")
+        .with_client(move |c, now| c.create_group(now, "order desk", &[b_addr2, c_addr2]))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("create_group: {e}"))?;
+    let everyone = [alice, phone, laptop, carol];
+    world
+        .group_at(&everyone, 0, "the group at every member device")
+        .await?;
+    println!("    one.example orders the group's changes (its sequencer); no provider holds a group key");
+    let mut group_ids = Vec::new();
+    group_ids.push(
+        world
+            .send_group(alice, group, "team: the new price list is out")
+            .await?,
+    );
+    group_ids.push(world.send_group(laptop, group, "thanks, reading it now").await?);
+    group_ids.push(world.send_group(carol, group, "I can ship 40 crates").await?);
+    world
+        .delivered(&group_ids, "the group messages at every member device")
+        .await?;
+    println!(
+        "    each message was encrypted and signed once, and handed over once per recipient provider"
+    );
+    let c_addr3 = world.address("carol");
+    world.devs[alice]
+        .driver
+        .as_ref()
+        .expect("alice online")
+        .with_client(move |c, now| c.change_group(now, group, GroupAction::Remove(vec![c_addr3])))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("change_group: {e}"))?;
+    world
+        .group_at(&everyone, 1, "the removal at every device, carol's included")
+        .await?;
+    let after = world
+        .send_group(phone, group, "between us: carol's offer is too high")
+        .await?;
+    group_ids.push(after);
+    world
+        .delivered(&[after], "the message after the removal")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok((i, e, at)) = world.events.try_recv() {
+        world.apply(i, e, at);
+    }
+    if world.ledger.got.contains_key(&(after, carol)) {
+        return Err("carol read a group message sent after her removal".into());
+    }
+    println!("    bob's phone made a new sender chain; carol, removed, got nothing she could read");
+
+    step(
+        13,
         &format!("a burst: carol sends {BURST} messages to alice"),
     );
     world.ledger.verbose = false;
@@ -888,7 +1051,7 @@ async fn demo() -> Result<bool, String> {
     }
 
     // -----------------------------------------------------------------------------------
-    step(13, "summary");
+    step(14, "summary");
     let l = &world.ledger;
     let mut expected = 0usize;
     let mut exactly_once = 0usize;
