@@ -37,6 +37,9 @@ pub(super) struct ClientGroup {
     key_msgs: BTreeSet<u64>,
     /// Sealed group envelopes waiting for `key_msgs` to be stored.
     queued: VecDeque<(MessageId, Bytes, Vec<String>)>,
+    /// For each outstanding sender-key message, the group messages sealed on its
+    /// chain while it was outstanding: a device it cannot reach cannot read them.
+    dependents: BTreeMap<u64, Vec<MessageId>>,
     receiver: GroupReceiver,
 }
 
@@ -49,8 +52,19 @@ impl ClientGroup {
             keyed: BTreeSet::new(),
             key_msgs: BTreeSet::new(),
             queued: VecDeque::new(),
+            dependents: BTreeMap::new(),
         }
     }
+}
+
+/// What became of a one-to-one message (perhaps a sender key) of this client.
+pub(super) enum Settled {
+    /// Stored by the provider (local key).
+    Stored(u64),
+    /// Given up on (local key, recipient).
+    Failed(u64, Address),
+    /// Sealed without a copy for this device (no session possible).
+    Skipped(u64, Address, DeviceId),
 }
 
 /// A group mailbox item that waits (unacknowledged).
@@ -268,6 +282,11 @@ impl<R: CryptoRng> Client<R> {
                 g.keyed.insert(a);
             }
         }
+        if let Some(g) = self.groups.groups.get_mut(&group) {
+            for k in &g.key_msgs {
+                g.dependents.entry(*k).or_default().push(message_id);
+            }
+        }
         self.release_group(now, group);
         self.flush(now);
         Ok(message_id)
@@ -292,9 +311,14 @@ impl<R: CryptoRng> Client<R> {
         }
     }
 
-    /// A one-to-one message of this client's was stored (`ok`) or given up on: if it
-    /// carried a sender key, the group's messages may go.
-    pub(super) fn key_message_settled(&mut self, now: UnixMillis, local: u64, ok: bool, to: &Address) {
+    /// A one-to-one message of this client's was stored, given up on, or sealed
+    /// without a copy for a device: if it carried a sender key, the group's messages
+    /// may go, and those a device or user cannot read are reported undeliverable there
+    /// (the key goes again with the next group message).
+    pub(super) fn key_message_settled(&mut self, now: UnixMillis, settled: Settled) {
+        let local = match &settled {
+            Settled::Stored(k) | Settled::Failed(k, _) | Settled::Skipped(k, _, _) => *k,
+        };
         let groups: Vec<GroupId> = self
             .groups
             .groups
@@ -303,11 +327,40 @@ impl<R: CryptoRng> Client<R> {
             .map(|(id, _)| *id)
             .collect();
         for id in groups {
-            if let Some(g) = self.groups.groups.get_mut(&id) {
+            let Some(g) = self.groups.groups.get_mut(&id) else {
+                continue;
+            };
+            let (lost, recipient, device) = match &settled {
+                Settled::Stored(_) => (Vec::new(), None, None),
+                Settled::Failed(_, to) => (
+                    g.dependents.get(&local).cloned().unwrap_or_default(),
+                    Some(to.clone()),
+                    None,
+                ),
+                Settled::Skipped(_, to, d) => (
+                    g.dependents.get(&local).cloned().unwrap_or_default(),
+                    Some(to.clone()),
+                    Some(*d),
+                ),
+            };
+            if let Some(to) = &recipient {
+                g.keyed.remove(to);
+            }
+            if !matches!(settled, Settled::Skipped(..)) {
                 g.key_msgs.remove(&local);
-                if !ok {
-                    // Sent again with the next group message.
-                    g.keyed.remove(to);
+                g.dependents.remove(&local);
+            }
+            if let Some(recipient) = recipient {
+                for message_id in lost {
+                    self.event(ClientEvent::Undeliverable {
+                        message_id,
+                        recipient: recipient.clone(),
+                        device,
+                        reason: super::local_error(
+                            crate::protocol::ErrorCode::UnknownDevice,
+                            "the group's sender key could not be handed to it",
+                        ),
+                    });
                 }
             }
             self.release_group(now, id);

@@ -266,9 +266,9 @@ pub struct Client<R: CryptoRng> {
     prekeys_published: bool,
     /// Groups (see the `group` module).
     groups: group::Groups,
-    /// Messages stored or given up on since the last flush: (local key, stored, to),
-    /// for the group messages waiting on their sender keys.
-    settled: Vec<(u64, bool, Address)>,
+    /// What became of one-to-one messages since the last flush, for the group messages
+    /// that wait on their sender keys.
+    settled: Vec<group::Settled>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -783,8 +783,8 @@ impl<R: CryptoRng> Client<R> {
     /// Sends what is due: new requests (at most [`MAX_CLIENT_IN_FLIGHT`] unanswered at
     /// once) and resends of unanswered ones.
     fn flush(&mut self, now: UnixMillis) {
-        for (local, ok, to) in std::mem::take(&mut self.settled) {
-            self.key_message_settled(now, local, ok, &to);
+        for s in std::mem::take(&mut self.settled) {
+            self.key_message_settled(now, s);
         }
         if !matches!(self.conn, Conn::Online) {
             return;
@@ -1277,6 +1277,10 @@ impl<R: CryptoRng> Client<R> {
                 return;
             }
         };
+        for (recipient, device) in &sent.skipped {
+            self.settled
+                .push(group::Settled::Skipped(key, recipient.clone(), *device));
+        }
         if notify {
             for (recipient, device) in sent.skipped {
                 self.event(ClientEvent::Undeliverable {
@@ -1293,6 +1297,7 @@ impl<R: CryptoRng> Client<R> {
         if sent.envelopes.is_empty() {
             // Only this device is listed: nothing to hand over.
             self.outgoing.remove(&key);
+            self.settled.push(group::Settled::Stored(key));
             if notify {
                 self.event(ClientEvent::DeliveredToProvider { message_id });
             }
@@ -1326,7 +1331,7 @@ impl<R: CryptoRng> Client<R> {
         parts.remove(&request);
         if parts.is_empty() {
             let (message_id, notify) = (m.message_id, m.notify);
-            self.settled.push((key, true, m.to.clone()));
+            self.settled.push(group::Settled::Stored(key));
             self.outgoing.remove(&key);
             if notify {
                 self.event(ClientEvent::DeliveredToProvider { message_id });
@@ -1345,7 +1350,7 @@ impl<R: CryptoRng> Client<R> {
         let Some(m) = self.outgoing.remove(&key) else {
             return;
         };
-        self.settled.push((key, false, m.to.clone()));
+        self.settled.push(group::Settled::Failed(key, m.to.clone()));
         if let Stage::Submitting { parts } = &m.stage {
             for id in parts {
                 self.take_request(*id);
