@@ -342,7 +342,10 @@ impl World {
                         }
                         GroupAction::Remove(who) => format!(
                             "removed {}",
-                            who.iter().map(Address::as_str).collect::<Vec<_>>().join(", ")
+                            who.iter()
+                                .map(Address::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                         other => format!("{other:?}"),
                     };
@@ -355,8 +358,10 @@ impl World {
             DriverEvent::Client(ClientEvent::GroupMessage(m)) => {
                 let Content::Text(t) = &m.content else { return };
                 let Some(sent) = l.sent.get(&m.message_id) else {
-                    l.problems
-                        .push(format!("{name} got a group message nobody sent: {:?}", t.body));
+                    l.problems.push(format!(
+                        "{name} got a group message nobody sent: {:?}",
+                        t.body
+                    ));
                     return;
                 };
                 l.got.entry((m.message_id, i)).or_default().push(at);
@@ -374,7 +379,8 @@ impl World {
                 | ClientEvent::GroupMessageFailed { reason: error, .. },
             ) => l.problems.push(format!("{name}: group: {error}")),
             DriverEvent::Client(ClientEvent::GroupItemRejected { code, .. }) => {
-                l.problems.push(format!("{name}: refused a group item: {code}"));
+                l.problems
+                    .push(format!("{name}: refused a group item: {code}"));
             }
             DriverEvent::Client(ClientEvent::DeliveredToProvider { message_id }) => {
                 if let Some(s) = l.sent.get_mut(&message_id) {
@@ -479,7 +485,12 @@ impl World {
 
     /// Sends `text` to the group from device `from`; every other device of every member
     /// must get it once.
-    async fn send_group(&mut self, from: usize, group: GroupId, text: &str) -> Result<MessageId, String> {
+    async fn send_group(
+        &mut self,
+        from: usize,
+        group: GroupId,
+        text: &str,
+    ) -> Result<MessageId, String> {
         let members: Vec<Address> = self.devs[from]
             .driver
             .as_ref()
@@ -962,15 +973,25 @@ async fn demo() -> Result<bool, String> {
     world
         .group_at(&everyone, 0, "the group at every member device")
         .await?;
-    println!("    one.example orders the group's changes (its sequencer); no provider holds a group key");
+    println!(
+        "    one.example orders the group's changes (its sequencer); no provider holds a group key"
+    );
     let mut group_ids = Vec::new();
     group_ids.push(
         world
             .send_group(alice, group, "team: the new price list is out")
             .await?,
     );
-    group_ids.push(world.send_group(laptop, group, "thanks, reading it now").await?);
-    group_ids.push(world.send_group(carol, group, "I can ship 40 crates").await?);
+    group_ids.push(
+        world
+            .send_group(laptop, group, "thanks, reading it now")
+            .await?,
+    );
+    group_ids.push(
+        world
+            .send_group(carol, group, "I can ship 40 crates")
+            .await?,
+    );
     world
         .delivered(&group_ids, "the group messages at every member device")
         .await?;
@@ -987,7 +1008,11 @@ async fn demo() -> Result<bool, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("change_group: {e}"))?;
     world
-        .group_at(&everyone, 1, "the removal at every device, carol's included")
+        .group_at(
+            &everyone,
+            1,
+            "the removal at every device, carol's included",
+        )
         .await?;
     let after = world
         .send_group(phone, group, "between us: carol's offer is too high")

@@ -2303,10 +2303,6 @@ fn hexes(v: &[Bytes]) -> Vec<String> {
     v.iter().map(|b| h(b)).collect()
 }
 
-/// A frame in the decoded form of protocol.json: field names as in protocol.proto, bytes
-/// as hex, `uint64` as decimal strings, enums by name; every field outside a `oneof` is
-/// present (with its default when absent on the wire; an absent message is null); of a
-/// `oneof`, only the member that is set.
 
 /// A `GroupItem` as JSON (SPEC.md 20).
 fn group_item_json(g: &wire::GroupItem) -> Value {
@@ -2326,6 +2322,10 @@ fn group_relay_json(g: &wire::GroupRelay) -> Value {
     json!({"item": g.item.as_ref().map(group_item_json), "recipients": g.recipients})
 }
 
+/// A frame in the decoded form of protocol.json: field names as in protocol.proto, bytes
+/// as hex, `uint64` as decimal strings, enums by name; every field outside a `oneof` is
+/// present (with its default when absent on the wire; an absent message is null); of a
+/// `oneof`, only the member that is set.
 fn frame_json(body: &wire::frame::Body) -> Value {
     use wire::frame::Body;
     match body {
@@ -2373,7 +2373,8 @@ fn frame_json(body: &wire::frame::Body) -> Value {
                 Some(B::Relay(m)) => {
                     let mut r = json!({"envelopes": hexes(&m.envelopes)});
                     if !m.groups.is_empty() {
-                        r["groups"] = json!(m.groups.iter().map(group_relay_json).collect::<Vec<_>>());
+                        r["groups"] =
+                            json!(m.groups.iter().map(group_relay_json).collect::<Vec<_>>());
                     }
                     Some(("relay", r))
                 }

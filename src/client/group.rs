@@ -18,8 +18,8 @@ use super::{Client, ClientError, ClientEvent, RequestKind};
 use crate::address::Address;
 use crate::envelope::{Content, MessageId};
 use crate::group::{
-    GroupAction, GroupChange, GroupEnvelope, GroupError, GroupId, GroupMember,
-    GroupMessageError, GroupReceiver, GroupRole, GroupSender, GroupState, SenderKey, Sequencer,
+    GroupAction, GroupChange, GroupEnvelope, GroupError, GroupId, GroupMember, GroupMessageError,
+    GroupReceiver, GroupRole, GroupSender, GroupState, SenderKey, Sequencer,
 };
 use crate::identity::{DeviceCertificate, DeviceId};
 use crate::limits::MAX_PENDING_GROUP_ITEMS;
@@ -231,11 +231,15 @@ impl<R: CryptoRng> Client<R> {
             .map(|m| m.address)
             .filter(|a| a != &me)
             .filter(|a| {
-                !g.keyed.contains(a) || g.sender.as_ref().is_none_or(|s| s.needs_new_chain(&g.state))
+                !g.keyed.contains(a)
+                    || g.sender
+                        .as_ref()
+                        .is_none_or(|s| s.needs_new_chain(&g.state))
             })
             .collect();
         let capacity = missing.len() + 1;
-        if self.requests.len() + self.outgoing.len() + capacity > crate::limits::MAX_CLIENT_PENDING {
+        if self.requests.len() + self.outgoing.len() + capacity > crate::limits::MAX_CLIENT_PENDING
+        {
             return Err(ClientError::Busy {
                 max: crate::limits::MAX_CLIENT_PENDING,
             });
@@ -243,7 +247,10 @@ impl<R: CryptoRng> Client<R> {
         let Some(g) = self.groups.groups.get_mut(&group) else {
             return Err(ClientError::UnknownGroup(group));
         };
-        if g.sender.as_ref().is_none_or(|s| s.needs_new_chain(&g.state)) {
+        if g.sender
+            .as_ref()
+            .is_none_or(|s| s.needs_new_chain(&g.state))
+        {
             let chain_id = g
                 .sender
                 .as_ref()
@@ -263,7 +270,11 @@ impl<R: CryptoRng> Client<R> {
         let key = sender.sender_key().clone();
         let message_id = MessageId::random(&mut self.rng);
         let envelope = sender.seal(self.account.device(), &g.state, &content, message_id, now)?;
-        let recipients: Vec<String> = g.state.members().map(|m| m.address.as_str().to_owned()).collect();
+        let recipients: Vec<String> = g
+            .state
+            .members()
+            .map(|m| m.address.as_str().to_owned())
+            .collect();
         g.queued.push_back((message_id, envelope, recipients));
         let to_key: Vec<Address> = g
             .state
@@ -273,7 +284,12 @@ impl<R: CryptoRng> Client<R> {
             .collect();
         for a in to_key {
             let local = self.next_local;
-            self.queue_message(now, &a, Content::GroupSenderKey(Box::new(key.clone())), false)?;
+            self.queue_message(
+                now,
+                &a,
+                Content::GroupSenderKey(Box::new(key.clone())),
+                false,
+            )?;
             if let Some(g) = self.groups.groups.get_mut(&group) {
                 // A message already stored (or failed) by now needs no waiting.
                 if self.outgoing.contains_key(&local) {
@@ -307,7 +323,12 @@ impl<R: CryptoRng> Client<R> {
                 recipients,
             });
             let expires = now.saturating_add(self.config.submit_expiry_ms);
-            self.new_request(now, RequestKind::SubmitGroup { group, message_id }, body, expires);
+            self.new_request(
+                now,
+                RequestKind::SubmitGroup { group, message_id },
+                body,
+                expires,
+            );
         }
     }
 
@@ -404,7 +425,12 @@ impl<R: CryptoRng> Client<R> {
     }
 
     /// A group item from the mailbox. Returns whether to acknowledge it now.
-    pub(super) fn on_group_item(&mut self, now: UnixMillis, seq: u64, item: wire::GroupItem) -> bool {
+    pub(super) fn on_group_item(
+        &mut self,
+        now: UnixMillis,
+        seq: u64,
+        item: wire::GroupItem,
+    ) -> bool {
         if self.groups.pending.iter().any(|p| p.seq == seq) {
             return false; // already waiting here
         }
@@ -450,7 +476,9 @@ impl<R: CryptoRng> Client<R> {
 
     fn try_item(&mut self, now: UnixMillis, seq: u64, item: &wire::GroupItem) -> Outcome {
         match &item.body {
-            Some(wire::group_item::Body::Change(c)) => self.on_change(now, c.clone(), &item.snapshot),
+            Some(wire::group_item::Body::Change(c)) => {
+                self.on_change(now, c.clone(), &item.snapshot)
+            }
             Some(wire::group_item::Body::Envelope(e)) => self.on_group_envelope(seq, e.clone()),
             None => Outcome::Done,
         }

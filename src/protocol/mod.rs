@@ -21,8 +21,8 @@ use crate::crypto::{self, Label};
 use crate::limits::{
     AUTH_NONCE_LEN, MAX_ACK_SEQS, MAX_ADDRESS_LEN, MAX_BINDING_LEN, MAX_CERTIFICATE_LEN,
     MAX_DELIVER_ITEMS, MAX_DEVICE_LIST_LEN, MAX_DOMAIN_LEN, MAX_ENVELOPE_LEN, MAX_ERROR_CODE_LEN,
-    MAX_ERROR_MESSAGE_LEN, MAX_FETCH_DEVICES, MAX_FRAME_LEN, MAX_PREKEY_BUNDLE_LEN,
-    MAX_GROUP_CHANGE_LEN, MAX_GROUP_RECIPIENTS, MAX_GROUP_SNAPSHOT_LEN, MAX_PUBLISH_ONE_TIME,
+    MAX_ERROR_MESSAGE_LEN, MAX_FETCH_DEVICES, MAX_FRAME_LEN, MAX_GROUP_CHANGE_LEN,
+    MAX_GROUP_RECIPIENTS, MAX_GROUP_SNAPSHOT_LEN, MAX_PREKEY_BUNDLE_LEN, MAX_PUBLISH_ONE_TIME,
     MAX_RELAY_ENVELOPES, MAX_SIGNED_PREKEY_LEN, MAX_SUBMIT_ENVELOPES,
 };
 use crate::wire;
@@ -436,7 +436,11 @@ fn check_request(r: &wire::Request) -> Result<(), FrameError> {
                 .iter()
                 .try_for_each(|e| max_len("relay.envelopes", e, MAX_ENVELOPE_LEN))?;
             for g in &s.groups {
-                check_group_item(g.item.as_ref().ok_or(FrameError::InvalidField("relay.groups.item"))?)?;
+                check_group_item(
+                    g.item
+                        .as_ref()
+                        .ok_or(FrameError::InvalidField("relay.groups.item"))?,
+                )?;
                 check_recipients("relay.groups.recipients", &g.recipients)?;
             }
             Ok(())
@@ -450,8 +454,16 @@ fn check_request(r: &wire::Request) -> Result<(), FrameError> {
         }
         Some(Body::OrderGroupChange(o)) => {
             max_len("order_group_change.change", &o.change, MAX_GROUP_CHANGE_LEN)?;
-            max_len("order_group_change.sequencer", o.sequencer.as_bytes(), MAX_DOMAIN_LEN)?;
-            max_len("order_group_change.requester", o.requester.as_bytes(), MAX_ADDRESS_LEN)
+            max_len(
+                "order_group_change.sequencer",
+                o.sequencer.as_bytes(),
+                MAX_DOMAIN_LEN,
+            )?;
+            max_len(
+                "order_group_change.requester",
+                o.requester.as_bytes(),
+                MAX_ADDRESS_LEN,
+            )
         }
     }
 }
@@ -503,7 +515,9 @@ fn check_response(r: &wire::Response) -> Result<(), FrameError> {
                 .try_for_each(|x| max_len("bundles.bundles", x, MAX_PREKEY_BUNDLE_LEN))
         }
         Some(Body::DeviceList(d)) => max_len("device_list", &d.device_list, MAX_DEVICE_LIST_LEN),
-        Some(Body::GroupChange(g)) => max_len("group_change.change", &g.change, MAX_GROUP_CHANGE_LEN),
+        Some(Body::GroupChange(g)) => {
+            max_len("group_change.change", &g.change, MAX_GROUP_CHANGE_LEN)
+        }
         Some(Body::RelayResult(rr)) => {
             max_count(
                 "relay_result.results",

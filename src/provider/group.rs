@@ -165,13 +165,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                     item: Some(f.item.clone()),
                     recipients: list,
                 };
-                let Some(item) = OutItem::group(
-                    relay,
-                    origin.sender.clone(),
-                    origin.device,
-                    origin.id,
-                    now,
-                ) else {
+                let Some(item) =
+                    OutItem::group(relay, origin.sender.clone(), origin.device, origin.id, now)
+                else {
                     continue;
                 };
                 let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
@@ -197,8 +193,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let Some(user) = self.durable.users.get(to) else {
             return;
         };
-        let devices: Vec<(DeviceId, usize)> =
-            user.devices.iter().map(|(d, st)| (*d, st.depth())).collect();
+        let devices: Vec<(DeviceId, usize)> = user
+            .devices
+            .iter()
+            .map(|(d, st)| (*d, st.depth()))
+            .collect();
         for (dev, depth) in devices {
             let dkey = (to.clone(), dev);
             if skip == Some(&dkey) {
@@ -274,11 +273,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 format!("recipient {a} is not at this provider"),
             ));
         }
-        let dk = hash_key(&[
-            b"group/relay",
-            peer.as_str().as_bytes(),
-            &g.encode_to_vec(),
-        ]);
+        let dk = hash_key(&[b"group/relay", peer.as_str().as_bytes(), &g.encode_to_vec()]);
         if self.durable.seen(&dk) {
             return Ok(());
         }
@@ -345,7 +340,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let change = GroupChange::decode(o.change)
             .map_err(|e| err(ErrorCode::Invalid, format!("group change: {}", e.code())))?;
         if change.author() != &requester {
-            return Err(err(ErrorCode::NotYours, "the change's author is not the requester"));
+            return Err(err(
+                ErrorCode::NotYours,
+                "the change's author is not the requester",
+            ));
         }
         self.sequence(now, id, change)
     }
@@ -378,7 +376,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 let ordered = change.sequence(&self.key);
                 let state = GroupState::create(&ordered).map_err(|e| refused(&e))?;
                 if state.sequencer().domain != self.domain {
-                    return Err(err(ErrorCode::NotYours, "the group names another sequencer"));
+                    return Err(err(
+                        ErrorCode::NotYours,
+                        "the group names another sequencer",
+                    ));
                 }
                 (None, state, ordered)
             }
@@ -419,7 +420,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let origin = Origin {
             sender: change.author().clone(),
             device: change.author_device().device_id(),
-            id: MessageId::from_slice(&change.hash()[..16]).unwrap_or(MessageId::from_bytes([0; 16])),
+            id: MessageId::from_slice(&change.hash()[..16])
+                .unwrap_or(MessageId::from_bytes([0; 16])),
             skip: None,
         };
         self.fan_out(now, fans, &origin)?;

@@ -1410,7 +1410,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         enum Dest {
             Local(DeviceKey),
             /// The queue item is made from the header decoded here (not decoded again).
-            Remote(Domain, OutItem),
+            Remote(Domain, Box<OutItem>),
         }
         let mut plan = Vec::with_capacity(envelopes.len());
         let mut local_counts: HashMap<DeviceKey, usize> = HashMap::new();
@@ -1445,7 +1445,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             } else {
                 Dest::Remote(
                     h.recipient.domain(),
-                    OutItem::with_header(bytes.clone(), h, now),
+                    Box::new(OutItem::with_header(bytes.clone(), h, now)),
                 )
             };
             // Stored before (or twice in this submit): not stored again, not counted.
@@ -1482,7 +1482,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             match dest {
                 Dest::Local(dkey) => self.deliver_local(&dkey, bytes, now),
                 Dest::Remote(domain, item) => {
-                    let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
+                    let seq = self.durable.enqueue_out(&domain, *item, &mut self.ops);
                     self.remotes
                         .entry(domain.clone())
                         .or_default()
@@ -1751,13 +1751,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     }
 
     /// Stores relayed envelopes; one result each (SPEC.md 16.5).
-    fn relay_in(
-        &mut self,
-        now: UnixMillis,
-        peer: &Domain,
-        id: u64,
-        relay: wire::Relay,
-    ) -> Bytes {
+    fn relay_in(&mut self, now: UnixMillis, peer: &Domain, id: u64, relay: wire::Relay) -> Bytes {
         let expiry = now.saturating_add(DEDUP_RETENTION_MS);
         let mut results = Vec::with_capacity(relay.envelopes.len() + relay.groups.len());
         for bytes in relay.envelopes {
@@ -2021,7 +2015,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             r.in_flight.insert(id, (seqs, now));
             let bytes = protocol::encode(Body::Request(wire::Request {
                 id,
-                body: Some(wire::request::Body::Relay(wire::Relay { envelopes, groups })),
+                body: Some(wire::request::Body::Relay(wire::Relay {
+                    envelopes,
+                    groups,
+                })),
             }));
             self.out.push_back(ProviderOutput::Transmit { conn, bytes });
         }

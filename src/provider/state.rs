@@ -83,7 +83,10 @@ impl MailItem {
             ),
             wire::stored_mail_item::Item::Group(g) => {
                 check_group_item(&g)?;
-                (MailBody::Group(g.clone()), wire::mailbox_item::Item::Group(g))
+                (
+                    MailBody::Group(g.clone()),
+                    wire::mailbox_item::Item::Group(g),
+                )
             }
         };
         let frame = crate::protocol::encode(wire::frame::Body::Deliver(wire::Deliver {
@@ -787,7 +790,12 @@ impl Durable {
     }
 
     /// Stores the state of a group this provider orders, with the change that made it.
-    pub(super) fn put_group(&mut self, state: GroupState, last: GroupChange, ops: &mut Vec<StoreOp>) {
+    pub(super) fn put_group(
+        &mut self,
+        state: GroupState,
+        last: GroupChange,
+        ops: &mut Vec<StoreOp>,
+    ) {
         ops.push(StoreOp::Put {
             table: Table::Groups,
             key: Bytes::copy_from_slice(state.id().as_bytes()),

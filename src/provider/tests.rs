@@ -932,3 +932,255 @@ fn a_device_that_removes_itself_gets_done_before_goodbye() {
         Some("unknown_device")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Groups (SPEC.md 20)
+
+mod groups {
+    use super::*;
+    use crate::group::{
+        GroupAction, GroupChange, GroupMember, GroupRole, GroupSender, GroupState, Sequencer,
+    };
+    use crate::limits::MAX_GROUP_RECIPIENTS;
+
+    fn member(u: &User) -> GroupMember {
+        GroupMember {
+            address: u.list.address().clone(),
+            identity: *u.list.identity_key(),
+            role: GroupRole::Member,
+        }
+    }
+
+    fn order(s: &mut Setup, conn: u64, id: u64, change: &GroupChange) -> wire::response::Body {
+        order_outs(s, conn, id, change).0
+    }
+
+    fn order_outs(
+        s: &mut Setup,
+        conn: u64,
+        id: u64,
+        change: &GroupChange,
+    ) -> (wire::response::Body, Vec<ProviderOutput>) {
+        let outs = request(
+            &mut s.p,
+            ConnectionId(conn),
+            id,
+            wire::request::Body::OrderGroupChange(wire::OrderGroupChange {
+                change: change.encoded().clone(),
+                sequencer: "one.example".into(),
+                requester: String::new(),
+            }),
+        );
+        (response_to(&outs, ConnectionId(conn), id), outs)
+    }
+
+    fn group_items(outs: &[ProviderOutput], conn: u64) -> Vec<wire::GroupItem> {
+        delivered(outs, ConnectionId(conn))
+            .into_iter()
+            .filter_map(|i| match i.item {
+                Some(wire::mailbox_item::Item::Group(g)) => Some(g),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Alice creates a group with Bob at one.example, its sequencer.
+    fn created(s: &mut Setup) -> (GroupState, Vec<ProviderOutput>) {
+        let seq = Sequencer {
+            domain: s.p.domain().clone(),
+            key: s.p.public_key(),
+        };
+        let create = GroupState::create_change(
+            s.alice.accounts[0].device(),
+            [1; 16],
+            "shop".into(),
+            seq,
+            vec![member(&s.bob)],
+            NOW,
+        )
+        .unwrap();
+        let (body, outs) = order_outs(s, 1, 70, &create);
+        let wire::response::Body::GroupChange(g) = body else {
+            panic!("not ordered");
+        };
+        (
+            GroupState::create(&GroupChange::decode(g.change).unwrap()).unwrap(),
+            outs,
+        )
+    }
+
+    #[test]
+    fn the_sequencer_orders_each_epoch_once_and_fans_out() {
+        let mut s = setup();
+        let (state, outs) = created(&mut s);
+        // Both of Bob's devices get the change from the mailbox.
+        for conn in [2, 3] {
+            let items = group_items(&outs, conn);
+            assert_eq!(items.len(), 1, "device {conn}: {items:?}");
+            assert!(matches!(
+                &items[0].body,
+                Some(wire::group_item::Body::Change(_))
+            ));
+        }
+        // A retry gets the same answer and fans out nothing again.
+        let a = s.alice.accounts[0].device();
+        let t1 = state
+            .change(a, GroupAction::SetTitle("one".into()), NOW)
+            .unwrap();
+        let t2 = state
+            .change(a, GroupAction::SetTitle("two".into()), NOW)
+            .unwrap();
+        let (first, outs) = order_outs(&mut s, 1, 71, &t1);
+        assert!(matches!(first, wire::response::Body::GroupChange(_)));
+        assert_eq!(group_items(&outs, 2).len(), 1);
+        let (again, outs) = order_outs(&mut s, 1, 72, &t1);
+        assert_eq!(again, first);
+        assert!(group_items(&outs, 2).is_empty());
+        // Another change for the same epoch lost the race.
+        let lost = order(&mut s, 1, 73, &t2);
+        assert_eq!(error_code(&lost), Some("group_conflict"));
+        // Bob is no admin: refused with the group error code, nothing fanned out.
+        let b = s.bob.accounts[0].device();
+        let next = state
+            .apply(&t1.sequence(&ProviderKeyPair::generate(&mut s.rng)))
+            .err();
+        assert!(next.is_some(), "a foreign countersignature must not apply");
+        let by_bob = GroupState::create_change(
+            b,
+            [2; 16],
+            "other".into(),
+            Sequencer {
+                domain: s.p.domain().clone(),
+                key: ProviderKeyPair::generate(&mut s.rng).public(),
+            },
+            vec![],
+            NOW,
+        )
+        .unwrap();
+        let (r, outs) = order_outs(&mut s, 2, 74, &by_bob);
+        assert_eq!(error_code(&r), Some("group_refused"), "{r:?}");
+        assert!(group_items(&outs, 3).is_empty());
+    }
+
+    #[test]
+    fn changes_and_group_envelopes_only_from_their_author_device() {
+        let mut s = setup();
+        let (state, _) = created(&mut s);
+        let a = s.alice.accounts[0].device();
+        let change = state
+            .change(a, GroupAction::SetTitle("x".into()), NOW)
+            .unwrap();
+        // A creating change countersigned by another key than the sequencer it names.
+        let other = GroupState::create_change(
+            a,
+            [9; 16],
+            "elsewhere".into(),
+            Sequencer {
+                domain: s.p.domain().clone(),
+                key: s.p.public_key(),
+            },
+            vec![],
+            NOW,
+        )
+        .unwrap();
+        let other = GroupState::create(&other.sequence(&ProviderKeyPair::generate(&mut s.rng)));
+        assert!(other.is_err());
+        let mut sender = GroupSender::new(&state, a, 1, &mut s.rng).unwrap();
+        let env = sender
+            .seal(
+                a,
+                &state,
+                &text("hello group"),
+                crate::envelope::MessageId::from_bytes([3; 16]),
+                NOW,
+            )
+            .unwrap();
+        // Bob's device hands in Alice's change.
+        let r = order(&mut s, 2, 80, &change);
+        assert_eq!(error_code(&r), Some("not_yours"));
+        let submit = |env: Bytes, recipients: Vec<String>| {
+            wire::request::Body::SubmitGroup(wire::SubmitGroup {
+                envelope: env,
+                recipients,
+            })
+        };
+        let bob = s.bob.list.address().as_str().to_owned();
+        // From the wrong device.
+        let outs = request(
+            &mut s.p,
+            ConnectionId(2),
+            81,
+            submit(env.clone(), vec![bob.clone()]),
+        );
+        assert_eq!(
+            error_code(&response_to(&outs, ConnectionId(2), 81)),
+            Some("not_yours")
+        );
+        // Too many recipients, or one twice: refused before anything is stored.
+        let many: Vec<String> = (0..=MAX_GROUP_RECIPIENTS)
+            .map(|i| format!("u{i}@one.example"))
+            .collect();
+        let outs = request(&mut s.p, ConnectionId(1), 82, submit(env.clone(), many));
+        assert!(
+            closed(&outs, ConnectionId(1))
+                || error_code(&response_to(&outs, ConnectionId(1), 82)).is_some()
+        );
+        let mut s = setup();
+        let (state, _) = created(&mut s);
+        let a = s.alice.accounts[0].device();
+        let mut sender = GroupSender::new(&state, a, 1, &mut s.rng).unwrap();
+        let env = sender
+            .seal(
+                a,
+                &state,
+                &text("hello group"),
+                crate::envelope::MessageId::from_bytes([3; 16]),
+                NOW,
+            )
+            .unwrap();
+        let outs = request(
+            &mut s.p,
+            ConnectionId(1),
+            83,
+            submit(env.clone(), vec![bob.clone(), bob.clone()]),
+        );
+        assert_eq!(
+            error_code(&response_to(&outs, ConnectionId(1), 83)),
+            Some("invalid")
+        );
+        // Once: each of Bob's devices gets one copy; a resubmit stores nothing more.
+        let outs = request(
+            &mut s.p,
+            ConnectionId(1),
+            84,
+            submit(env.clone(), vec![bob.clone()]),
+        );
+        assert!(matches!(
+            response_to(&outs, ConnectionId(1), 84),
+            wire::response::Body::Done(_)
+        ));
+        for conn in [2, 3] {
+            let items = group_items(&outs, conn);
+            assert_eq!(items.len(), 1, "device {conn}");
+            assert!(matches!(
+                &items[0].body,
+                Some(wire::group_item::Body::Envelope(_))
+            ));
+        }
+        assert!(
+            group_items(&outs, 1).is_empty(),
+            "not back to its sender device"
+        );
+        let outs = request(&mut s.p, ConnectionId(1), 85, submit(env, vec![bob]));
+        assert!(matches!(
+            response_to(&outs, ConnectionId(1), 85),
+            wire::response::Body::Done(_)
+        ));
+        for conn in [2, 3] {
+            assert!(
+                group_items(&outs, conn).is_empty(),
+                "stored twice for device {conn}"
+            );
+        }
+    }
+}

@@ -152,6 +152,11 @@ pub struct SimReport {
     pub deliveries: usize,
     /// End-to-end delivery receipts that reached senders.
     pub receipts: usize,
+    /// Group messages opened by apps (one per recipient device and message).
+    pub group_deliveries: usize,
+    /// Group items (messages and changes) relayed between providers, retries included:
+    /// one per recipient provider and item on a clean network (SPEC.md 20.2).
+    pub group_relays: u64,
     /// Frames sent on the network.
     pub frames: u64,
     /// Frames the network dropped.
@@ -184,7 +189,7 @@ impl fmt::Display for SimReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: sent {} accepted {} undeliverable {} deliveries {} receipts {} | \
+            "seed {}: sent {} accepted {} undeliverable {} deliveries {} (group {}, relayed {}) receipts {} | \
              frames {} dropped {} duplicated {} cuts {} crashes {} partitions {} | \
              rejected {} identity changes {} gaps {} attacks {} | {} virtual s",
             self.seed,
@@ -192,6 +197,8 @@ impl fmt::Display for SimReport {
             self.accepted,
             self.undeliverable,
             self.deliveries,
+            self.group_deliveries,
+            self.group_relays,
             self.receipts,
             self.frames,
             self.dropped,
@@ -659,10 +666,10 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             matches!(
                 e,
                 Event::Frame { .. }
-                | Event::Send { .. }
-                | Event::Restart(_)
-                | Event::CreateGroup
-                | Event::SendGroup { .. }
+                    | Event::Send { .. }
+                    | Event::Restart(_)
+                    | Event::CreateGroup
+                    | Event::SendGroup { .. }
             )
         });
         if frames_in_flight {
@@ -986,6 +993,12 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 .violations
                 .push(format!("plaintext on the wire from {from:?} to {to:?}"));
         }
+        if let (Node::Provider(_), Node::Provider(_)) = (from, to)
+            && let Ok(wire::frame::Body::Request(r)) = protocol::decode(bytes)
+            && let Some(wire::request::Body::Relay(relay)) = r.body
+        {
+            self.report.group_relays += relay.groups.len() as u64;
+        }
         if let (Node::Client(_), Node::Provider(_)) = (from, to)
             && let Ok(wire::frame::Body::Request(r)) = protocol::decode(bytes)
             && let Some(wire::request::Body::Submit(s)) = r.body
@@ -1240,6 +1253,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             ClientEvent::GroupMessage(m) => {
                 if let Content::Text(_) = m.content {
                     self.report.deliveries += 1;
+                    self.report.group_deliveries += 1;
                     let log = self.messages.entry(m.message_id).or_default();
                     *log.delivered.entry(c).or_default() += 1;
                     if log.delivered[&c] > 1 {

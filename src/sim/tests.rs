@@ -27,6 +27,19 @@ fn clean_network_delivers_everything_once() {
 }
 
 #[test]
+fn group_messages_cross_providers_once_per_provider() {
+    // 3 providers, every user in the group: each group item (the creating change and
+    // each message) crosses to the 2 other providers once, whatever the member count.
+    let config = clean(4);
+    let r = run(config.clone());
+    assert!(r.violations.is_empty(), "{r}");
+    let items = config.group_messages as u64 + 1;
+    assert_eq!(r.group_relays, 2 * items, "{r}");
+    // 9 devices: every message reaches the 8 others.
+    assert_eq!(r.group_deliveries, 8 * config.group_messages, "{r}");
+}
+
+#[test]
 fn faulty_network_keeps_the_invariants() {
     for seed in 0..8 {
         let r = run(SimConfig::faulty(seed));
