@@ -2303,7 +2303,6 @@ fn hexes(v: &[Bytes]) -> Vec<String> {
     v.iter().map(|b| h(b)).collect()
 }
 
-
 /// A `GroupItem` as JSON (SPEC.md 20).
 fn group_item_json(g: &wire::GroupItem) -> Value {
     let mut o = json!({});

@@ -31,6 +31,10 @@ use crate::wire;
 pub(super) struct ClientGroup {
     pub(super) state: GroupState,
     sender: Option<GroupSender>,
+    /// The current chain's key at its first position and the members when it was made:
+    /// they get the key from there (a key sent again must open every message sent on
+    /// the chain before it), users added later from the current position.
+    chain_start: Option<(SenderKey, BTreeSet<Address>)>,
     /// Users sent the current chain's key.
     keyed: BTreeSet<Address>,
     /// Local keys of the sender-key messages the provider has not stored yet.
@@ -49,6 +53,7 @@ impl ClientGroup {
             receiver: GroupReceiver::new(state.id()),
             state,
             sender: None,
+            chain_start: None,
             keyed: BTreeSet::new(),
             key_msgs: BTreeSet::new(),
             queued: VecDeque::new(),
@@ -229,7 +234,6 @@ impl<R: CryptoRng> Client<R> {
             .state
             .members()
             .map(|m| m.address)
-            .filter(|a| a != &me)
             .filter(|a| {
                 !g.keyed.contains(a)
                     || g.sender
@@ -255,12 +259,13 @@ impl<R: CryptoRng> Client<R> {
                 .sender
                 .as_ref()
                 .map_or(1, |s| s.sender_key().chain_id().wrapping_add(1));
-            g.sender = Some(GroupSender::new(
-                &g.state,
-                self.account.device(),
-                chain_id,
-                &mut self.rng,
-            )?);
+            let sender =
+                GroupSender::new(&g.state, self.account.device(), chain_id, &mut self.rng)?;
+            g.chain_start = Some((
+                sender.sender_key().clone(),
+                g.state.members().map(|m| m.address).collect(),
+            ));
+            g.sender = Some(sender);
             g.keyed.clear();
         }
         let Some(sender) = g.sender.as_mut() else {
@@ -276,11 +281,14 @@ impl<R: CryptoRng> Client<R> {
             .map(|m| m.address.as_str().to_owned())
             .collect();
         g.queued.push_back((message_id, envelope, recipients));
+        // This user's other devices get the key too (a message to one's own address
+        // reaches them); a device that could not be reached gets it with a later message.
+        let own_others = self.account.own_device_list().devices().len() > 1;
         let to_key: Vec<Address> = g
             .state
             .members()
             .map(|m| m.address)
-            .filter(|a| a != &me && !g.keyed.contains(a))
+            .filter(|a| (a != &me || own_others) && !g.keyed.contains(a))
             .collect();
         for a in to_key {
             let local = self.next_local;

@@ -626,6 +626,8 @@ impl fmt::Debug for GroupOpened {
 struct Chain {
     chain_id: u32,
     epoch: u64,
+    /// The earliest position this device ever held a key for.
+    start: u32,
     next: u32,
     key: Secret<32>,
 }
@@ -693,12 +695,41 @@ impl GroupReceiver {
             .chains
             .entry((key.sender.clone(), key.sender_device))
             .or_default();
-        if chains.iter().any(|c| c.chain_id == key.chain_id) {
-            return Ok(false);
+        if let Some(c) = chains.iter_mut().find(|c| c.chain_id == key.chain_id) {
+            // The same chain from an earlier position (sent again, and overtaken by a
+            // later copy): the keys of the positions before the held start, which this
+            // device could never open, become skipped keys. Nothing it opened before
+            // becomes openable again.
+            if key.iteration >= c.start || c.start - key.iteration > MAX_GROUP_SKIP {
+                return Ok(false);
+            }
+            let (from, to) = (key.iteration, c.start);
+            c.start = from;
+            let mut ck = key.chain_key.clone();
+            let who = (key.sender.clone(), key.sender_device);
+            for i in from..to {
+                let (next, mk) = kdf_ck(&ck);
+                ck = next;
+                let order = self.next_order;
+                self.next_order += 1;
+                let position = (who.0.clone(), who.1, key.chain_id, i);
+                self.by_order.insert(order, position.clone());
+                self.skipped.insert(position, (mk, order));
+            }
+            while self.skipped.len() > MAX_GROUP_SKIPPED_KEYS {
+                match self.by_order.pop_first() {
+                    Some((_, oldest)) => {
+                        self.skipped.remove(&oldest);
+                    }
+                    None => break,
+                }
+            }
+            return Ok(true);
         }
         chains.push(Chain {
             chain_id: key.chain_id,
             epoch: key.epoch,
+            start: key.iteration,
             next: key.iteration,
             key: key.chain_key.clone(),
         });
