@@ -19,24 +19,18 @@ use crate::address::Address;
 use crate::envelope::{Content, MessageId};
 use crate::group::{
     GroupAction, GroupChange, GroupEnvelope, GroupError, GroupId, GroupMember, GroupMessageError,
-    GroupReceiver, GroupRole, GroupSender, GroupState, SenderKey, Sequencer,
+    GroupRecord, GroupRole, GroupSender, GroupState, SenderKey, Sequencer,
 };
 use crate::identity::{DeviceCertificate, DeviceId};
-use crate::limits::MAX_PENDING_GROUP_ITEMS;
+use crate::limits::{MAX_CLIENT_PENDING, MAX_PENDING_GROUP_ITEMS};
 use crate::protocol::ProtocolError;
 use crate::time::UnixMillis;
 use crate::wire;
 
-/// One group this device holds.
-pub(super) struct ClientGroup {
-    pub(super) state: GroupState,
-    sender: Option<GroupSender>,
-    /// The current chain's key at its first position and the members when it was made:
-    /// they get the key from there (a key sent again must open every message sent on
-    /// the chain before it), users added later from the current position.
-    chain_start: Option<(SenderKey, BTreeSet<Address>)>,
-    /// Users sent the current chain's key.
-    keyed: BTreeSet<Address>,
+/// What a group's sending waits on at this device (not persisted: like unsubmitted
+/// one-to-one messages, SPEC.md 16.12).
+#[derive(Default)]
+pub(super) struct Outbox {
     /// Local keys of the sender-key messages the provider has not stored yet.
     key_msgs: BTreeSet<u64>,
     /// Sealed group envelopes waiting for `key_msgs` to be stored.
@@ -44,22 +38,6 @@ pub(super) struct ClientGroup {
     /// For each outstanding sender-key message, the group messages sealed on its
     /// chain while it was outstanding: a device it cannot reach cannot read them.
     dependents: BTreeMap<u64, Vec<MessageId>>,
-    receiver: GroupReceiver,
-}
-
-impl ClientGroup {
-    fn new(state: GroupState) -> Self {
-        Self {
-            receiver: GroupReceiver::new(state.id()),
-            state,
-            sender: None,
-            chain_start: None,
-            keyed: BTreeSet::new(),
-            key_msgs: BTreeSet::new(),
-            queued: VecDeque::new(),
-            dependents: BTreeMap::new(),
-        }
-    }
 }
 
 /// What became of a one-to-one message (perhaps a sender key) of this client.
@@ -78,13 +56,13 @@ pub(super) struct Pending {
     item: wire::GroupItem,
 }
 
-/// The client's group part.
+/// The client's group part that is not persisted (the groups themselves are in the
+/// account: [`crate::group::DeviceGroups`]).
 #[derive(Default)]
 pub(super) struct Groups {
-    pub(super) groups: BTreeMap<GroupId, ClientGroup>,
+    pub(super) outboxes: BTreeMap<GroupId, Outbox>,
+    /// Mailbox items waiting (unacknowledged: the provider keeps them).
     pub(super) pending: VecDeque<Pending>,
-    /// Sender keys for groups this device does not hold yet.
-    keys: VecDeque<(DeviceCertificate, SenderKey)>,
 }
 
 /// What became of a group item.
@@ -99,12 +77,12 @@ impl<R: CryptoRng> Client<R> {
     /// The groups this device holds (including those this user left or was removed
     /// from: their last state).
     pub fn groups(&self) -> impl Iterator<Item = &GroupState> + '_ {
-        self.groups.groups.values().map(|g| &g.state)
+        self.account.groups.records.values().map(|g| &g.state)
     }
 
     /// One group's state.
     pub fn group(&self, group: GroupId) -> Option<&GroupState> {
-        self.groups.groups.get(&group).map(|g| &g.state)
+        self.account.groups.records.get(&group).map(|g| &g.state)
     }
 
     /// The member entry for `address`, from its pinned identity key (its device list
@@ -176,8 +154,9 @@ impl<R: CryptoRng> Client<R> {
     ) -> Result<(), ClientError> {
         self.check_capacity(1)?;
         let g = self
+            .account
             .groups
-            .groups
+            .records
             .get(&group)
             .ok_or(ClientError::UnknownGroup(group))?;
         let change = g.state.change(self.account.device(), action, now)?;
@@ -222,45 +201,39 @@ impl<R: CryptoRng> Client<R> {
     ) -> Result<MessageId, ClientError> {
         content.encode_padded()?;
         let me = self.account.device().address().clone();
-        let g = self
+        // This user's other devices get the key too (a message to one's own address
+        // reaches them); a device that could not be reached gets it with a later message.
+        let own_others = self.account.own_device_list().devices().len() > 1;
+        let account = &mut self.account;
+        let g = account
             .groups
-            .groups
+            .records
             .get_mut(&group)
             .ok_or(ClientError::UnknownGroup(group))?;
         if g.state.role(&me).is_none() {
             return Err(GroupMessageError::NotMember(me).into());
         }
-        let missing: Vec<Address> = g
+        let rekey = g
+            .sender
+            .as_ref()
+            .is_none_or(|s| s.needs_new_chain(&g.state));
+        let to_key: Vec<Address> = g
             .state
             .members()
             .map(|m| m.address)
-            .filter(|a| {
-                !g.keyed.contains(a)
-                    || g.sender
-                        .as_ref()
-                        .is_none_or(|s| s.needs_new_chain(&g.state))
-            })
+            .filter(|a| (a != &me || own_others) && (rekey || !g.keyed.contains(a)))
             .collect();
-        let capacity = missing.len() + 1;
-        if self.requests.len() + self.outgoing.len() + capacity > crate::limits::MAX_CLIENT_PENDING
-        {
+        if self.requests.len() + self.outgoing.len() + to_key.len() + 1 > MAX_CLIENT_PENDING {
             return Err(ClientError::Busy {
-                max: crate::limits::MAX_CLIENT_PENDING,
+                max: MAX_CLIENT_PENDING,
             });
         }
-        let Some(g) = self.groups.groups.get_mut(&group) else {
-            return Err(ClientError::UnknownGroup(group));
-        };
-        if g.sender
-            .as_ref()
-            .is_none_or(|s| s.needs_new_chain(&g.state))
-        {
+        if rekey {
             let chain_id = g
                 .sender
                 .as_ref()
                 .map_or(1, |s| s.sender_key().chain_id().wrapping_add(1));
-            let sender =
-                GroupSender::new(&g.state, self.account.device(), chain_id, &mut self.rng)?;
+            let sender = GroupSender::new(&g.state, &account.device, chain_id, &mut self.rng)?;
             g.chain_start = Some((
                 sender.sender_key().clone(),
                 g.state.members().map(|m| m.address).collect(),
@@ -271,44 +244,51 @@ impl<R: CryptoRng> Client<R> {
         let Some(sender) = g.sender.as_mut() else {
             return Err(ClientError::UnknownGroup(group));
         };
-        // The key at the position of this message: taken before sealing moves it on.
-        let key = sender.sender_key().clone();
+        // The key at this message's position (taken before sealing moves it on), for
+        // users added since the chain was made; the others get it from its start.
+        let current = sender.sender_key().clone();
         let message_id = MessageId::random(&mut self.rng);
-        let envelope = sender.seal(self.account.device(), &g.state, &content, message_id, now)?;
+        let envelope = sender.seal(&account.device, &g.state, &content, message_id, now)?;
         let recipients: Vec<String> = g
             .state
             .members()
             .map(|m| m.address.as_str().to_owned())
             .collect();
-        g.queued.push_back((message_id, envelope, recipients));
-        // This user's other devices get the key too (a message to one's own address
-        // reaches them); a device that could not be reached gets it with a later message.
-        let own_others = self.account.own_device_list().devices().len() > 1;
-        let to_key: Vec<Address> = g
-            .state
-            .members()
-            .map(|m| m.address)
-            .filter(|a| (a != &me || own_others) && !g.keyed.contains(a))
+        let keys: Vec<(Address, SenderKey)> = to_key
+            .into_iter()
+            .map(|a| {
+                let key = match &g.chain_start {
+                    Some((first, members)) if members.contains(&a) => first.clone(),
+                    _ => current.clone(),
+                };
+                (a, key)
+            })
             .collect();
-        for a in to_key {
+        self.groups
+            .outboxes
+            .entry(group)
+            .or_default()
+            .queued
+            .push_back((message_id, envelope, recipients));
+        for (a, key) in keys {
             let local = self.next_local;
-            self.queue_message(
-                now,
-                &a,
-                Content::GroupSenderKey(Box::new(key.clone())),
-                false,
-            )?;
-            if let Some(g) = self.groups.groups.get_mut(&group) {
-                // A message already stored (or failed) by now needs no waiting.
-                if self.outgoing.contains_key(&local) {
-                    g.key_msgs.insert(local);
-                }
+            self.queue_message(now, &a, Content::GroupSenderKey(Box::new(key)), false)?;
+            if let Some(g) = self.account.groups.records.get_mut(&group) {
                 g.keyed.insert(a);
             }
+            // A message already stored (or failed) by now needs no waiting.
+            if self.outgoing.contains_key(&local) {
+                self.groups
+                    .outboxes
+                    .entry(group)
+                    .or_default()
+                    .key_msgs
+                    .insert(local);
+            }
         }
-        if let Some(g) = self.groups.groups.get_mut(&group) {
-            for k in &g.key_msgs {
-                g.dependents.entry(*k).or_default().push(message_id);
+        if let Some(o) = self.groups.outboxes.get_mut(&group) {
+            for k in &o.key_msgs {
+                o.dependents.entry(*k).or_default().push(message_id);
             }
         }
         self.release_group(now, group);
@@ -318,13 +298,13 @@ impl<R: CryptoRng> Client<R> {
 
     /// Submits the group's queued envelopes once its sender keys are stored.
     fn release_group(&mut self, now: UnixMillis, group: GroupId) {
-        let Some(g) = self.groups.groups.get_mut(&group) else {
+        let Some(o) = self.groups.outboxes.get_mut(&group) else {
             return;
         };
-        if !g.key_msgs.is_empty() {
+        if !o.key_msgs.is_empty() {
             return;
         }
-        let queued: Vec<_> = g.queued.drain(..).collect();
+        let queued: Vec<_> = o.queued.drain(..).collect();
         for (message_id, envelope, recipients) in queued {
             let body = wire::request::Body::SubmitGroup(wire::SubmitGroup {
                 envelope,
@@ -350,13 +330,13 @@ impl<R: CryptoRng> Client<R> {
         };
         let groups: Vec<GroupId> = self
             .groups
-            .groups
+            .outboxes
             .iter()
-            .filter(|(_, g)| g.key_msgs.contains(&local))
+            .filter(|(_, o)| o.key_msgs.contains(&local))
             .map(|(id, _)| *id)
             .collect();
         for id in groups {
-            let Some(g) = self.groups.groups.get_mut(&id) else {
+            let Some(g) = self.groups.outboxes.get_mut(&id) else {
                 continue;
             };
             let (lost, recipient, device) = match &settled {
@@ -372,8 +352,10 @@ impl<R: CryptoRng> Client<R> {
                     Some(*d),
                 ),
             };
-            if let Some(to) = &recipient {
-                g.keyed.remove(to);
+            if let Some(to) = &recipient
+                && let Some(r) = self.account.groups.records.get_mut(&id)
+            {
+                r.keyed.remove(to);
             }
             if !matches!(settled, Settled::Skipped(..)) {
                 g.key_msgs.remove(&local);
@@ -504,7 +486,7 @@ impl<R: CryptoRng> Client<R> {
             }
         };
         let gid = change.group();
-        let Some(g) = self.groups.groups.get_mut(&gid) else {
+        let Some(g) = self.account.groups.records.get_mut(&gid) else {
             let made = if change.epoch() == 0 {
                 GroupState::create(&change)
             } else if !snapshot.is_empty() {
@@ -516,7 +498,10 @@ impl<R: CryptoRng> Client<R> {
             return match made {
                 Ok(state) if state.role(&me).is_some() => {
                     let epoch = state.epoch();
-                    self.groups.groups.insert(gid, ClientGroup::new(state));
+                    self.account
+                        .groups
+                        .records
+                        .insert(gid, GroupRecord::new(state));
                     self.take_stashed_keys(gid);
                     self.event(ClientEvent::GroupChanged {
                         group: gid,
@@ -581,7 +566,7 @@ impl<R: CryptoRng> Client<R> {
             // The sender's device list comes with its sender key (a session message).
             return Outcome::Wait;
         };
-        let Some(g) = self.groups.groups.get_mut(&gid) else {
+        let Some(g) = self.account.groups.records.get_mut(&gid) else {
             return Outcome::Wait;
         };
         match g.receiver.open(&g.state, &env, &cert) {
@@ -622,7 +607,7 @@ impl<R: CryptoRng> Client<R> {
             return;
         };
         let gid = key.group();
-        match self.groups.groups.get_mut(&gid) {
+        match self.account.groups.records.get_mut(&gid) {
             Some(g) => {
                 if let Err(e) = g.receiver.add_sender_key(&g.state, &cert, &key) {
                     // Perhaps a member this device does not know of yet: keep it.
@@ -639,23 +624,25 @@ impl<R: CryptoRng> Client<R> {
     }
 
     fn stash_key(&mut self, cert: DeviceCertificate, key: SenderKey) {
-        if self.groups.keys.len() >= MAX_PENDING_GROUP_ITEMS {
-            self.groups.keys.pop_front();
+        let stash = &mut self.account.groups.stash;
+        if stash.len() >= MAX_PENDING_GROUP_ITEMS {
+            stash.pop_front();
         }
-        self.groups.keys.push_back((cert, key));
+        stash.push_back((cert, key));
     }
 
     /// Stashed keys for `group` that its current state accepts.
     fn take_stashed_keys(&mut self, group: GroupId) {
-        let Some(g) = self.groups.groups.get_mut(&group) else {
+        let groups = &mut self.account.groups;
+        let Some(g) = groups.records.get_mut(&group) else {
             return;
         };
-        let keys: Vec<_> = self.groups.keys.drain(..).collect();
+        let keys: Vec<_> = groups.stash.drain(..).collect();
         for (cert, key) in keys {
             if key.group() == group && g.receiver.add_sender_key(&g.state, &cert, &key).is_ok() {
                 continue;
             }
-            self.groups.keys.push_back((cert, key));
+            groups.stash.push_back((cert, key));
         }
     }
 }

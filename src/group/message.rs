@@ -742,6 +742,105 @@ impl GroupReceiver {
         Ok(true)
     }
 
+    /// The chains and skipped keys, for the persisted state (SPEC.md 15.8).
+    pub(crate) fn to_state(&self) -> (Vec<wire::GroupChainState>, Vec<wire::GroupSkippedKeyState>) {
+        let chains = self
+            .chains
+            .iter()
+            .flat_map(|((a, d), cs)| {
+                cs.iter().map(move |c| wire::GroupChainState {
+                    sender: a.as_str().to_owned(),
+                    sender_device: Bytes::copy_from_slice(d.as_bytes()),
+                    chain_id: c.chain_id,
+                    epoch: c.epoch,
+                    start: c.start,
+                    next: c.next,
+                    chain_key: Bytes::from_owner(zeroize::Zeroizing::new(c.key.expose().to_vec())),
+                })
+            })
+            .collect();
+        let skipped = self
+            .by_order
+            .values()
+            .filter_map(|pos| {
+                let (mk, _) = self.skipped.get(pos)?;
+                Some(wire::GroupSkippedKeyState {
+                    sender: pos.0.as_str().to_owned(),
+                    sender_device: Bytes::copy_from_slice(pos.1.as_bytes()),
+                    chain_id: pos.2,
+                    iteration: pos.3,
+                    message_key: Bytes::from_owner(zeroize::Zeroizing::new(mk.expose().to_vec())),
+                })
+            })
+            .collect();
+        (chains, skipped)
+    }
+
+    /// Rebuilds a receiver from the persisted state; the error names the defect.
+    pub(crate) fn from_state(
+        group: GroupId,
+        chains: &[wire::GroupChainState],
+        skipped: &[wire::GroupSkippedKeyState],
+    ) -> Result<Self, &'static str> {
+        let mut r = Self::new(group);
+        let who = |sender: &str, device: &[u8]| -> Result<(Address, DeviceId), &'static str> {
+            Ok((
+                Address::parse_canonical(sender).map_err(|_| "groups.chains: an invalid sender")?,
+                DeviceId::from_slice(device).ok_or("groups.chains: a device id is not 16 bytes")?,
+            ))
+        };
+        for c in chains {
+            let key: [u8; 32] = c
+                .chain_key
+                .as_ref()
+                .try_into()
+                .map_err(|_| "groups.chains: a chain key is not 32 bytes")?;
+            if c.start > c.next {
+                return Err("groups.chains: start after next");
+            }
+            let list = r
+                .chains
+                .entry(who(&c.sender, &c.sender_device)?)
+                .or_default();
+            if list.iter().any(|x| x.chain_id == c.chain_id) {
+                return Err("groups.chains: a chain listed twice");
+            }
+            list.push(Chain {
+                chain_id: c.chain_id,
+                epoch: c.epoch,
+                start: c.start,
+                next: c.next,
+                key: Secret::new(key),
+            });
+            list.sort_by_key(|x| x.chain_id);
+            if list.len() > MAX_GROUP_CHAINS_PER_DEVICE {
+                return Err("groups.chains: more than MAX_GROUP_CHAINS_PER_DEVICE for a device");
+            }
+        }
+        if skipped.len() > MAX_GROUP_SKIPPED_KEYS {
+            return Err("groups.skipped: more than MAX_GROUP_SKIPPED_KEYS");
+        }
+        for k in skipped {
+            let mk: [u8; 32] = k
+                .message_key
+                .as_ref()
+                .try_into()
+                .map_err(|_| "groups.skipped: a message key is not 32 bytes")?;
+            let (a, d) = who(&k.sender, &k.sender_device)?;
+            let position = (a, d, k.chain_id, k.iteration);
+            let order = r.next_order;
+            r.next_order += 1;
+            if r.skipped
+                .insert(position.clone(), (Secret::new(mk), order))
+                .is_some()
+            {
+                return Err("groups.skipped: a position listed twice");
+            }
+            r.by_order.insert(order, position);
+        }
+        Ok(r)
+    }
+
     /// Forgets every chain of `address`'s devices (for a member that was removed or
     /// left: its later messages have no key here).
     pub fn forget(&mut self, address: &Address) {

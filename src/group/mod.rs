@@ -21,12 +21,14 @@
 //! [snapshot](GroupState::from_snapshot) whose first change checked out).
 
 mod message;
+mod record;
 #[cfg(test)]
 mod tests;
 
 pub use message::{
     GroupEnvelope, GroupMessageError, GroupOpened, GroupReceiver, GroupSender, SenderKey,
 };
+pub(crate) use record::{DeviceGroups, GroupRecord};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -1097,6 +1099,12 @@ impl GroupState {
     /// The epoch of the last removal this member applied (see [`GroupSender::needs_new_chain`]).
     pub fn rekey_epoch(&self) -> u64 {
         self.rekey_epoch
+    }
+
+    /// The same state with a restored last removal epoch (persisted state only).
+    pub(crate) fn with_rekey_epoch(mut self, epoch: u64) -> Self {
+        self.rekey_epoch = epoch.min(self.epoch);
+        self
     }
 
     /// The provider that orders the group's changes.

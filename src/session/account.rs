@@ -122,6 +122,9 @@ pub struct Account {
     /// Sessions per peer device, the one to send on first.
     pub(crate) sessions: BTreeMap<(Address, DeviceId), Vec<Session>>,
     pub(crate) replay: ReplayWindow,
+    /// The groups this device holds (SPEC.md 20.5), kept here so the state blob carries
+    /// them.
+    pub(crate) groups: crate::group::DeviceGroups,
 }
 
 impl fmt::Debug for Account {
@@ -175,6 +178,7 @@ impl Account {
             contacts: DeviceLists::new(),
             sessions: BTreeMap::new(),
             replay: ReplayWindow::default(),
+            groups: crate::group::DeviceGroups::default(),
         })
     }
 
@@ -191,6 +195,7 @@ impl Account {
             contacts: DeviceLists::new(),
             sessions: BTreeMap::new(),
             replay: ReplayWindow::default(),
+            groups: crate::group::DeviceGroups::default(),
         }
     }
 

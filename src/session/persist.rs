@@ -135,6 +135,7 @@ impl Account {
     /// a fixed order.
     fn to_state(&self) -> wire::AccountState {
         let (signing, agreement) = self.device.keys().secret_bytes();
+        let (groups, stashed_sender_keys) = self.groups.to_state();
         let mut contacts: Vec<&DeviceList> = self.contacts.iter().collect();
         contacts.sort_by(|a, b| a.address().cmp(b.address()));
         wire::AccountState {
@@ -157,6 +158,8 @@ impl Account {
                 })
                 .collect(),
             replay: Some(replay_to_state(&self.replay)),
+            groups,
+            stashed_sender_keys,
         }
     }
 }
@@ -418,6 +421,12 @@ fn from_state(s: &wire::AccountState) -> Result<Account, SessionError> {
         }
     }
     let replay = replay_from_state(s.replay.as_ref().ok_or_else(|| err("replay is missing"))?)?;
+    let groups = crate::group::DeviceGroups::from_state(
+        &s.groups,
+        &s.stashed_sender_keys,
+        device.certificate(),
+    )
+    .map_err(err)?;
     Ok(Account {
         device,
         prekeys,
@@ -425,6 +434,7 @@ fn from_state(s: &wire::AccountState) -> Result<Account, SessionError> {
         contacts,
         sessions,
         replay,
+        groups,
     })
 }
 
