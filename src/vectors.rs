@@ -670,12 +670,18 @@ fn generate() -> Vec<(&'static str, Value)> {
     // checks the files, so that a vector cannot be written with a wrong expectation.
     check_device_lists(&identity, &device_lists);
     check_session_negatives(&identity, &device_lists, &sessions);
-    let protocol = protocol_vectors(&identity, &envelopes, &device_lists, &sessions);
-    check_protocol(&identity, &device_lists, &protocol);
     let groups = groups::group_vectors();
     groups::check_groups(&groups);
     let group_messages = group_messages::group_message_vectors();
     group_messages::check_group_messages(&group_messages);
+    let protocol = protocol_vectors(
+        &identity,
+        &envelopes,
+        &device_lists,
+        &sessions,
+        (&groups, &group_messages),
+    );
+    check_protocol(&identity, &device_lists, &protocol);
 
     vec![
         ("identity.json", identity),
@@ -1180,10 +1186,50 @@ fn hex_or_fill(b: &[u8]) -> Value {
     }
 }
 
-/// The bytes of a [`hex_or_fill`] value.
+/// Runs of one byte longer than this are written as a `fill` inside a `concat` (see
+/// [`compact_bytes`]).
+const CONCAT_RUN: usize = 4096;
+
+/// As [`hex_or_fill`], and for other bytes with a run of more than [`CONCAT_RUN`] equal
+/// bytes `{"concat": [part, ...]}`: the parts in order, each hex or a `fill` (the negative
+/// frames of protocol.json, whose oversized fields would otherwise take megabytes of hex).
+fn compact_bytes(b: &[u8]) -> Value {
+    if b.iter().all(|x| Some(x) == b.first()) {
+        return hex_or_fill(b);
+    }
+    let mut parts = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        let run = b[i..].iter().take_while(|x| **x == b[i]).count();
+        if run > CONCAT_RUN {
+            if start < i {
+                parts.push(json!(h(&b[start..i])));
+            }
+            parts.push(hex_or_fill(&b[i..i + run]));
+            start = i + run;
+        }
+        i += run;
+    }
+    if start == 0 {
+        return json!(h(b));
+    }
+    if start < b.len() {
+        parts.push(json!(h(&b[start..])));
+    }
+    json!({ "concat": parts })
+}
+
+/// The bytes of a [`hex_or_fill`] or [`compact_bytes`] value.
 fn bytes_of(v: &Value) -> Bytes {
     match v {
         Value::String(_) => Bytes::from(unhex(v)),
+        Value::Object(o) if o.contains_key("concat") => {
+            let mut out = Vec::new();
+            for part in o["concat"].as_array().unwrap() {
+                out.extend_from_slice(&bytes_of(part));
+            }
+            Bytes::from(out)
+        }
         fill => Bytes::from(vec![
             u8::from_str_radix(
                 fill["fill"]["byte"].as_str().unwrap(),
@@ -2303,16 +2349,14 @@ fn hexes(v: &[Bytes]) -> Vec<String> {
     v.iter().map(|b| h(b)).collect()
 }
 
-/// A `GroupItem` as JSON (SPEC.md 20).
+/// A `GroupItem` in the decoded form of protocol.json (SPEC.md 20): `snapshot` always,
+/// of the `body` oneof only the member that is set.
 fn group_item_json(g: &wire::GroupItem) -> Value {
-    let mut o = json!({});
+    let mut o = json!({ "snapshot": h(&g.snapshot) });
     match &g.body {
         Some(wire::group_item::Body::Envelope(e)) => o["envelope"] = json!(h(e)),
         Some(wire::group_item::Body::Change(c)) => o["change"] = json!(h(c)),
         None => {}
-    }
-    if !g.snapshot.is_empty() {
-        o["snapshot"] = json!(h(&g.snapshot));
     }
     o
 }
@@ -2369,14 +2413,13 @@ fn frame_json(body: &wire::frame::Body) -> Value {
                     json!({"address": m.address, "devices": hexes(&m.devices), "requester": m.requester}),
                 )),
                 Some(B::Submit(m)) => Some(("submit", json!({"envelopes": hexes(&m.envelopes)}))),
-                Some(B::Relay(m)) => {
-                    let mut r = json!({"envelopes": hexes(&m.envelopes)});
-                    if !m.groups.is_empty() {
-                        r["groups"] =
-                            json!(m.groups.iter().map(group_relay_json).collect::<Vec<_>>());
-                    }
-                    Some(("relay", r))
-                }
+                Some(B::Relay(m)) => Some((
+                    "relay",
+                    json!({
+                        "envelopes": hexes(&m.envelopes),
+                        "groups": m.groups.iter().map(group_relay_json).collect::<Vec<_>>(),
+                    }),
+                )),
                 Some(B::SubmitGroup(m)) => Some((
                     "submit_group",
                     json!({"envelope": h(&m.envelope), "recipients": m.recipients}),
@@ -2633,6 +2676,18 @@ const FRAME_FIELDS: &[(&str, &str)] = &[
     ("FetchDeviceList.requester", "fetch.requester"),
     ("Submit.envelopes", "submit.envelopes"),
     ("Relay.envelopes", "relay.envelopes"),
+    ("GroupRelay.item", "relay.groups.item"),
+    ("GroupRelay.recipients", "relay.groups.recipients"),
+    ("SubmitGroup.envelope", "submit_group.envelope"),
+    ("SubmitGroup.recipients", "submit_group.recipients"),
+    ("OrderGroupChange.change", "order_group_change.change"),
+    ("OrderGroupChange.sequencer", "order_group_change.sequencer"),
+    ("OrderGroupChange.requester", "order_group_change.requester"),
+    ("GroupChangeOrdered.change", "group_change.change"),
+    ("GroupItem.body", "group_item.body"),
+    ("GroupItem.envelope", "group_item.envelope"),
+    ("GroupItem.snapshot", "group_item.snapshot"),
+    ("GroupItem.change", "group_item.change"),
     ("Bundles.device_list", "bundles.device_list"),
     ("Bundles.bundles", "bundles.bundles"),
     ("DeviceListResponse.device_list", "device_list"),
@@ -2685,6 +2740,7 @@ fn protocol_vectors(
     envelopes: &Value,
     device_lists: &Value,
     sessions: &Value,
+    (groups, group_messages): (&Value, &Value),
 ) -> Value {
     use wire::frame::Body;
     use wire::{request, response};
@@ -2712,6 +2768,30 @@ fn protocol_vectors(
     let pk = &case["bob_prekeys"];
     let bob_to_alice = &case["messages"][1];
     assert_eq!(bob_to_alice["from"], "bob");
+    // Group traffic (SPEC.md 20): alice's first group message of group_messages.json, and
+    // the changes of groups.json's chain, countersigned as the members get them and without
+    // the countersignature as their authors hand them to be ordered.
+    let group_envelope = bytes_of(&group_messages["messages"][0]["envelope"]);
+    let change = |name: &str| bytes_of(&named(&groups["chain"], name)["encoded"]);
+    let unsequenced = |name: &str| {
+        let mut c = wire::GroupChange::decode(change(name)).unwrap();
+        assert!(!c.sequencer_signature.is_empty());
+        c.sequencer_signature = Bytes::new();
+        Bytes::from(c.encode_to_vec())
+    };
+    let add = change("add");
+    let join_snapshot = bytes_of(&groups["join"]["snapshot"]);
+    assert_eq!(bytes_of(&groups["join"]["change"]), add);
+    let group_item = |body: wire::group_item::Body, snapshot: &Bytes| wire::GroupItem {
+        body: Some(body),
+        snapshot: snapshot.clone(),
+    };
+    let envelope_item = group_item(
+        wire::group_item::Body::Envelope(group_envelope.clone()),
+        &Bytes::new(),
+    );
+    let change_item = group_item(wire::group_item::Body::Change(add.clone()), &Bytes::new());
+    let join_item = group_item(wire::group_item::Body::Change(add.clone()), &join_snapshot);
 
     // (1), (2): handshakes.
     let handshakes = vec![
@@ -2994,6 +3074,123 @@ fn protocol_vectors(
             "Goodbye without an error: an empty message",
             Body::Goodbye(wire::Goodbye { error: None }),
         ),
+        (
+            "submit_group",
+            "alice's device",
+            "SubmitGroup (SPEC.md 20.2) of alice's group message at iteration 0 (messages[0] of group_messages.json) to the group's members, alice's own address included (her other devices get it); request id 10",
+            req(
+                10,
+                request::Body::SubmitGroup(wire::SubmitGroup {
+                    envelope: group_envelope.clone(),
+                    recipients: vec![
+                        "alice@one.example".into(),
+                        "bob@two.example".into(),
+                        "carol@three.example".into(),
+                    ],
+                }),
+            ),
+        ),
+        (
+            "order_group_change",
+            "alice's device",
+            "OrderGroupChange (SPEC.md 20.3): the change 'add' of groups.json (alice adds dave) without its sequencer signature, to the sequencer one.example, alice's own provider; requester empty (a device); request id 11",
+            req(
+                11,
+                request::Body::OrderGroupChange(wire::OrderGroupChange {
+                    change: unsequenced("add"),
+                    sequencer: "one.example".into(),
+                    requester: String::new(),
+                }),
+            ),
+        ),
+        (
+            "order_group_change_forwarded",
+            "two.example",
+            "the change 'remove' of groups.json (bob, from his device bob2, removes carol) without its sequencer signature, forwarded by bob's provider two.example to the sequencer one.example, requester bob@two.example; request id 12",
+            req(
+                12,
+                request::Body::OrderGroupChange(wire::OrderGroupChange {
+                    change: unsequenced("remove"),
+                    sequencer: "one.example".into(),
+                    requester: "bob@two.example".into(),
+                }),
+            ),
+        ),
+        (
+            "response_group_change",
+            "one.example",
+            "Response to request 11: GroupChangeOrdered with the change 'add', countersigned by one.example (as in groups.json)",
+            resp(
+                11,
+                response::Body::GroupChange(wire::GroupChangeOrdered {
+                    change: add.clone(),
+                }),
+            ),
+        ),
+        (
+            "relay_groups",
+            "one.example",
+            "Relay (SPEC.md 20.4) from one.example to two.example of group relays only: alice's group message for bob@two.example; the countersigned change 'add' for bob@two.example, a member before it; the same change with the snapshot of the state it applies to (join.snapshot of groups.json) for dave@two.example, whom it adds; request id 13",
+            req(
+                13,
+                request::Body::Relay(wire::Relay {
+                    envelopes: Vec::new(),
+                    groups: vec![
+                        wire::GroupRelay {
+                            item: Some(envelope_item.clone()),
+                            recipients: vec!["bob@two.example".into()],
+                        },
+                        wire::GroupRelay {
+                            item: Some(change_item.clone()),
+                            recipients: vec!["bob@two.example".into()],
+                        },
+                        wire::GroupRelay {
+                            item: Some(join_item.clone()),
+                            recipients: vec!["dave@two.example".into()],
+                        },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "response_relay_result_groups",
+            "two.example",
+            "Response to request 13: RelayResult, one entry per group relay in order, all stored",
+            resp(
+                13,
+                response::Body::RelayResult(wire::RelayResult {
+                    results: vec![wire::Error::default(); 3],
+                }),
+            ),
+        ),
+        (
+            "deliver_group",
+            "two.example",
+            "Deliver to bob's device: seq 7, alice's group message; seq 8, the countersigned change 'add' (no snapshot: bob is a member already)",
+            Body::Deliver(wire::Deliver {
+                items: vec![
+                    wire::MailboxItem {
+                        seq: 7,
+                        item: Some(wire::mailbox_item::Item::Group(envelope_item.clone())),
+                    },
+                    wire::MailboxItem {
+                        seq: 8,
+                        item: Some(wire::mailbox_item::Item::Group(change_item.clone())),
+                    },
+                ],
+            }),
+        ),
+        (
+            "deliver_group_join",
+            "two.example",
+            "Deliver to dave's device: seq 1, the countersigned change 'add' that adds dave, with the snapshot of the state it applies to (join of groups.json): dave's device joins (SPEC.md 18.6, 20.5)",
+            Body::Deliver(wire::Deliver {
+                items: vec![wire::MailboxItem {
+                    seq: 1,
+                    item: Some(wire::mailbox_item::Item::Group(join_item.clone())),
+                }],
+            }),
+        ),
     ];
     let mut frames: Vec<Value> = frames
         .into_iter()
@@ -3066,6 +3263,46 @@ fn protocol_vectors(
         })
     };
     let few = |n: usize| vec![Bytes::from_static(&[0]); n];
+    let submit_group = |envelope: Bytes, recipients: Vec<String>| {
+        req(
+            10,
+            request::Body::SubmitGroup(wire::SubmitGroup {
+                envelope,
+                recipients,
+            }),
+        )
+    };
+    let many_recipients: Vec<String> = (1..=crate::limits::MAX_GROUP_RECIPIENTS + 1)
+        .map(|i| format!("u{i}@two.example"))
+        .collect();
+    let order = |change: Bytes, sequencer: String, requester: String| {
+        req(
+            11,
+            request::Body::OrderGroupChange(wire::OrderGroupChange {
+                change,
+                sequencer,
+                requester,
+            }),
+        )
+    };
+    let relay = |envelopes: Vec<Bytes>, groups: Vec<wire::GroupRelay>| {
+        req(13, request::Body::Relay(wire::Relay { envelopes, groups }))
+    };
+    let one_relay = wire::GroupRelay {
+        item: Some(wire::GroupItem {
+            body: Some(wire::group_item::Body::Envelope(Bytes::from_static(&[0]))),
+            snapshot: Bytes::new(),
+        }),
+        recipients: vec!["bob@two.example".into()],
+    };
+    let deliver_group = |g: wire::GroupItem| {
+        Body::Deliver(wire::Deliver {
+            items: vec![wire::MailboxItem {
+                seq: 9,
+                item: Some(wire::mailbox_item::Item::Group(g)),
+            }],
+        })
+    };
     let long_message = "ü".repeat(128) + "x";
     let invalid_utf8 = {
         let mut hello = wire::Hello {
@@ -3292,7 +3529,7 @@ fn protocol_vectors(
         ),
         (
             "relay_empty",
-            "a Relay without envelopes",
+            "a Relay with neither envelopes nor group relays",
             enc(req(
                 6,
                 request::Body::Relay(wire::Relay {
@@ -3381,17 +3618,216 @@ fn protocol_vectors(
             "too_many",
             Some("DeliverAck.seqs"),
         ),
+        (
+            "submit_group_empty_envelope",
+            "a SubmitGroup with an empty envelope and one recipient",
+            enc(submit_group(Bytes::new(), vec!["bob@two.example".into()])),
+            "invalid_field",
+            Some("SubmitGroup.envelope"),
+        ),
+        (
+            "submit_group_envelope_102401",
+            "a SubmitGroup whose envelope is 102401 bytes (MAX_ENVELOPE_LEN + 1)",
+            enc(submit_group(
+                Bytes::from(vec![9; crate::limits::MAX_ENVELOPE_LEN + 1]),
+                vec!["bob@two.example".into()],
+            )),
+            "invalid_field",
+            Some("SubmitGroup.envelope"),
+        ),
+        (
+            "submit_group_no_recipients",
+            "a SubmitGroup of a one-byte envelope without recipients",
+            enc(submit_group(Bytes::from_static(&[0]), Vec::new())),
+            "invalid_field",
+            Some("SubmitGroup.recipients"),
+        ),
+        (
+            "submit_group_1101_recipients",
+            "a SubmitGroup of a one-byte envelope to 1101 recipients (MAX_GROUP_RECIPIENTS + 1): u1@two.example to u1101@two.example",
+            enc(submit_group(Bytes::from_static(&[0]), many_recipients)),
+            "too_many",
+            Some("SubmitGroup.recipients"),
+        ),
+        (
+            "submit_group_recipient_319",
+            "a SubmitGroup whose recipient is 319 bytes (MAX_ADDRESS_LEN + 1)",
+            enc(submit_group(
+                Bytes::from_static(&[0]),
+                vec![format!("{}@{}", "a".repeat(65), "b".repeat(253))],
+            )),
+            "invalid_field",
+            Some("SubmitGroup.recipients"),
+        ),
+        (
+            "order_group_change_49153",
+            "an OrderGroupChange whose change is 49153 bytes (MAX_GROUP_CHANGE_LEN + 1)",
+            enc(order(
+                Bytes::from(vec![9; crate::limits::MAX_GROUP_CHANGE_LEN + 1]),
+                "one.example".into(),
+                String::new(),
+            )),
+            "invalid_field",
+            Some("OrderGroupChange.change"),
+        ),
+        (
+            "order_group_change_sequencer_254",
+            "an OrderGroupChange whose sequencer is 254 bytes (MAX_DOMAIN_LEN + 1)",
+            enc(order(
+                Bytes::from_static(&[0]),
+                "a".repeat(254),
+                String::new(),
+            )),
+            "invalid_field",
+            Some("OrderGroupChange.sequencer"),
+        ),
+        (
+            "order_group_change_requester_319",
+            "an OrderGroupChange whose requester is 319 bytes (MAX_ADDRESS_LEN + 1)",
+            enc(order(
+                Bytes::from_static(&[0]),
+                "one.example".into(),
+                format!("{}@{}", "a".repeat(65), "b".repeat(253)),
+            )),
+            "invalid_field",
+            Some("OrderGroupChange.requester"),
+        ),
+        (
+            "group_change_ordered_49153",
+            "a GroupChangeOrdered response whose change is 49153 bytes",
+            enc(resp(
+                11,
+                response::Body::GroupChange(wire::GroupChangeOrdered {
+                    change: Bytes::from(vec![9; crate::limits::MAX_GROUP_CHANGE_LEN + 1]),
+                }),
+            )),
+            "invalid_field",
+            Some("GroupChangeOrdered.change"),
+        ),
+        (
+            "relay_257_with_groups",
+            "a Relay of 200 one-byte envelopes and 57 group relays (each a one-byte group envelope for bob@two.example): 257 entries together (MAX_RELAY_ENVELOPES + 1)",
+            enc(relay(few(200), vec![one_relay.clone(); 57])),
+            "too_many",
+            Some("Relay.envelopes"),
+        ),
+        (
+            "relay_group_without_item",
+            "a Relay whose group relay has recipients and no item",
+            enc(relay(
+                Vec::new(),
+                vec![wire::GroupRelay {
+                    item: None,
+                    recipients: vec!["bob@two.example".into()],
+                }],
+            )),
+            "invalid_field",
+            Some("GroupRelay.item"),
+        ),
+        (
+            "relay_group_item_without_body",
+            "a Relay whose group relay's item has neither envelope nor change",
+            enc(relay(
+                Vec::new(),
+                vec![wire::GroupRelay {
+                    item: Some(wire::GroupItem {
+                        body: None,
+                        snapshot: Bytes::new(),
+                    }),
+                    recipients: vec!["bob@two.example".into()],
+                }],
+            )),
+            "invalid_field",
+            Some("GroupItem.body"),
+        ),
+        (
+            "relay_group_envelope_with_snapshot",
+            "a Relay whose group relay's item is a one-byte group envelope with a one-byte snapshot (a snapshot comes only with a change)",
+            enc(relay(
+                Vec::new(),
+                vec![wire::GroupRelay {
+                    item: Some(wire::GroupItem {
+                        body: Some(wire::group_item::Body::Envelope(Bytes::from_static(&[0]))),
+                        snapshot: Bytes::from_static(&[0]),
+                    }),
+                    recipients: vec!["bob@two.example".into()],
+                }],
+            )),
+            "invalid_field",
+            Some("GroupItem.snapshot"),
+        ),
+        (
+            "relay_group_no_recipients",
+            "a Relay whose group relay has an item (a one-byte group envelope) and no recipients",
+            enc(relay(
+                Vec::new(),
+                vec![wire::GroupRelay {
+                    item: one_relay.item.clone(),
+                    recipients: Vec::new(),
+                }],
+            )),
+            "invalid_field",
+            Some("GroupRelay.recipients"),
+        ),
+        (
+            "deliver_group_without_body",
+            "a Deliver whose item is a group item with neither envelope nor change",
+            enc(deliver_group(wire::GroupItem {
+                body: None,
+                snapshot: Bytes::new(),
+            })),
+            "invalid_field",
+            Some("GroupItem.body"),
+        ),
+        (
+            "deliver_group_envelope_102401",
+            "a Deliver whose group item is a group envelope of 102401 bytes (MAX_ENVELOPE_LEN + 1)",
+            enc(deliver_group(wire::GroupItem {
+                body: Some(wire::group_item::Body::Envelope(Bytes::from(vec![
+                    9;
+                    crate::limits::MAX_ENVELOPE_LEN
+                        + 1
+                ]))),
+                snapshot: Bytes::new(),
+            })),
+            "invalid_field",
+            Some("GroupItem.envelope"),
+        ),
+        (
+            "deliver_group_change_49153",
+            "a Deliver whose group item is a change of 49153 bytes (MAX_GROUP_CHANGE_LEN + 1)",
+            enc(deliver_group(wire::GroupItem {
+                body: Some(wire::group_item::Body::Change(Bytes::from(vec![
+                    9;
+                    crate::limits::MAX_GROUP_CHANGE_LEN
+                        + 1
+                ]))),
+                snapshot: Bytes::new(),
+            })),
+            "invalid_field",
+            Some("GroupItem.change"),
+        ),
+        (
+            "deliver_group_snapshot_393217",
+            "a Deliver whose group item is a one-byte change with a snapshot of 393217 bytes (MAX_GROUP_SNAPSHOT_LEN + 1)",
+            enc(deliver_group(wire::GroupItem {
+                body: Some(wire::group_item::Body::Change(Bytes::from_static(&[0]))),
+                snapshot: Bytes::from(vec![9; crate::limits::MAX_GROUP_SNAPSHOT_LEN + 1]),
+            })),
+            "invalid_field",
+            Some("GroupItem.snapshot"),
+        ),
     ];
     let negative: Vec<Value> = negative
         .into_iter()
         .map(|(name, description, bytes, expected, field)| {
             assert_refused(name, &bytes, expected, field);
-            json!({"name": name, "description": description, "encoded": hex_or_fill(&bytes), "expected_error": expected, "field": field})
+            json!({"name": name, "description": description, "encoded": compact_bytes(&bytes), "expected_error": expected, "field": field})
         })
         .collect();
 
     json!({
-        "description": "The client-provider and provider-provider protocol (SPEC.md 16). Parties are those of identity.json; provider keys are Ed25519 keys from 'acceptor_key_seed' and 'connector_key_seed' (SHA-256 of 'kogge test vector: <domain> provider key'). 'handshakes' are whole connection authentications (SPEC.md 16.3) with the framed transcripts (SPEC.md 2.2), their signatures and the four frames; the acceptor's clock is 'welcome_time_ms'. 'frames' are example frames of every kind with their decoded form; 'negative' frames break one structural rule of SPEC.md 16.2 each: 'expected_error' is too_large (longer than MAX_FRAME_LEN, checked before decoding), decode (does not decode as Frame, or no body set), invalid_field (a length rule, an empty Submit or Relay, or a required oneof not set) or too_many (more entries than allowed), and 'field' the rule broken, as Message.field of the SPEC.md 16.2 table. Decoded form: field names as in protocol.proto; bytes as hex; uint64 as decimal strings; enums by name; every field outside a oneof present (with its default if absent on the wire; an absent message is null); of a oneof, only the member set.",
+        "description": "The client-provider and provider-provider protocol (SPEC.md 16). Parties are those of identity.json; provider keys are Ed25519 keys from 'acceptor_key_seed' and 'connector_key_seed' (SHA-256 of 'kogge test vector: <domain> provider key'). 'handshakes' are whole connection authentications (SPEC.md 16.3) with the framed transcripts (SPEC.md 2.2), their signatures and the four frames; the acceptor's clock is 'welcome_time_ms'. 'frames' are example frames of every kind with their decoded form; 'negative' frames break one structural rule of SPEC.md 16.2 each ('encoded' is hex, a fill, or a concat of such parts): 'expected_error' is too_large (longer than MAX_FRAME_LEN, checked before decoding), decode (does not decode as Frame, or no body set), invalid_field (a length rule, an empty Submit, Relay, SubmitGroup envelope or recipient list, a group relay without item, a snapshot with a group envelope, or a required oneof not set) or too_many (more entries than allowed), and 'field' the rule broken, as Message.field of the SPEC.md 16.2 table. Decoded form: field names as in protocol.proto; bytes as hex; uint64 as decimal strings; enums by name; every field outside a oneof present (with its default if absent on the wire; an absent message is null); of a oneof, only the member set.",
         "handshakes": handshakes,
         "frames": frames,
         "negative": negative,

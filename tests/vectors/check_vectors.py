@@ -101,6 +101,10 @@ MAX_GROUP_SENDER_KEY_LEN = 512
 MAX_GROUP_SKIP = 1000
 MAX_GROUP_SKIPPED_KEYS = 5000
 MAX_GROUP_CHAINS_PER_DEVICE = 4
+# SPEC.md 20
+MAX_GROUP_RECIPIENTS = MAX_GROUP_MEMBERS + MAX_GROUP_CHANGE_MEMBERS
+MAX_SEQUENCER_GROUPS = 100_000
+MAX_PENDING_GROUP_ITEMS = 1000
 LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PLAINTEXT_LEN",
                "AEAD_TAG_LEN", "MAX_CIPHERTEXT_LEN", "PADDING_BLOCK", "MAX_CERTIFICATE_LEN",
                "MAX_MEDIA_TYPE_LEN", "MAX_RECEIPT_IDS", "MAX_LOCAL_PART_LEN", "MAX_DOMAIN_LEN",
@@ -118,7 +122,8 @@ LIMIT_NAMES = ["PROTOCOL_VERSION", "MAX_ENVELOPE_LEN", "MAX_HEADER_LEN", "MAX_PL
                "MAX_ERROR_CODE_LEN", "MAX_GROUP_MEMBERS", "MAX_GROUP_CHANGE_MEMBERS",
                "MAX_GROUP_CHANGE_LEN", "MAX_GROUP_TITLE_LEN", "MAX_GROUP_SNAPSHOT_LEN",
                "MAX_GROUP_SENDER_KEY_LEN", "MAX_GROUP_SKIP", "MAX_GROUP_SKIPPED_KEYS",
-               "MAX_GROUP_CHAINS_PER_DEVICE"]
+               "MAX_GROUP_CHAINS_PER_DEVICE", "MAX_GROUP_RECIPIENTS", "MAX_SEQUENCER_GROUPS",
+               "MAX_PENDING_GROUP_ITEMS"]
 
 # SPEC.md 2.3: labels
 LABELS = {
@@ -315,12 +320,15 @@ SCHEMAS = {
                 4: ("fetch_bundles", "message", "body", "FetchBundles"),
                 5: ("submit", "message", "body", "Submit"),
                 6: ("relay", "message", "body", "Relay"),
-                7: ("fetch_device_list", "message", "body", "FetchDeviceList")},
+                7: ("fetch_device_list", "message", "body", "FetchDeviceList"),
+                8: ("submit_group", "message", "body", "SubmitGroup"),
+                9: ("order_group_change", "message", "body", "OrderGroupChange")},
     "Response": {1: ("id", "uint64"), 2: ("error", "message", "body", "Error"),
                  3: ("done", "message", "body", "Done"),
                  4: ("bundles", "message", "body", "Bundles"),
                  5: ("relay_result", "message", "body", "RelayResult"),
-                 6: ("device_list", "message", "body", "DeviceListResponse")},
+                 6: ("device_list", "message", "body", "DeviceListResponse"),
+                 7: ("group_change", "message", "body", "GroupChangeOrdered")},
     "Error": {1: ("code", "string"), 2: ("message", "string"), 3: ("retryable", "bool"),
               4: ("retry_after_ms", "uint64")},
     "Done": {},
@@ -333,17 +341,26 @@ SCHEMAS = {
     "Bundles": {1: ("device_list", "bytes"), 2: ("bundles", "rbytes")},
     "DeviceListResponse": {1: ("device_list", "bytes")},
     "Submit": {1: ("envelopes", "rbytes")},
-    "Relay": {1: ("envelopes", "rbytes")},
+    "Relay": {1: ("envelopes", "rbytes"), 2: ("groups", "rmsg", "GroupRelay")},
     "RelayResult": {1: ("results", "rmsg", "Error")},
     "Deliver": {1: ("items", "rmsg", "MailboxItem")},
     "MailboxItem": {1: ("seq", "uint64"), 2: ("envelope", "obytes", "item"),
-                    3: ("notice", "message", "item", "Notice")},
+                    3: ("notice", "message", "item", "Notice"),
+                    4: ("group", "message", "item", "GroupItem")},
     "Notice": {1: ("undeliverable", "message", "body", "Undeliverable"),
                2: ("prekeys_low", "message", "body", "PrekeysLow")},
     "Undeliverable": {1: ("message_id", "bytes"), 2: ("recipient", "string"),
                       3: ("device", "bytes"), 4: ("reason", "submsg", "Error")},
     "PrekeysLow": {1: ("remaining", "uint32")},
     "DeliverAck": {1: ("seqs", "ruint64")},
+    # SPEC.md 20
+    "SubmitGroup": {1: ("envelope", "bytes"), 2: ("recipients", "rstring")},
+    "OrderGroupChange": {1: ("change", "bytes"), 2: ("sequencer", "string"),
+                         3: ("requester", "string")},
+    "GroupChangeOrdered": {1: ("change", "bytes")},
+    "GroupRelay": {1: ("item", "submsg", "GroupItem"), 2: ("recipients", "rstring")},
+    "GroupItem": {1: ("envelope", "obytes", "body"), 2: ("change", "obytes", "body"),
+                  3: ("snapshot", "bytes")},
     # proto/kogge/v1/group.proto (SPEC.md 18)
     "GroupChange": {1: ("body", "bytes"), 2: ("signature", "bytes"),
                     3: ("sequencer_signature", "bytes")},
@@ -503,6 +520,8 @@ def to_json(name, d):
             out[fname] = d[fname].hex()
         elif kind == "rbytes":
             out[fname] = [v.hex() for v in d[fname]]
+        elif kind == "rstring":
+            out[fname] = list(d[fname])
         elif kind == "ruint64":
             out[fname] = [str(v) for v in d[fname]]
         elif kind == "rmsg":
@@ -540,6 +559,8 @@ def encode_json(name, j):
             out += enc_bytes(f, v.encode("utf-8"))
         elif kind == "rbytes":
             out += b"".join(enc_bytes_always(f, unhex(x)) for x in v)
+        elif kind == "rstring":
+            out += b"".join(enc_bytes_always(f, x.encode("utf-8")) for x in v)
         elif kind == "ruint64":
             out += enc_bytes(f, b"".join(enc_varint(int(x)) for x in v))
         elif kind == "rmsg":
@@ -1799,8 +1820,27 @@ FRAME_RULES = {
                         ("requester", "max", MAX_ADDRESS_LEN)],
     "Submit": [("envelopes", "count", MAX_SUBMIT_ENVELOPES), ("envelopes", "nonempty", None),
                ("envelopes", "each_max", MAX_ENVELOPE_LEN)],
-    "Relay": [("envelopes", "count", MAX_RELAY_ENVELOPES), ("envelopes", "nonempty", None),
+    # SPEC.md 16.2, 20.4: envelopes and group relays count together.
+    "Relay": [("envelopes+groups", "count", MAX_RELAY_ENVELOPES),
+              ("envelopes+groups", "nonempty", None),
               ("envelopes", "each_max", MAX_ENVELOPE_LEN)],
+    "GroupRelay": [("item", "present", None),
+                   ("recipients", "count", MAX_GROUP_RECIPIENTS),
+                   ("recipients", "nonempty", None),
+                   ("recipients", "each_max", MAX_ADDRESS_LEN)],
+    "SubmitGroup": [("envelope", "max", MAX_ENVELOPE_LEN), ("envelope", "nonempty", None),
+                    ("recipients", "count", MAX_GROUP_RECIPIENTS),
+                    ("recipients", "nonempty", None),
+                    ("recipients", "each_max", MAX_ADDRESS_LEN)],
+    "OrderGroupChange": [("change", "max", MAX_GROUP_CHANGE_LEN),
+                         ("sequencer", "max", MAX_DOMAIN_LEN),
+                         ("requester", "max", MAX_ADDRESS_LEN)],
+    "GroupChangeOrdered": [("change", "max", MAX_GROUP_CHANGE_LEN)],
+    # A snapshot only with a change (SPEC.md 20.3).
+    "GroupItem": [("body", "set", None), ("envelope", "max", MAX_ENVELOPE_LEN),
+                  ("snapshot", "empty_with", "envelope"),
+                  ("change", "max", MAX_GROUP_CHANGE_LEN),
+                  ("snapshot", "max", MAX_GROUP_SNAPSHOT_LEN)],
     "Response": [("body", "set", None)],
     "Bundles": [("device_list", "max", MAX_DEVICE_LIST_LEN),
                 ("bundles", "count", MAX_DEVICES_PER_USER),
@@ -1825,12 +1865,22 @@ def _check_message(name, d):
     """Applies FRAME_RULES to a decoded message, then to the messages it holds, in field
     order (an Error anywhere, the notice in a mailbox item, ...)."""
     for field, rule, bound in FRAME_RULES.get(name, []):
-        where = "%s.%s" % (name, field)
-        v = d.get(field)
+        # "a+b": the entries of the repeated fields a and b together, named as a.
+        where = "%s.%s" % (name, field.split("+")[0])
+        if "+" in field:
+            v = [x for f in field.split("+") for x in d[f]]
+        else:
+            v = d.get(field)
         if isinstance(v, str):
             v = v.encode("utf-8")
         if rule == "set":
             if ("_oneof_" + field) not in d:
+                raise FrameError("invalid_field", where)
+        elif rule == "present":  # a message field outside a oneof
+            if field not in d:
+                raise FrameError("invalid_field", where)
+        elif rule == "empty_with":  # empty if the oneof member `bound` is set
+            if bound in d and v:
                 raise FrameError("invalid_field", where)
         elif v is None:  # a oneof member that is not set
             continue
@@ -1840,7 +1890,8 @@ def _check_message(name, d):
             raise FrameError("too_many", where)
         elif rule == "nonempty" and not v:
             raise FrameError("invalid_field", where)
-        elif rule == "each_max" and any(len(x) > bound for x in v) or \
+        elif rule == "each_max" and any(len(x.encode("utf-8") if isinstance(x, str) else x) > bound
+                                        for x in v) or \
                 rule == "each_exact" and any(len(x) != bound for x in v):
             raise FrameError("invalid_field", where)
     for f, spec in sorted(SCHEMAS[name].items()):
@@ -2992,7 +3043,10 @@ def main():
     c.check("device list rules", device_list_rules)
 
     def hex_or_fill(v):
-        """A byte string of the vectors: hex, or {"fill": {"byte", "len"}}."""
+        """A byte string of the vectors: hex, {"fill": {"byte", "len"}}, or
+        {"concat": [part, ...]} of those."""
+        if isinstance(v, dict) and "concat" in v:
+            return b"".join(hex_or_fill(x) for x in v["concat"])
         if isinstance(v, dict):
             return bytes([int(v["fill"]["byte"], 16)]) * v["fill"]["len"]
         return unhex(v)
@@ -3135,9 +3189,15 @@ def main():
                 rows["%s.%s" % (message, field)] = cells[2]
         for name, rules in FRAME_RULES.items():
             for field, rule, bound in rules:
+                field = field.split("+")[0]
                 text = rows.get("%s.%s" % (name, field))
                 assert text is not None, "SPEC.md 16.2 has no rule for %s.%s" % (name, field)
-                if bound is not None:
+                if rule == "present":
+                    assert text.startswith("present"), "SPEC.md 16.2 %s.%s: %r" % (name, field, text)
+                elif rule == "empty_with":
+                    assert "empty if `body` is `%s`" % bound in text, \
+                        "SPEC.md 16.2 %s.%s: %r" % (name, field, text)
+                elif bound is not None:
                     assert re.search(r"\b%d\b" % bound, text), \
                         "SPEC.md 16.2 %s.%s: %r lacks %d" % (name, field, text, bound)
                 elif rule == "set":
@@ -3278,6 +3338,28 @@ def main():
 
     bob_cert = parties["bob"]["certificate"]
     envelope_bytes = {p["vector"]["name"]: unhex(p["vector"]["envelope"]) for p in envelopes["positive"]}
+    # The group frames (SPEC.md 20) carry group_messages.json's envelopes and groups.json's
+    # changes (countersigned, or without the countersignature when handed to be ordered)
+    # and its join snapshot.
+    gm_file, groups_file = load("group_messages.json"), load("groups.json")
+    group_envelopes = {unhex(m["envelope"]) for m in gm_file["messages"]}
+    chain_changes = {unhex(ch["encoded"]) for ch in groups_file["chain"]}
+    unsequenced_changes = {unhex(ch["body"]) + b"/" + unhex(ch["signature"])
+                           for ch in groups_file["chain"]}
+
+    def group_item(it):
+        if "envelope" in it:
+            assert it["envelope"] in group_envelopes, "an unknown group envelope"
+            eq("snapshot with an envelope", it["snapshot"], b"")
+        else:
+            assert it["change"] in chain_changes, "an unknown change"
+            if it["snapshot"]:
+                eq("snapshot", it["snapshot"].hex(), groups_file["join"]["snapshot"])
+                eq("joining change", it["change"].hex(), groups_file["join"]["change"])
+
+    def canonical(addresses):
+        for a in addresses:
+            eq("canonical address", parse_address(a, True), a)
     for fv in protocol["frames"]:
         def frame(fv=fv):
             f = check_frame_vector(fv, fv["reference_encoding"])
@@ -3293,9 +3375,21 @@ def main():
                         decode_signed_prekey(req[k], bob_cert)
                 for x in req.get("one_time", []):
                     decode_signed_prekey(x, bob_cert)
-                if "envelopes" in req:
+                if req.get("envelopes"):
                     eq("envelopes", req["envelopes"],
                        [envelope_bytes["text"], envelope_bytes["read_receipt"]])
+                for g in req.get("groups", []):
+                    group_item(g["item"])
+                    canonical(g["recipients"])
+                if body["_oneof_body"] == "submit_group":
+                    assert req["envelope"] in group_envelopes, "an unknown group envelope"
+                    canonical(req["recipients"])
+                if body["_oneof_body"] == "order_group_change":
+                    ch = decode("GroupChange", req["change"])
+                    eq("sequencer_signature", ch["sequencer_signature"], b"")
+                    assert ch["body"] + b"/" + ch["signature"] in unsequenced_changes
+                    eq("sequencer", parse_domain_canonical(req["sequencer"]), req["sequencer"])
+                    canonical([req["requester"]] if req["requester"] else [])
                 if "address" in req:
                     eq("canonical address", parse_address(req["address"], True), req["address"])
             elif kind == "response" and body["_oneof_body"] in ("bundles", "device_list"):
@@ -3303,8 +3397,12 @@ def main():
                 lb, _ = decode_device_list(r["device_list"], fetched_for=bob_cert["address"])
                 for x in r.get("bundles", []):
                     decode_bundle(x)
+            elif kind == "response" and body["_oneof_body"] == "group_change":
+                assert body["group_change"]["change"] in chain_changes, "an unknown change"
             elif kind == "deliver":
                 for it in body["items"]:
+                    if "group" in it:
+                        group_item(it["group"])
                     if "envelope" in it:
                         hd = decode("EnvelopeHeader", decode("Envelope", it["envelope"])["header"])
                         eq("recipient", hd["recipient"], parties["alice"]["address"])
