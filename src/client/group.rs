@@ -217,11 +217,36 @@ impl<R: CryptoRng> Client<R> {
             .sender
             .as_ref()
             .is_none_or(|s| s.needs_new_chain(&g.state));
-        let to_key: Vec<Address> = g
+        // A member whose listed devices are not all among those handed the key gets it
+        // (again): a device listed since, or one it could not reach.
+        let listed = |a: &Address| -> Option<BTreeSet<DeviceId>> {
+            let list = if a == &me {
+                Some(&account.own_list)
+            } else {
+                account.contacts.get(a)
+            };
+            list.map(|l| {
+                l.device_ids()
+                    .filter(|d| *d != account.device.id())
+                    .collect()
+            })
+        };
+        let to_key: Vec<(Address, BTreeSet<DeviceId>)> = g
             .state
             .members()
             .map(|m| m.address)
-            .filter(|a| (a != &me || own_others) && (rekey || !g.keyed.contains(a)))
+            .filter(|a| a != &me || own_others)
+            .filter_map(|a| {
+                let devices = listed(&a);
+                let handed = g.keyed.get(&a);
+                let due = rekey
+                    || match (&devices, handed) {
+                        (_, None) => true,
+                        (Some(d), Some(h)) => !d.is_subset(h),
+                        (None, Some(_)) => false,
+                    };
+                due.then(|| (a, devices.unwrap_or_default()))
+            })
             .collect();
         if self.requests.len() + self.outgoing.len() + to_key.len() + 1 > MAX_CLIENT_PENDING {
             return Err(ClientError::Busy {
@@ -254,14 +279,14 @@ impl<R: CryptoRng> Client<R> {
             .members()
             .map(|m| m.address.as_str().to_owned())
             .collect();
-        let keys: Vec<(Address, SenderKey)> = to_key
+        let keys: Vec<(Address, BTreeSet<DeviceId>, SenderKey)> = to_key
             .into_iter()
-            .map(|a| {
+            .map(|(a, devices)| {
                 let key = match &g.chain_start {
                     Some((first, members)) if members.contains(&a) => first.clone(),
                     _ => current.clone(),
                 };
-                (a, key)
+                (a, devices, key)
             })
             .collect();
         self.groups
@@ -270,12 +295,12 @@ impl<R: CryptoRng> Client<R> {
             .or_default()
             .queued
             .push_back((message_id, envelope, recipients));
-        for (a, key) in keys {
+        for (a, devices, key) in keys {
             let local = self.next_local;
-            self.queue_message(now, &a, Content::GroupSenderKey(Box::new(key)), false)?;
             if let Some(g) = self.account.groups.records.get_mut(&group) {
-                g.keyed.insert(a);
+                g.keyed.insert(a.clone(), devices);
             }
+            self.queue_message(now, &a, Content::GroupSenderKey(Box::new(key)), false)?;
             // A message already stored (or failed) by now needs no waiting.
             if self.outgoing.contains_key(&local) {
                 self.groups
@@ -355,7 +380,14 @@ impl<R: CryptoRng> Client<R> {
             if let Some(to) = &recipient
                 && let Some(r) = self.account.groups.records.get_mut(&id)
             {
-                r.keyed.remove(to);
+                match (&settled, r.keyed.get_mut(to)) {
+                    (Settled::Skipped(_, _, d), Some(devices)) => {
+                        devices.remove(d);
+                    }
+                    _ => {
+                        r.keyed.remove(to);
+                    }
+                }
             }
             if !matches!(settled, Settled::Skipped(..)) {
                 g.key_msgs.remove(&local);
@@ -380,16 +412,10 @@ impl<R: CryptoRng> Client<R> {
 
     /// The sequencer's answer to an order request.
     pub(super) fn on_ordered(&mut self, now: UnixMillis, group: GroupId, change: Bytes) {
-        let outcome = self.on_change(now, change, &Bytes::new());
-        if matches!(outcome, Outcome::Wait) {
-            self.event(ClientEvent::GroupChangeFailed {
-                group,
-                error: super::local_error(
-                    crate::protocol::ErrorCode::GroupRefused,
-                    "the ordered change does not apply here yet",
-                ),
-            });
-        }
+        // Ordered: it applies now, or (if this device misses an earlier change) once the
+        // mailbox copies arrive.
+        let _ = group;
+        let _ = self.on_change(now, change, &Bytes::new());
         self.retry_pending(now);
     }
 

@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use super::{GroupId, GroupReceiver, GroupSender, GroupState, SenderKey};
 use crate::address::Address;
-use crate::identity::DeviceCertificate;
-use crate::limits::MAX_PENDING_GROUP_ITEMS;
+use crate::identity::{DeviceCertificate, DeviceId};
+use crate::limits::{MAX_DEVICES_PER_USER, MAX_PENDING_GROUP_ITEMS};
 use crate::wire;
 
 /// One group at this device.
@@ -23,8 +23,9 @@ pub(crate) struct GroupRecord {
     /// get the key from there (a key sent again must open every message sent on the
     /// chain before it); users added later get it from the current position.
     pub(crate) chain_start: Option<(SenderKey, BTreeSet<Address>)>,
-    /// Users handed the current chain's key.
-    pub(crate) keyed: BTreeSet<Address>,
+    /// Users handed the current chain's key, with their devices listed then: a device
+    /// listed later, or one the key could not reach, gets it with the next message.
+    pub(crate) keyed: BTreeMap<Address, BTreeSet<DeviceId>>,
     /// The other member devices' chains.
     pub(crate) receiver: GroupReceiver,
 }
@@ -36,7 +37,7 @@ impl GroupRecord {
             state,
             sender: None,
             chain_start: None,
-            keyed: BTreeSet::new(),
+            keyed: BTreeMap::new(),
         }
     }
 }
@@ -61,6 +62,27 @@ fn parse_addresses(list: &[String], what: &'static str) -> Result<BTreeSet<Addre
     for a in list {
         if !out.insert(Address::parse_canonical(a).map_err(|_| what)?) {
             return Err(what);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_keyed(
+    list: &[wire::GroupKeyedState],
+) -> Result<BTreeMap<Address, BTreeSet<DeviceId>>, &'static str> {
+    let mut out = BTreeMap::new();
+    for k in list {
+        let a = Address::parse_canonical(&k.address)
+            .map_err(|_| "groups: keyed: an invalid address")?;
+        let mut devices = BTreeSet::new();
+        for d in &k.devices {
+            let d = DeviceId::from_slice(d).ok_or("groups: keyed: a device id is not 16 bytes")?;
+            if !devices.insert(d) {
+                return Err("groups: keyed: a device listed twice");
+            }
+        }
+        if devices.len() > MAX_DEVICES_PER_USER || out.insert(a, devices).is_some() {
+            return Err("groups: keyed: an address listed twice, or too many devices");
         }
     }
     Ok(out)
@@ -94,7 +116,17 @@ impl DeviceGroups {
                         .chain_start
                         .as_ref()
                         .map_or_else(Vec::new, |(_, m)| addresses(m)),
-                    keyed: addresses(&g.keyed),
+                    keyed: g
+                        .keyed
+                        .iter()
+                        .map(|(a, ds)| wire::GroupKeyedState {
+                            address: a.as_str().to_owned(),
+                            devices: ds
+                                .iter()
+                                .map(|d| Bytes::copy_from_slice(d.as_bytes()))
+                                .collect(),
+                        })
+                        .collect(),
                     chains,
                     skipped,
                 }
@@ -161,7 +193,7 @@ impl DeviceGroups {
                 receiver: GroupReceiver::from_state(id, &r.chains, &r.skipped)?,
                 sender: sender.map(GroupSender::from_sender_key),
                 chain_start: start.map(|k| (k, members)),
-                keyed: parse_addresses(&r.keyed, "groups: keyed")?,
+                keyed: parse_keyed(&r.keyed)?,
                 state,
             };
             if out.records.insert(id, record).is_some() {
@@ -182,5 +214,159 @@ impl DeviceGroups {
             out.stash.push_back((cert, key));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::crypto::Secret;
+    use crate::envelope::{Content, MessageId, Text};
+    use crate::group::{
+        GroupAction, GroupEnvelope, GroupMember, GroupMessageError, GroupRole, Sequencer,
+    };
+    use crate::identity::ProviderKeyPair;
+    use crate::session::Account;
+    use crate::session::tests::user;
+    use crate::time::UnixMillis;
+
+    const NOW: UnixMillis = UnixMillis(1_760_000_000_000);
+
+    fn text(s: &str) -> Content {
+        Content::Text(Text::plain(s))
+    }
+
+    fn reload(a: &Account, rng: &mut ChaCha20Rng) -> Account {
+        let key = Secret::new([7; 32]);
+        Account::restore(&a.save(&key, rng), &key).unwrap()
+    }
+
+    /// A group of Alice and Bob whose state, chains, hand-outs and skipped keys survive a
+    /// save and restore on both sides: the restored sender goes on where it was, the
+    /// restored receiver opens what follows and what it skipped, and nothing it opened
+    /// opens again.
+    #[test]
+    fn groups_survive_save_and_restore() {
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let mut alice = user(&mut rng, "alice@one.example", 1).accounts.remove(0);
+        let bob_user = user(&mut rng, "bob@two.example", 1);
+        let mut bob = bob_user.accounts.into_iter().next().unwrap();
+        let seq = ProviderKeyPair::generate(&mut rng);
+        let create = GroupState::create_change(
+            alice.device(),
+            [1; 16],
+            "shop".into(),
+            Sequencer {
+                domain: crate::address::Domain::parse("one.example").unwrap(),
+                key: seq.public(),
+            },
+            vec![GroupMember {
+                address: bob_user.list.address().clone(),
+                identity: *bob_user.list.identity_key(),
+                role: GroupRole::Member,
+            }],
+            NOW,
+        )
+        .unwrap();
+        let state = GroupState::create(&create.sequence(&seq)).unwrap();
+        // A removal-free title change, so that the state is past epoch 0.
+        let change = state
+            .change(alice.device(), GroupAction::SetTitle("shop 2".into()), NOW)
+            .unwrap();
+        let state = state.apply(&change.sequence(&seq)).unwrap();
+        let mut sender = GroupSender::new(&state, alice.device(), 1, &mut rng).unwrap();
+        let start = sender.sender_key().clone();
+        let mut sealed = Vec::new();
+        for i in 0..4 {
+            let id = MessageId::from_bytes([i; 16]);
+            sealed.push(
+                GroupEnvelope::decode(
+                    sender
+                        .seal(alice.device(), &state, &text(&format!("m{i}")), id, NOW)
+                        .unwrap(),
+                )
+                .unwrap(),
+            );
+        }
+        let mut record = GroupRecord::new(state.clone());
+        record.sender = Some(sender);
+        record.chain_start = Some((start.clone(), state.members().map(|m| m.address).collect()));
+        record.keyed.insert(
+            bob_user.list.address().clone(),
+            bob.own_device_list().device_ids().collect(),
+        );
+        alice.groups.records.insert(state.id(), record);
+        // Bob opens m3 (skipping m0..m2), then m1.
+        let mut theirs = GroupRecord::new(state.clone());
+        let cert = alice.device().certificate().clone();
+        assert!(
+            theirs
+                .receiver
+                .add_sender_key(&state, &cert, &start)
+                .unwrap()
+        );
+        theirs.receiver.open(&state, &sealed[3], &cert).unwrap();
+        theirs.receiver.open(&state, &sealed[1], &cert).unwrap();
+        bob.groups.records.insert(state.id(), theirs);
+        bob.groups.stash.push_back((cert.clone(), start.clone()));
+
+        let mut alice = reload(&alice, &mut rng);
+        let mut bob = reload(&bob, &mut rng);
+        let mut a = alice.groups.records.remove(&state.id()).unwrap();
+        assert_eq!(a.state, state);
+        assert_eq!(a.state.head(), state.head());
+        assert_eq!(a.chain_start.as_ref().unwrap().0, start);
+        assert_eq!(a.keyed.len(), 1);
+        let next = a
+            .sender
+            .as_mut()
+            .unwrap()
+            .seal(
+                alice.device(),
+                &state,
+                &text("m4"),
+                MessageId::from_bytes([4; 16]),
+                NOW,
+            )
+            .unwrap();
+        let next = GroupEnvelope::decode(next).unwrap();
+        assert_eq!(
+            next.chain(),
+            (1, 4),
+            "the restored chain goes on at its position"
+        );
+        let b = bob.groups.records.get_mut(&state.id()).unwrap();
+        assert_eq!(b.state, state);
+        assert_eq!(bob.groups.stash.len(), 1);
+        let b = bob.groups.records.get_mut(&state.id()).unwrap();
+        assert_eq!(b.receiver.skipped_keys(), 2, "m0 and m2 were skipped");
+        assert_eq!(
+            b.receiver.open(&state, &sealed[1], &cert).unwrap_err(),
+            GroupMessageError::Duplicate
+        );
+        assert_eq!(
+            b.receiver.open(&state, &sealed[3], &cert).unwrap_err(),
+            GroupMessageError::Duplicate
+        );
+        b.receiver.open(&state, &sealed[0], &cert).unwrap();
+        b.receiver.open(&state, &sealed[2], &cert).unwrap();
+        b.receiver.open(&state, &next, &cert).unwrap();
+    }
+
+    #[test]
+    fn damaged_group_records_are_refused() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let alice = user(&mut rng, "alice@one.example", 1).accounts.remove(0);
+        let me = alice.device().certificate();
+        let bad = |r: wire::GroupRecordState| DeviceGroups::from_state(&[r], &[], me).unwrap_err();
+        assert_eq!(
+            bad(wire::GroupRecordState::default()),
+            "groups: a snapshot does not decode"
+        );
     }
 }

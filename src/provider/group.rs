@@ -127,7 +127,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     /// Queues one copy of each item per recipient provider and stores local copies.
     /// Checks every queue first: on error nothing changed. A local device whose mailbox
-    /// is full misses the item (reported as an event, SPEC.md 20.5).
+    /// is full misses the item (reported as an event, SPEC.md 20.2, 20.4).
     fn fan_out(
         &mut self,
         now: UnixMillis,

@@ -272,7 +272,7 @@ pub enum ProviderEvent {
         epoch: u64,
     },
     /// A group item was not stored for a local device whose mailbox is full
-    /// (SPEC.md 20.5).
+    /// (SPEC.md 20.2, 20.4).
     GroupItemDropped {
         /// The user.
         recipient: Address,

@@ -406,6 +406,7 @@ fn steal(a: &Account) -> Account {
         contacts: a.contacts.clone(),
         sessions: a.sessions.clone(),
         replay: a.replay.clone(),
+        groups: a.groups.clone(),
     }
 }
 
