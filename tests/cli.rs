@@ -338,6 +338,49 @@ fn cli_end_to_end_across_two_providers() {
         );
     }
 
+    // A group across the two providers: created by Alice (one.example orders it), every
+    // device of every member gets each message once, each command a new process that
+    // finds the group in its encrypted state.
+    let out = alice.ok(&["group", "create", "--title", "shop", "bob@two.example"]);
+    assert!(out.contains("created group"), "{out}");
+    let group = out.split_whitespace().nth(2).unwrap().to_owned();
+    assert_eq!(group.len(), 32, "{out}");
+    let out = alice.ok(&["group", "send", &group, "hello group"]);
+    assert!(out.contains("stored by the provider"), "{out}");
+    for dev in [&bob, &bob2] {
+        let out = dev.ok(&["listen", "--count", "1", "--timeout", "30"]);
+        assert_eq!(messages_with(&out, "hello group"), 1, "{out}");
+        assert!(
+            out.contains(&format!("group {group} message from alice@one.example")),
+            "{out}"
+        );
+    }
+    let out = bob.ok(&["group", "list"]);
+    assert!(
+        out.contains("\"shop\"") && out.contains("alice@one.example  admin"),
+        "{out}"
+    );
+    bob2.ok(&["group", "send", &group, "hi from bob's second device"]);
+    for dev in [&alice, &bob] {
+        let out = dev.ok(&["listen", "--count", "1", "--timeout", "30"]);
+        assert_eq!(
+            messages_with(&out, "hi from bob's second device"),
+            1,
+            "{out}"
+        );
+    }
+    // Bob is removed: he learns of it, and what follows does not reach him.
+    let out = alice.ok(&["group", "remove", &group, "bob@two.example"]);
+    assert!(out.contains("epoch 1"), "{out}");
+    alice.ok(&["group", "send", &group, "after bob"]);
+    for dev in [&bob, &bob2] {
+        let out = dev.ok(&["listen", "--timeout", "5"]);
+        assert!(out.contains("removed bob@two.example"), "{out}");
+        assert_eq!(messages_with(&out, "after bob"), 0, "{out}");
+    }
+    let err = bob.fails(&["group", "send", &group, "still here?"]);
+    assert!(err.contains("is not a member of the group"), "{err}");
+
     // Bob removes the second device (lost): the provider refuses it, and a message to Bob
     // reaches the first device only.
     let out = bob.ok(&["device", "remove", &bob2_id]);

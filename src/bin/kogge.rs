@@ -23,6 +23,8 @@
 //! APPROVAL` registers the new device. The device keys never leave the new directory and
 //! the identity key never leaves the old one.
 
+#[path = "kogge/groups.rs"]
+mod groups;
 #[path = "kogge/inspect.rs"]
 mod inspect;
 #[path = "kogge/net.rs"]
@@ -132,8 +134,8 @@ enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         timeout: u64,
     },
-    /// Prints messages, receipts and warnings: first those received and not shown yet,
-    /// then live ones.
+    /// Prints messages (one-to-one and group), receipts, group changes and warnings:
+    /// first those received and not shown yet, then live ones.
     Listen {
         /// Stop after this many messages (receipts do not count).
         #[arg(long, value_name = "N")]
@@ -169,6 +171,9 @@ enum Command {
     /// Managing this user's devices (on the device that holds the identity key).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Groups whose members may be at any provider; `kogge listen` shows their messages.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Setting up this directory as a further device of an existing user.
     #[command(subcommand)]
     Link(LinkCommand),
@@ -207,6 +212,88 @@ enum DeviceCommand {
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Creates a group of this user (its admin) and MEMBERs, ordered by this user's
+    /// provider; prints the group id.
+    Create {
+        /// The title.
+        #[arg(long)]
+        title: String,
+        /// The other members, `user@provider-domain`.
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Sends a text message to every member device, sealed once.
+    Send {
+        /// The group id (as `kogge group list` shows it).
+        group: String,
+        /// The text.
+        text: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Adds members (admins only).
+    Add {
+        /// The group id.
+        group: String,
+        /// The new members.
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Removes members (admins only); they cannot read what follows.
+    Remove {
+        /// The group id.
+        group: String,
+        /// The members to remove.
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Leaves the group.
+    Leave {
+        /// The group id.
+        group: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Changes the title (admins only).
+    Title {
+        /// The group id.
+        group: String,
+        /// The new title.
+        title: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Makes a member an admin, or (with --member) an admin a member again (admins only).
+    Admin {
+        /// The group id.
+        group: String,
+        /// The member.
+        member: String,
+        /// Make them a plain member instead.
+        #[arg(long)]
+        member_only: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Lists the groups this device holds, with their members.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,11 +411,69 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Device(DeviceCommand::Remove { device, timeout }) => {
             runtime()?.block_on(remove_device(&dir, key_file, &device, timeout))
         }
+        Command::Group(g) => group_command(&dir, key_file, g, runtime),
         Command::Link(LinkCommand::Request { invite }) => link_request(&dir, key_file, &invite),
         Command::Link(LinkCommand::Finish { approval, timeout }) => {
             runtime()?.block_on(link_finish(&dir, key_file, &approval, timeout))
         }
         Command::Inspect { file, hex } => inspect_cmd(file, hex),
+    }
+}
+
+fn group_command(
+    dir: &Path,
+    key_file: Option<&Path>,
+    command: GroupCommand,
+    runtime: impl Fn() -> Result<tokio::runtime::Runtime, Failure>,
+) -> Result<(), Failure> {
+    use groups::Change;
+    let addresses = |list: &[String]| -> Result<Vec<Address>, Failure> {
+        list.iter().map(|a| parse_address(a)).collect()
+    };
+    let change = |group: String, what: Change, timeout: u64| -> Result<(), Failure> {
+        runtime()?.block_on(groups::change(dir, key_file, &group, what, timeout))
+    };
+    match command {
+        GroupCommand::Create {
+            title,
+            members,
+            timeout,
+        } => runtime()?.block_on(groups::create(dir, key_file, &title, &members, timeout)),
+        GroupCommand::Send {
+            group,
+            text,
+            timeout,
+        } => runtime()?.block_on(groups::send(dir, key_file, &group, text, timeout)),
+        GroupCommand::Add {
+            group,
+            members,
+            timeout,
+        } => change(group, Change::Add(addresses(&members)?), timeout),
+        GroupCommand::Remove {
+            group,
+            members,
+            timeout,
+        } => change(group, Change::Remove(addresses(&members)?), timeout),
+        GroupCommand::Leave { group, timeout } => change(group, Change::Leave, timeout),
+        GroupCommand::Title {
+            group,
+            title,
+            timeout,
+        } => change(group, Change::Title(title), timeout),
+        GroupCommand::Admin {
+            group,
+            member,
+            member_only,
+            timeout,
+        } => {
+            let role = if member_only {
+                kogge::group::GroupRole::Member
+            } else {
+                kogge::group::GroupRole::Admin
+            };
+            change(group, Change::Role(parse_address(&member)?, role), timeout)
+        }
+        GroupCommand::List => groups::list(dir, key_file),
     }
 }
 
@@ -624,7 +769,9 @@ async fn listen(
         let mut o = out.lock();
         let _ = writeln!(o, "{}", show::item(item));
         let _ = o.flush();
-        if item.kind == state::ItemKind::Message as i32 {
+        if item.kind == state::ItemKind::GroupMessage as i32 {
+            true
+        } else if item.kind == state::ItemKind::Message as i32 {
             if read_receipts
                 && let (Ok(a), Some(id)) = (
                     Address::parse_canonical(&item.sender),

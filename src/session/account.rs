@@ -204,6 +204,11 @@ impl Account {
         &self.device
     }
 
+    /// The groups this device holds (SPEC.md 20.5), their current states.
+    pub fn groups(&self) -> impl Iterator<Item = &crate::group::GroupState> + '_ {
+        self.groups.records.values().map(|r| &r.state)
+    }
+
     /// This device's prekeys (to publish, replenish, rotate).
     pub fn prekeys(&self) -> &PrekeyStore {
         &self.prekeys

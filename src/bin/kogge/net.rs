@@ -121,6 +121,41 @@ pub(crate) fn inbox_item(event: &ClientEvent, now_ms: u64) -> Option<InboxItem> 
             text: (*code).to_owned(),
             ..item(ItemKind::Rejected)
         },
+        ClientEvent::GroupMessage(m) => {
+            let Content::Text(t) = &m.content else {
+                return None;
+            };
+            InboxItem {
+                sender: m.sender.as_str().to_owned(),
+                device: m.sender_device.as_bytes().to_vec(),
+                message_id: m.message_id.as_bytes().to_vec(),
+                time_ms: m.timestamp.0,
+                text: t.body.clone(),
+                group: m.group.as_bytes().to_vec(),
+                ..item(ItemKind::GroupMessage)
+            }
+        }
+        ClientEvent::GroupChanged {
+            group,
+            epoch,
+            author,
+            action,
+        } => InboxItem {
+            sender: author.as_str().to_owned(),
+            text: format!("epoch {epoch}: {}", crate::show::action(action)),
+            group: group.as_bytes().to_vec(),
+            ..item(ItemKind::GroupChanged)
+        },
+        ClientEvent::GroupItemRejected { group, code } => InboxItem {
+            text: (*code).to_owned(),
+            group: group.map(|g| g.as_bytes().to_vec()).unwrap_or_default(),
+            ..item(ItemKind::GroupRefused)
+        },
+        ClientEvent::GroupChangeFailed { group, error } => InboxItem {
+            text: format!("a change of ours was not ordered: {error}"),
+            group: group.as_bytes().to_vec(),
+            ..item(ItemKind::GroupRefused)
+        },
         _ => return None,
     })
 }
@@ -132,6 +167,8 @@ pub(crate) fn same_item(a: &InboxItem, b: &InboxItem) -> bool {
         && a.sender == b.sender
         && a.device == b.device
         && a.message_id == b.message_id
+        && a.group == b.group
+        && (a.kind != ItemKind::GroupChanged as i32 || a.text == b.text)
 }
 
 /// What a failed connection authentication means for the user (SPEC.md 16.3).

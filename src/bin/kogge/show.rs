@@ -103,7 +103,59 @@ pub(crate) fn item(i: &InboxItem) -> String {
             if i.sender.is_empty() { "?" } else { &i.sender },
             i.text
         ),
+        ItemKind::GroupMessage => format!(
+            "{t} group {} message from {} device {} id {}: {}",
+            id(&i.group),
+            i.sender,
+            id(&i.device),
+            id(&i.message_id),
+            i.text
+        ),
+        ItemKind::GroupChanged => {
+            format!(
+                "{t} group {} changed by {}: {}",
+                id(&i.group),
+                i.sender,
+                i.text
+            )
+        }
+        ItemKind::GroupRefused => format!(
+            "{t} group {}: refused {}",
+            if i.group.is_empty() {
+                "?".to_owned()
+            } else {
+                id(&i.group)
+            },
+            i.text
+        ),
         ItemKind::Unspecified => format!("{t} (an entry of a later version)"),
+    }
+}
+
+/// A group change's action as text.
+pub(crate) fn action(a: &kogge::group::GroupAction) -> String {
+    use kogge::group::{GroupAction as A, GroupRole};
+    let names = |list: &mut dyn Iterator<Item = &kogge::address::Address>| {
+        list.map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    match a {
+        A::Create { title, members, .. } => format!(
+            "created {title:?} with {}",
+            names(&mut members.iter().map(|m| &m.address))
+        ),
+        A::Add(members) => format!("added {}", names(&mut members.iter().map(|m| &m.address))),
+        A::Remove(members) => format!("removed {}", names(&mut members.iter())),
+        A::Leave => "left".to_owned(),
+        A::SetRole { member, role } => format!(
+            "made {member} {}",
+            if *role == GroupRole::Admin {
+                "an admin"
+            } else {
+                "a member"
+            }
+        ),
+        A::SetTitle(t) => format!("set the title to {t:?}"),
+        other => format!("{other:?}"),
     }
 }
 

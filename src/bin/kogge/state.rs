@@ -89,6 +89,12 @@ pub(crate) enum ItemKind {
     IdentityChanged = 5,
     /// An incoming envelope was refused.
     Rejected = 6,
+    /// A group message.
+    GroupMessage = 7,
+    /// A group change applied.
+    GroupChanged = 8,
+    /// A group item was refused, or a change of ours was not ordered.
+    GroupRefused = 9,
 }
 
 /// One thing received.
@@ -122,6 +128,9 @@ pub(crate) struct InboxItem {
     /// Messages: the sender's sequence numbers this one revealed as missing.
     #[prost(uint64, tag = "9")]
     pub(crate) missing: u64,
+    /// Group items: the group id (16 bytes).
+    #[prost(bytes = "vec", tag = "10")]
+    pub(crate) group: Vec<u8>,
 }
 
 /// The identity file's plaintext.
