@@ -16,11 +16,12 @@
 //!        sim  (deterministic network: faults, crash-restart, malicious provider, invariants)
 //!         │
 //!   client ─────────── provider ── store (Store trait, MemoryStore) ── resolve (directory)
-//!     │  (device state      │  (mailboxes, federation queues,
-//!     │   machine)          │   prekey handout, rate limits)
+//!     │  (device state      │  (mailboxes, federation queues, group fan-out,
+//!     │   machine, groups)  │   the groups' sequencer, prekey handout, rate limits)
 //!     └──────── protocol ───┘  (frames, handshake transcripts, error codes, backoff)
 //!                  │
 //!               session  (prekeys, PQ-hybrid setup, Double Ratchet, Account, persistence)
+//!                  │        group (member-governed state, sequenced changes, sender keys)
 //!                  │
 //!  address ── identity ── envelope   (certificates, device lists; signed sealed envelopes)
 //!     │          │           │
@@ -36,6 +37,9 @@
 //!   device: it sets up sessions from prekey bundles (X25519 + ML-KEM-768), encrypts to
 //!   every device on a user's signed device list, decrypts (also in batches), and saves
 //!   and restores its state encrypted under an app key.
+//! * [`group`]: groups: states governed by their members' signed changes, ordered by a
+//!   sequencer provider (SPEC.md 18); sender-key messages encrypted and signed once (19);
+//!   carried by the client and the providers, one copy per recipient provider (20).
 //! * [`protocol`]: the client↔provider and provider↔provider frames (SPEC.md 16).
 //! * [`client::Client`] and [`provider::Provider`]: the two state machines. Both are
 //!   driven the same way: an input (`handle_input(now, …)`, a command, or
