@@ -29,7 +29,8 @@
 //! max_connections_per_host = 256
 //!
 //! [storage]                         # optional (SPEC.md 16.12)
-//! engine = "redb"                   # "redb" (provider.redb) or "log" (provider.klog)
+//! engine = "log"                    # "log" (provider.klog) or "redb" (provider.redb); default:
+//!                                   # redb if data_dir holds provider.redb, else log
 //!
 //! [interop]                         # optional
 //! echo = true                       # open registration and the echo bot echo@<domain>
@@ -215,21 +216,36 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 struct StorageFile {
     #[serde(default)]
-    engine: Engine,
+    engine: Option<Engine>,
 }
 
 /// A store engine (SPEC.md 16.12).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Engine {
     /// [`RedbStore`]: a B-tree database, `provider.redb`.
-    #[default]
     Redb,
-    /// [`LogStore`]: an append-only log of commit batches, `provider.klog`.
+    /// [`LogStore`]: an append-only log of commit batches, `provider.klog`. The default
+    /// for new providers: in `benches/relay.rs` it halves the store's CPU per message and
+    /// takes 40 % of redb's disk space per queued message (README.md, "Relay benchmarks").
     Log,
 }
 
 impl Engine {
+    /// The engine for a provider whose configuration says `configured`: that one, or if
+    /// it names none, redb when `data_dir` already holds a redb store (providers set up
+    /// before the log engine was the default), else the log.
+    fn choose(configured: Option<Engine>, data_dir: &Path) -> Engine {
+        configured.unwrap_or_else(|| {
+            let redb = data_dir.join(Engine::Redb.file());
+            if fs::metadata(redb).is_ok_and(|m| m.len() > 0) {
+                Engine::Redb
+            } else {
+                Engine::Log
+            }
+        })
+    }
+
     /// The engine's file in the data folder.
     const fn file(self) -> &'static str {
         match self {
@@ -443,7 +459,8 @@ struct Config {
     open_registration: bool,
     limits: ProviderLimits,
     quic: QuicConfig,
-    engine: Engine,
+    /// As configured; [`Engine::choose`] decides when there is none.
+    engine: Option<Engine>,
     echo: bool,
 }
 
@@ -710,9 +727,9 @@ fn config_text(a: &InitArgs) -> String {
          # max_connections_per_host = {}       # an IPv4 address or an IPv6 /64\n\
          # max_handshakes = {}\n\
          \n\
-         # Storage (SPEC.md 16.12): \"redb\" (data/provider.redb) or \"log\" (data/provider.klog).\n\
+         # Storage (SPEC.md 16.12): \"log\" (data/provider.klog) or \"redb\" (data/provider.redb).\n\
          [storage]\n\
-         # engine = \"{engine}\"\n\
+         # engine = \"log\"\n\
          {interop}",
         limits.max_mailbox_depth,
         limits.max_remote_queue_depth,
@@ -731,7 +748,6 @@ fn config_text(a: &InitArgs) -> String {
         domain = toml_string(&a.domain),
         listen = toml_string(&a.listen.to_string()),
         open = a.open_registration,
-        engine = Engine::default().name(),
     )
 }
 
@@ -792,8 +808,9 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let public = key.public();
     warn_if_listed_with_another_key(&config, &directory, &public);
     create_private_dir(&config.data_dir)?;
-    let database = config.data_dir.join(config.engine.file());
-    let store = config.engine.open(&config.data_dir)?;
+    let engine = Engine::choose(config.engine, &config.data_dir);
+    let database = config.data_dir.join(engine.file());
+    let store = engine.open(&config.data_dir)?;
     let mut provider = ProviderConfig::new(config.domain.clone(), key);
     provider.open_registration = config.open_registration || config.echo;
     provider.limits = config.limits;
@@ -809,7 +826,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         listen = %config.listen,
         key = %public,
         database = %database.display(),
-        engine = config.engine.name(),
+        engine = engine.name(),
         peers = directory.entries().count(),
         open_registration = provider.open_registration,
         echo = config.echo,
@@ -982,7 +999,7 @@ mod tests {
             assert_eq!(c.data_dir, Path::new("/srv/one/data"));
             assert_eq!(c.limits, ProviderLimits::default());
             assert_eq!(c.quic, QuicConfig::default());
-            assert_eq!(c.engine, Engine::default());
+            assert_eq!(c.engine, None);
             assert_eq!(c.echo, echo);
         }
     }
@@ -1003,7 +1020,7 @@ mod tests {
         assert_eq!(c.quic.max_connections_per_host, 8);
         for (engine, want) in [("log", Engine::Log), ("redb", Engine::Redb)] {
             let text = format!("{base}[storage]\nengine = \"{engine}\"\n");
-            assert_eq!(Config::parse(&text, path).unwrap().engine, want);
+            assert_eq!(Config::parse(&text, path).unwrap().engine, Some(want));
         }
         assert_eq!(
             c.quic.max_connections,
@@ -1042,7 +1059,11 @@ mod tests {
             let e = other.open(&data).unwrap_err().to_string();
             assert!(e.contains(made.file()) && e.contains("engine"), "{e}");
             made.open(&data).unwrap();
+            // Configured with no engine, a provider keeps the one it has.
+            assert_eq!(Engine::choose(None, &data), made);
+            assert_eq!(Engine::choose(Some(other), &data), other);
         }
+        assert_eq!(Engine::choose(None, &dir.path().join("new")), Engine::Log);
     }
 
     #[test]
