@@ -3,86 +3,7 @@
 //! most of it is dead. Only the standard library and SHA-256 (already a dependency);
 //! no cargo feature.
 //!
-//! # Why a log
-//!
-//! The provider keeps all its state in memory and reads its store only at start
-//! (SPEC.md 16.12), so the store needs no index on disk: a commit only has to reach the
-//! disk whole, and a restart only has to rebuild the tables. A B-tree store rewrites
-//! pages per key; this store writes each batch once, as one record, with one `write`
-//! and one `fdatasync`.
-//!
-//! # File format (version 1)
-//!
-//! All integers are little-endian. The file is a header and then records:
-//!
-//! ```text
-//! header   = "KOGGELOG" (8 bytes) ‖ version: u32 (= 1)
-//! record   = len: u32 ‖ check: 8 bytes ‖ payload (len bytes)
-//! check    = the first 8 bytes of SHA-256(len ‖ payload)
-//! payload  = op ‖ op ‖ …              (at least one op)
-//! op       = 0x01 ‖ table: u8 ‖ key_len: u32 ‖ key ‖ value_len: u32 ‖ value   (put)
-//!          | 0x02 ‖ table: u8 ‖ key_len: u32 ‖ key                            (delete)
-//! ```
-//!
-//! `table` is [`Table::number`]. Replaying the records in order, and the ops of each
-//! record in order, gives the store's contents. A record is at most
-//! [`MAX_LOG_RECORD_LEN`] bytes of payload; a batch that would need a longer record is
-//! refused by [`Store::commit`] (a provider batch is a few MiB at most).
-//!
-//! A record's checksum covers its length and its payload. A record that is incomplete
-//! or fails its checksum is a **torn tail** if it reaches the end of the file (or
-//! everything from it to the end of the file is zero bytes): the last commit was cut
-//! short by a crash, and the record is cut away when the store is opened. Any other
-//! damaged record, or a record whose checksum holds but whose ops do not decode, is
-//! corruption and opening fails with [`LogOpenError::Corrupt`], never a panic. (The
-//! checksum detects torn writes, not every kind of media damage: a damaged length
-//! field that points past the end of the file looks like a torn tail.)
-//!
-//! Table numbers this build does not know (written by a newer version that added a
-//! table) are kept, in memory and in snapshots, but not returned by
-//! [`Store::load`]: a downgrade does not destroy them.
-//!
-//! # Atomicity and durability
-//!
-//! [`Store::commit`] encodes the whole batch into one buffer, appends it with one
-//! `write_all` and calls `fdatasync` (`File::sync_data`) before it returns `Ok`. A crash
-//! at any point leaves either the whole record or a torn tail, which the next open cuts
-//! away, so a batch is there entirely or not at all. If the write or the flush fails,
-//! the store cuts the file back to its length before the batch (so that no later
-//! record follows a half-written or possibly lost one) and re-reads the file on next
-//! use; [`Store::load`] then says what the file holds, as the trait asks.
-//!
-//! # Compaction
-//!
-//! Puts that were replaced and entries that were deleted stay in the log until it is
-//! compacted. After a commit, if the log is longer than both
-//! [`LOG_COMPACT_MIN_BYTES`] and [`LOG_COMPACT_RATIO`] times the size of a snapshot of
-//! the live entries, the store writes that snapshot (the same format: a header and
-//! records of puts) to `<file>.compact`, flushes it, renames it over the log and
-//! flushes the folder. A crash before the rename leaves the old log (the open removes
-//! the leftover `.compact` file); after it, the snapshot, which holds the same
-//! entries. Until the folder flush has succeeded, the next commit first retries it and
-//! fails, writing nothing, if it fails again. A snapshot that cannot be written does
-//! not fail the commit that triggered it (that commit is durable already): the store
-//! tries again once the log has grown by another [`LOG_COMPACT_MIN_BYTES`].
-//! [`LogStore::compact`] compacts on demand and reports errors.
-//!
-//! Compaction needs the live entries, so the store keeps a **mirror** of its contents
-//! in memory. The provider holds the same state in memory anyway, and the mirror
-//! shares the key and value buffers ([`Bytes`]) the provider handed over, so the cost is
-//! mostly the map nodes. Compacting only at open would avoid the mirror, but a provider
-//! that relays steadily writes and deletes every envelope (about a kilobyte each), so
-//! its log would grow by gigabytes a day between restarts. The mirror also makes
-//! [`Store::load`] a copy of maps instead of a read of the file. Compaction runs inside
-//! the commit that triggers it; since it waits until the log is twice the live size,
-//! its cost per byte committed is bounded, but that one commit is slower.
-//!
-//! # Exclusive use
-//!
-//! The store holds an exclusive lock (`flock` on Unix, via `File::try_lock`) on
-//! `<file>.lock` while it is open, so a second store on the same file, in this or
-//! another process, is refused with [`LogOpenError::Locked`]. The lock file is left
-//! in place when the store closes; only its lock matters.
+//! The format, the crash guarantees and compaction are documented on the type.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -189,7 +110,8 @@ pub struct LogStoreOptions {
     /// The log is never compacted while it is shorter than this many bytes.
     pub compact_min_bytes: u64,
     /// The log is compacted once it is longer than this many snapshots of the live
-    /// entries (and than `compact_min_bytes`). At least 2 makes sense.
+    /// entries (and than `compact_min_bytes`). Values below 2 count as 2 (a snapshot
+    /// is a little longer than the live entries, so 1 would compact after every commit).
     pub compact_ratio: u64,
 }
 
@@ -468,8 +390,91 @@ fn io_error<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// A durable [`Store`] in one append-only file; see the [module documentation](self)
-/// for the format, the crash guarantees and compaction.
+/// A durable [`Store`] in one append-only file: what survives a crash is every committed
+/// batch, in full, and nothing of a batch in part.
+///
+/// # Why a log
+///
+/// The provider keeps all its state in memory and reads its store only at start
+/// (SPEC.md 16.12), so the store needs no index on disk: a commit only has to reach the
+/// disk whole, and a restart only has to rebuild the tables. A B-tree store rewrites
+/// pages per key; this store writes each batch once, as one record, with one `write`
+/// and one `fdatasync`.
+///
+/// # File format (version 1)
+///
+/// All integers are little-endian. The file is a header and then records:
+///
+/// ```text
+/// header   = "KOGGELOG" (8 bytes) ‖ version: u32 (= 1)
+/// record   = len: u32 ‖ check: 8 bytes ‖ payload (len bytes)
+/// check    = the first 8 bytes of SHA-256(len ‖ payload)
+/// payload  = op ‖ op ‖ …              (at least one op)
+/// op       = 0x01 ‖ table: u8 ‖ key_len: u32 ‖ key ‖ value_len: u32 ‖ value   (put)
+///          | 0x02 ‖ table: u8 ‖ key_len: u32 ‖ key                            (delete)
+/// ```
+///
+/// `table` is [`Table::number`]. Replaying the records in order, and the ops of each
+/// record in order, gives the store's contents. A record is at most
+/// [`MAX_LOG_RECORD_LEN`] bytes of payload; a batch that would need a longer record is
+/// refused by [`Store::commit`] (a provider batch is a few MiB at most).
+///
+/// A record's checksum covers its length and its payload. A record that is incomplete
+/// or fails its checksum is a **torn tail** if it reaches the end of the file (or
+/// everything from it to the end of the file is zero bytes): the last commit was cut
+/// short by a crash, and the record is cut away when the store is opened. Any other
+/// damaged record, or a record whose checksum holds but whose ops do not decode, is
+/// corruption and opening fails with [`LogOpenError::Corrupt`], never a panic. (The
+/// checksum detects torn writes, not every kind of media damage: a damaged length
+/// field that points past the end of the file looks like a torn tail.)
+///
+/// Table numbers this build does not know (written by a newer version that added a
+/// table) are kept, in memory and in snapshots, but not returned by
+/// [`Store::load`]: a downgrade does not destroy them.
+///
+/// # Atomicity and durability
+///
+/// [`Store::commit`] encodes the whole batch into one buffer, appends it with one
+/// `write_all` and calls `fdatasync` (`File::sync_data`) before it returns `Ok`. A crash
+/// at any point leaves either the whole record or a torn tail, which the next open cuts
+/// away, so a batch is there entirely or not at all. If the write or the flush fails,
+/// the store cuts the file back to its length before the batch (so that no later
+/// record follows a half-written or possibly lost one) and re-reads the file on next
+/// use; [`Store::load`] then says what the file holds, as the trait asks.
+///
+/// # Compaction
+///
+/// Puts that were replaced and entries that were deleted stay in the log until it is
+/// compacted. After a commit, if the log is longer than both
+/// [`LOG_COMPACT_MIN_BYTES`] and [`LOG_COMPACT_RATIO`] times the size of a snapshot of
+/// the live entries, the store writes that snapshot (the same format: a header and
+/// records of puts) to `<file>.compact`, flushes it, renames it over the log and
+/// flushes the folder. A crash before the rename leaves the old log (the open removes
+/// the leftover `.compact` file); after it, the snapshot, which holds the same
+/// entries. Until the folder flush has succeeded, the next commit first retries it and
+/// fails, writing nothing, if it fails again. A snapshot that cannot be written does
+/// not fail the commit that triggered it (that commit is durable already): the store
+/// tries again once the log has grown by another [`LOG_COMPACT_MIN_BYTES`].
+/// [`LogStore::compact`] compacts on demand and reports errors.
+///
+/// Compaction needs the live entries, so the store keeps a **mirror** of its contents
+/// in memory. It shares the key and value buffers ([`Bytes`]) handed to `commit`, but
+/// the provider encodes most values for the store alone, so the mirror costs about the
+/// stored bytes again plus the map nodes (README.md, "Relay benchmarks": 2.3–4.4 KB of
+/// RSS per queued message against 1.1–3.4 KB with redb, noisy). Compacting only at open
+/// would avoid the mirror, but a provider
+/// that relays steadily writes and deletes every envelope (about a kilobyte each), so
+/// its log would grow by gigabytes a day between restarts. The mirror also makes
+/// [`Store::load`] a copy of maps instead of a read of the file. Compaction runs inside
+/// the commit that triggers it; since it waits until the log is twice the live size,
+/// its cost per byte committed is bounded, but that one commit is slower.
+///
+/// # Exclusive use
+///
+/// The store holds an exclusive lock (`flock` on Unix, via `File::try_lock`) on
+/// `<file>.lock` while it is open, so a second store on the same file, in this or
+/// another process, is refused with [`LogOpenError::Locked`]. The lock file is left
+/// in place when the store closes; only its lock matters.
 pub struct LogStore {
     path: PathBuf,
     options: LogStoreOptions,
@@ -502,7 +507,7 @@ impl fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// The file format this build reads and writes (module documentation).
+    /// The file format this build reads and writes ("File format" above).
     pub const FORMAT_VERSION: u32 = 1;
 
     /// Opens the log at `path`, creating it if it does not exist (or is empty), with
@@ -639,15 +644,14 @@ impl LogStore {
 
     /// Whether the log is long enough, and dead enough, to compact.
     fn compaction_due(&self) -> bool {
-        let threshold = self
-            .options
-            .compact_min_bytes
-            .max(self.live_len().saturating_mul(self.options.compact_ratio));
+        let threshold = self.options.compact_min_bytes.max(
+            self.live_len()
+                .saturating_mul(self.options.compact_ratio.max(2)),
+        );
         self.log_len > threshold && self.log_len >= self.compact_not_before
     }
 
-    /// Compacts if due; a failure only postpones the next attempt (module
-    /// documentation).
+    /// Compacts if due; a failure only postpones the next attempt.
     fn maybe_compact(&mut self) {
         if self.compaction_due() && self.compact().is_err() {
             self.compact_not_before = self.log_len.saturating_add(self.options.compact_min_bytes);
@@ -739,7 +743,7 @@ impl Store for LogStore {
     }
 
     /// All of `ops` as one record, one `write_all`, one `fdatasync`; then compaction if
-    /// due (module documentation).
+    /// due (see [`LogStore`]).
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
