@@ -1,6 +1,8 @@
-//! Relay benchmarks: two providers federating over loopback QUIC, each with its own redb
+//! Relay benchmarks: two providers federating over loopback QUIC, each with its own durable
 //! store (every batch fsynced before anything it holds is acknowledged), 256-byte text
-//! messages from devices at `one.example` to devices at `two.example`.
+//! messages from devices at `one.example` to devices at `two.example`. The store is redb
+//! (`RedbStore`) unless `KOGGE_RELAY_STORE=log` picks the append-only `LogStore`, so the
+//! same bench compares the two.
 //!
 //! `cargo bench --bench relay` (features `quic` and `redb`, both default) runs the criterion
 //! group, then a report of its own (`-- summary-only`, a filter matching no group, runs only
@@ -16,8 +18,8 @@
 //! * **paced**: 100 messages/s for 30 s: latency from the sender's submit to the recipient
 //!   device's receipt of the `Deliver`, p50 / p99 / max;
 //! * **memory**: RSS per idle authenticated device connection (N devices connected to
-//!   provider B, both ends of each connection live in this process), and RSS and redb bytes
-//!   per message queued for offline devices;
+//!   provider B, both ends of each connection live in this process), and RSS and store
+//!   file bytes per message queued for offline devices;
 //! * **fsync**: the latency of one 4 KiB write + `fdatasync` on the file system of the
 //!   stores, which bounds the latency of anything durable.
 //!
@@ -78,7 +80,7 @@ use kogge::identity::{
 use kogge::provider::{ProviderConfig, ProviderStats};
 use kogge::resolve::{PeerInfo, ResolveError, Resolver, StaticDirectory};
 use kogge::session::Account;
-use kogge::store::{Contents, RedbStore, Store, StoreError, StoreOp};
+use kogge::store::{Contents, LogStore, RedbStore, Store, StoreError, StoreOp};
 use kogge::transport::quic::{self, ProviderServer, QuicConfig};
 use prost::Message;
 use rand_chacha::ChaCha20Rng;
@@ -324,9 +326,26 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A [`RedbStore`] that records what its commits cost.
+/// The store engine the providers use: `KOGGE_RELAY_STORE`, `redb` (default) or `log`.
+fn engine() -> &'static str {
+    match std::env::var("KOGGE_RELAY_STORE").as_deref() {
+        Ok("log") => "log",
+        Ok("redb") | Err(_) => "redb",
+        Ok(other) => panic!("KOGGE_RELAY_STORE={other}: expected redb or log"),
+    }
+}
+
+/// A store of the [`engine`] in the file `path`.
+fn open_store(path: &Path) -> Box<dyn Store + Send> {
+    match engine() {
+        "log" => Box::new(LogStore::open(path).expect("log store")),
+        _ => Box::new(RedbStore::open(path).expect("redb")),
+    }
+}
+
+/// A store that records what its commits cost.
 struct Timed {
-    inner: RedbStore,
+    inner: Box<dyn Store + Send>,
     times: Arc<StoreTimes>,
 }
 
@@ -401,7 +420,7 @@ impl Bed {
             let config = ProviderConfig::new(domain.clone(), key);
             let times = Arc::new(StoreTimes::default());
             let store = Timed {
-                inner: RedbStore::open(dir.path().join(file)).expect("redb"),
+                inner: open_store(&dir.path().join(format!("{file}.{}", engine()))),
                 times: times.clone(),
             };
             let mut seed = [0u8; 32];
@@ -428,8 +447,8 @@ impl Bed {
             });
             (server, times)
         };
-        let (a, store_a) = start(&rt_a, "one.example", "a.redb", &mut rng);
-        let (b, store_b) = start(&rt_b, "two.example", "b.redb", &mut rng);
+        let (a, store_a) = start(&rt_a, "one.example", "a", &mut rng);
+        let (b, store_b) = start(&rt_b, "two.example", "b", &mut rng);
         let senders: Vec<DeviceList> = pairs.iter().map(|p| p.sender.list.clone()).collect();
         let recipients: Vec<DeviceList> = pairs.iter().map(|p| p.recipient.list.clone()).collect();
         add_users(&rt_a, &a, senders);
@@ -472,9 +491,13 @@ impl Bed {
             .block_on(RawDevice::connect(self.endpoint.clone(), target, u))
     }
 
-    fn redb_bytes(&self) -> (u64, u64) {
-        let size = |f: &str| std::fs::metadata(self.dir.path().join(f)).map_or(0, |m| m.len());
-        (size("a.redb"), size("b.redb"))
+    /// Bytes in the store files of providers A and B.
+    fn store_bytes(&self) -> (u64, u64) {
+        let size = |f: &str| {
+            let path = self.dir.path().join(format!("{f}.{}", engine()));
+            std::fs::metadata(path).map_or(0, |m| m.len())
+        };
+        (size("a"), size("b"))
     }
 }
 
@@ -1080,7 +1103,8 @@ fn part(name: &str) -> bool {
 fn report(pairs: &[Arc<Pair>]) {
     let per_pair = SATURATION_MESSAGES / PAIRS;
     println!(
-        "\n== relay report (load average at start: {}) ==",
+        "\n== relay report, {} stores (load average at start: {}) ==",
+        engine(),
         load_average()
     );
     if part("fsync") {
@@ -1175,7 +1199,7 @@ fn memory(pairs: &[Arc<Pair>]) {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = rss();
-    let (fa0, fb0) = bed.redb_bytes();
+    let (fa0, fb0) = bed.store_bytes();
     let progress = Progress::new(&vec![QUEUED_PER_DEVICE; pairs.len()], usize::MAX);
     bed.load.block_on(async {
         let mut tasks = Vec::new();
@@ -1209,13 +1233,14 @@ fn memory(pairs: &[Arc<Pair>]) {
     }
     std::thread::sleep(Duration::from_millis(300));
     let rss1 = rss();
-    let (fa1, fb1) = bed.redb_bytes();
+    let (fa1, fb1) = bed.store_bytes();
     println!(
         "memory per queued message ({m} messages for {} offline devices): {:.0} B RSS \
-         (both providers: B's mailbox and dedup entry, A's dedup entry); redb {:.0} B at B, \
+         (both providers: B's mailbox and dedup entry, A's dedup entry); {} file {:.0} B at B, \
          {:.0} B at A",
         pairs.len(),
         rss1.saturating_sub(rss0) as f64 / m as f64,
+        engine(),
         fb1.saturating_sub(fb0) as f64 / m as f64,
         fa1.saturating_sub(fa0) as f64 / m as f64,
     );

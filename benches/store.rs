@@ -2,13 +2,16 @@
 //! message costs with group commit.
 //!
 //! `cargo bench --features redb --bench store` (the bench needs the `redb` feature).
+//! Every group runs once per engine: `redb_…` on `RedbStore`, `log_…` on `LogStore`.
 //!
-//! * `redb_commit/N`: one `RedbStore::commit` of N mailbox puts (keys shaped like the
+//! * `redb_commit/N`, `log_commit/N`: one `commit` of N mailbox puts (keys shaped like the
 //!   provider's: address ‖ device ‖ sequence number, spread over 1000 mailboxes;
 //!   300-byte values), N = 1, 64, 1024. Every commit is one write transaction and one
-//!   `fsync`. Criterion's throughput line is messages per second.
-//! * `redb_put_ack/N`: N puts plus the N deletes of the previous batch's messages (a
-//!   provider that stores and acknowledges at the same rate, so the file stays small).
+//!   `fsync` (redb), or one appended record and one `fdatasync` (log). Criterion's
+//!   throughput line is messages per second.
+//! * `redb_put_ack/N`, `log_put_ack/N`: N puts plus the N deletes of the previous batch's messages (a
+//!   provider that stores and acknowledges at the same rate, so the live data stays
+//!   small; the log is compacted as it goes, at its default thresholds).
 //!
 //! The database lives under `target/tmp` (the same file system as the build), not in
 //! `/tmp`, which may be a RAM disk where `fsync` costs nothing.
@@ -20,7 +23,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kogge::store::{RedbStore, Store, StoreOp, Table};
+use kogge::store::{LogStore, RedbStore, Store, StoreOp, Table};
 
 /// Bytes in one stored mailbox item.
 const VALUE_LEN: usize = 300;
@@ -60,15 +63,26 @@ fn puts(first: u64, n: usize) -> Vec<StoreOp> {
         .collect()
 }
 
-fn open(dir: &tempfile::TempDir, name: &str) -> RedbStore {
-    RedbStore::open(dir.path().join(name)).expect("open the bench database")
+/// A fresh store of `engine` (`redb` or `log`) in `dir`.
+fn open(dir: &tempfile::TempDir, engine: &str, name: &str) -> Box<dyn Store> {
+    let path = dir.path().join(format!("{name}.{engine}"));
+    match engine {
+        "redb" => Box::new(RedbStore::open(path).expect("open the bench database")),
+        _ => Box::new(LogStore::open(path).expect("open the bench log")),
+    }
 }
 
 fn commit(c: &mut Criterion) {
+    for engine in ["redb", "log"] {
+        commit_with(c, engine);
+    }
+}
+
+fn commit_with(c: &mut Criterion, engine: &str) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let mut group = c.benchmark_group("redb_commit");
+    let mut group = c.benchmark_group(format!("{engine}_commit"));
     for n in [1usize, 64, 1024] {
-        let mut store = open(&dir, &format!("commit-{n}.redb"));
+        let mut store = open(&dir, engine, &format!("commit-{n}"));
         let mut next = 0u64;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
@@ -85,9 +99,9 @@ fn commit(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("redb_put_ack");
+    let mut group = c.benchmark_group(format!("{engine}_put_ack"));
     for n in [1usize, 64, 1024] {
-        let mut store = open(&dir, &format!("put-ack-{n}.redb"));
+        let mut store = open(&dir, engine, &format!("put-ack-{n}"));
         let mut next = 0u64;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {

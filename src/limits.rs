@@ -103,6 +103,18 @@ pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest encrypted state blob that `restore` accepts, in bytes.
 pub const MAX_STATE_LEN: usize = 64 * 1024 * 1024;
 
+/// Longest record payload (one commit batch) in a provider's log store
+/// (`store::LogStore`, SPEC.md 16.12), in bytes: a longer batch is refused, and a
+/// longer record in a file is damage. Local, not wire.
+pub const MAX_LOG_RECORD_LEN: usize = 256 * 1024 * 1024;
+
+/// A provider's log store is never compacted while it is shorter than this, in bytes.
+pub const LOG_COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A provider's log store is compacted once it is longer than this many times a
+/// snapshot of its live entries (and than [`LOG_COMPACT_MIN_BYTES`]).
+pub const LOG_COMPACT_RATIO: u64 = 2;
+
 /// Members of one group.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
 

@@ -29,7 +29,7 @@ use kogge::identity::{Device, DeviceKeyPair, DeviceList, IdentityKeyPair, Provid
 use kogge::protocol::Backoff;
 use kogge::resolve::StaticDirectory;
 use kogge::session::Account;
-use kogge::store::{RedbStore, Store, Table};
+use kogge::store::{LogStore, RedbStore, Store, Table};
 use kogge::transport::quic::{self, ClientDriver, ClientDriverConfig, DriverEvent};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -329,13 +329,19 @@ async fn next_text(
 }
 
 /// What the recipient's provider had made durable when it was killed: the number of
-/// mailbox items in a copy of its database file (opening the copy repairs the copy, not
-/// the file the provider restarts from).
+/// mailbox items in a copy of its store file, of whichever engine it uses (opening the copy
+/// repairs the copy, not the file the provider restarts from).
 fn mailbox_items_on_disk(provider: &Provider, scratch: &Path) -> usize {
-    let copy = scratch.join("inspect.redb");
-    fs::copy(provider.dir.join("data").join("provider.redb"), &copy).unwrap();
-    let mut store = RedbStore::open(&copy).unwrap();
-    let contents = store.load().unwrap();
+    let data = provider.dir.join("data");
+    let contents = if data.join("provider.klog").exists() {
+        let copy = scratch.join("inspect.klog");
+        fs::copy(data.join("provider.klog"), &copy).unwrap();
+        LogStore::open(&copy).unwrap().load().unwrap()
+    } else {
+        let copy = scratch.join("inspect.redb");
+        fs::copy(data.join("provider.redb"), &copy).unwrap();
+        RedbStore::open(&copy).unwrap().load().unwrap()
+    };
     contents.get(&Table::Mailbox).map_or(0, |t| t.len())
 }
 

@@ -1,13 +1,13 @@
-//! `RedbStore` under `kill -9`: a child process commits batches in a loop, saying
+//! `RedbStore` and `LogStore` under `kill -9`: a child process commits batches in a loop, saying
 //! `begin N` before each `commit` and `committed N` after it returned; the parent kills
 //! it with SIGKILL (`Child::kill`) a little after a report, reopens the database and
 //! checks that every batch reported committed is there in full, that the batch in
 //! flight is there in full or not at all, and that nothing else is there. Several rounds
 //! on the same file, each killing at a different point of a commit, so the store is also
-//! reopened (and repaired) after each kill and written again.
+//! reopened (and repaired, or its torn tail cut away) after each kill and written again.
 //!
 //! The child is this test binary itself, re-run with a filter that selects
-//! [`crash_child`] and an environment variable that tells it where to write.
+//! [`crash_child`] and environment variables that tell it which store to open where.
 #![cfg(feature = "redb")]
 // A test's fixture failing must stop the test.
 #![allow(clippy::expect_used, clippy::panic)]
@@ -21,10 +21,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kogge::store::{Contents, RedbStore, Store, StoreOp, Table};
+use kogge::store::{Contents, LogStore, RedbStore, Store, StoreOp, Table};
 
 /// Set in the child's environment: the database file to write.
 const CHILD_ENV: &str = "KOGGE_REDB_CRASH_CHILD";
+/// Set in the child's environment: `redb` or `log`.
+const ENGINE_ENV: &str = "KOGGE_CRASH_ENGINE";
 /// Printed by the child before each commit starts.
 const BEGIN: &str = "begin ";
 /// Printed by the child after each commit returned `Ok`.
@@ -131,7 +133,8 @@ fn crash_child() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let mut store = RedbStore::open(&path).expect("child opens the store");
+    let engine = std::env::var(ENGINE_ENV).expect("engine");
+    let mut store = open(&engine, Path::new(&path));
     let contents = store.load().expect("child loads the store");
     let mut next = check(&contents).map_or(0, |last| last + 1);
     let mut out = std::io::stdout().lock();
@@ -174,11 +177,12 @@ struct Reported {
 
 /// Starts the child on `path`, lets it commit until it has reported `kill_after`
 /// batches, waits `jitter` more, kills it with SIGKILL, and returns what it reported.
-fn run_child_and_kill(path: &Path, kill_after: usize, jitter: Duration) -> Reported {
+fn run_child_and_kill(engine: &str, path: &Path, kill_after: usize, jitter: Duration) -> Reported {
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, path)
+        .env(ENGINE_ENV, engine)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -217,16 +221,34 @@ fn run_child_and_kill(path: &Path, kill_after: usize, jitter: Duration) -> Repor
     reported
 }
 
+/// The store `engine` names, on `path`.
+fn open(engine: &str, path: &Path) -> Box<dyn Store> {
+    match engine {
+        "redb" => Box::new(RedbStore::open(path).expect("open the redb store")),
+        "log" => Box::new(LogStore::open(path).expect("open the log store")),
+        _ => panic!("unknown engine {engine}"),
+    }
+}
+
 #[test]
 fn kill_9_loses_no_committed_batch_and_leaves_no_partial_one() {
+    kill_9("redb");
+}
+
+#[test]
+fn kill_9_loses_no_committed_log_batch_and_leaves_no_partial_one() {
+    kill_9("log");
+}
+
+fn kill_9(engine: &str) {
     // On the build's file system (a real disk), not a /tmp that may be a RAM disk.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let path = dir.path().join("crash.redb");
+    let path = dir.path().join(format!("crash.{engine}"));
     let mut total = 0;
     let mut mid_commit = 0;
     for round in 0..ROUNDS {
         let jitter = Duration::from_micros(90 * round);
-        let reported = run_child_and_kill(&path, 30 + 10 * round as usize, jitter);
+        let reported = run_child_and_kill(engine, &path, 30 + 10 * round as usize, jitter);
         let committed = &reported.committed;
         let first = *committed.first().expect("the child committed something");
         assert_eq!(
@@ -238,7 +260,7 @@ fn kill_9_loses_no_committed_batch_and_leaves_no_partial_one() {
             "reports in order"
         );
         let last_reported = *committed.last().expect("reports");
-        let mut store = RedbStore::open(&path).expect("reopen after kill -9");
+        let mut store = open(engine, &path);
         let last = check(&store.load().expect("load after kill -9")).expect("batches stored");
         // check() verified that 0..=last are there in full and nothing else is: every
         // reported batch is there, and at most the one that was in flight besides.
@@ -254,7 +276,7 @@ fn kill_9_loses_no_committed_batch_and_leaves_no_partial_one() {
         };
         mid_commit += usize::from(in_flight.is_some());
         eprintln!(
-            "round {round}: child reported {first}..={last_reported}; store holds 0..={last}; {fate}"
+            "{engine} round {round}: child reported {first}..={last_reported}; store holds 0..={last}; {fate}"
         );
         total = last + 1;
     }

@@ -1,7 +1,7 @@
 //! `kogge-provider`: the reference Kogge provider, a thin program over the library.
 //!
 //! It serves one provider domain over QUIC ([`ProviderServer`]) with durable storage in a
-//! redb file ([`RedbStore`]), reads its peers from a static directory file (SPEC.md
+//! redb file ([`RedbStore`]) or an append-only log file ([`LogStore`]), reads its peers from a static directory file (SPEC.md
 //! 16.11), logs through `tracing` (`RUST_LOG`, default `info`) and stops gracefully on
 //! SIGINT or SIGTERM. README.md ("Interop testing") shows how to run one.
 //!
@@ -18,7 +18,7 @@
 //! listen = "127.0.0.1:4433"         # UDP socket address
 //! endpoint = "one.example:4433"     # optional: what peers dial (default: `listen`)
 //! key_file = "provider.key"         # Ed25519 provider key seed; created on first use (0600)
-//! data_dir = "data"                 # holds provider.redb (and the echo bot's state)
+//! data_dir = "data"                 # holds the store (and the echo bot's state)
 //! directory = "directory.txt"       # peer providers: `domain endpoint key-hex` per line
 //! open_registration = false         # anyone may register a user
 //!
@@ -27,6 +27,10 @@
 //!
 //! [transport]                       # optional, each key optional (SPEC.md 17.4)
 //! max_connections_per_host = 256
+//!
+//! [storage]                         # optional (SPEC.md 16.12)
+//! engine = "log"                    # "log" (provider.klog) or "redb" (provider.redb); default:
+//!                                   # redb if data_dir holds provider.redb, else log
 //!
 //! [interop]                         # optional
 //! echo = true                       # open registration and the echo bot echo@<domain>
@@ -49,7 +53,7 @@ use kogge::crypto::Secret;
 use kogge::identity::{ProviderKey, ProviderKeyPair};
 use kogge::provider::{ProviderConfig, ProviderLimits};
 use kogge::resolve::StaticDirectory;
-use kogge::store::RedbStore;
+use kogge::store::{Contents, LogStore, RedbStore, Store, StoreError, StoreOp};
 use kogge::transport::quic::{ProviderServer, QuicConfig};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -59,8 +63,10 @@ use zeroize::Zeroizing;
 
 /// The file `init` writes the configuration to, inside `--dir`.
 const CONFIG_FILE: &str = "kogge-provider.toml";
-/// The provider's database, inside `data_dir`.
+/// The provider's store with the redb engine, inside `data_dir`.
 const DATABASE_FILE: &str = "provider.redb";
+/// The provider's store with the log engine, inside `data_dir`.
+const LOG_FILE: &str = "provider.klog";
 /// How often the provider's counters are logged (at `debug`) and its liveness checked.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -200,7 +206,110 @@ struct ConfigFile {
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
+    storage: StorageFile,
+    #[serde(default)]
     interop: InteropFile,
+}
+
+/// `[storage]`: which store engine keeps the provider's state.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    #[serde(default)]
+    engine: Option<Engine>,
+}
+
+/// A store engine (SPEC.md 16.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Engine {
+    /// [`RedbStore`]: a B-tree database, `provider.redb`.
+    Redb,
+    /// [`LogStore`]: an append-only log of commit batches, `provider.klog`. The default
+    /// for new providers: in `benches/relay.rs` it halves the store's CPU per message and
+    /// takes 40 % of redb's disk space per queued message (README.md, "Relay benchmarks").
+    Log,
+}
+
+impl Engine {
+    /// The engine for a provider whose configuration says `configured`: that one, or if
+    /// it names none, redb when `data_dir` already holds a redb store (providers set up
+    /// before the log engine was the default), else the log.
+    fn choose(configured: Option<Engine>, data_dir: &Path) -> Engine {
+        configured.unwrap_or_else(|| {
+            let redb = data_dir.join(Engine::Redb.file());
+            if fs::metadata(redb).is_ok_and(|m| m.len() > 0) {
+                Engine::Redb
+            } else {
+                Engine::Log
+            }
+        })
+    }
+
+    /// The engine's file in the data folder.
+    const fn file(self) -> &'static str {
+        match self {
+            Engine::Redb => DATABASE_FILE,
+            Engine::Log => LOG_FILE,
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Engine::Redb => "redb",
+            Engine::Log => "log",
+        }
+    }
+
+    /// Opens the store in `data_dir`, refusing if the data folder holds the other
+    /// engine's file: switching engines would start the provider empty.
+    fn open(self, data_dir: &Path) -> Result<AnyStore, Failure> {
+        for other in [Engine::Redb, Engine::Log] {
+            let theirs = data_dir.join(other.file());
+            if other != self && fs::metadata(&theirs).is_ok_and(|m| m.len() > 0) {
+                return Err(Failure::new(format!(
+                    "{} holds a {} store, but the configuration selects engine = \"{}\", which \
+                     would start empty; set [storage] engine = \"{}\" or move the file away",
+                    theirs.display(),
+                    other.name(),
+                    self.name(),
+                    other.name()
+                )));
+            }
+        }
+        let path = data_dir.join(self.file());
+        match self {
+            Engine::Redb => RedbStore::open(&path)
+                .map(AnyStore::Redb)
+                .map_err(|e| Failure::new(e.to_string())),
+            Engine::Log => LogStore::open(&path)
+                .map(AnyStore::Log)
+                .map_err(|e| Failure::new(e.to_string())),
+        }
+    }
+}
+
+/// The store of whichever engine the configuration selects.
+#[derive(Debug)]
+enum AnyStore {
+    Redb(RedbStore),
+    Log(LogStore),
+}
+
+impl Store for AnyStore {
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.load(),
+            AnyStore::Log(s) => s.load(),
+        }
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.commit(ops),
+            AnyStore::Log(s) => s.commit(ops),
+        }
+    }
 }
 
 /// `[transport]`: overrides of the QUIC endpoint's connection limits (SPEC.md 17.4), each
@@ -350,6 +459,8 @@ struct Config {
     open_registration: bool,
     limits: ProviderLimits,
     quic: QuicConfig,
+    /// As configured; [`Engine::choose`] decides when there is none.
+    engine: Option<Engine>,
     echo: bool,
 }
 
@@ -377,6 +488,7 @@ impl Config {
             directory: base.join(raw.directory),
             open_registration: raw.open_registration,
             limits,
+            engine: raw.storage.engine,
             echo: raw.interop.echo,
         })
     }
@@ -591,7 +703,7 @@ fn config_text(a: &InitArgs) -> String {
          listen = {listen}\n\
          {endpoint}\
          key_file = \"provider.key\"           # Ed25519 provider key seed (hex, 0600)\n\
-         data_dir = \"data\"                   # the redb database and the echo bot's state\n\
+         data_dir = \"data\"                   # the store and the echo bot's state\n\
          directory = \"directory.txt\"         # peer providers: domain endpoint key-hex\n\
          open_registration = {open}\n\
          \n\
@@ -614,6 +726,10 @@ fn config_text(a: &InitArgs) -> String {
          # max_connections = {}\n\
          # max_connections_per_host = {}       # an IPv4 address or an IPv6 /64\n\
          # max_handshakes = {}\n\
+         \n\
+         # Storage (SPEC.md 16.12): \"log\" (data/provider.klog) or \"redb\" (data/provider.redb).\n\
+         [storage]\n\
+         # engine = \"log\"\n\
          {interop}",
         limits.max_mailbox_depth,
         limits.max_remote_queue_depth,
@@ -692,8 +808,9 @@ fn run(config_path: &Path) -> Result<(), Failure> {
     let public = key.public();
     warn_if_listed_with_another_key(&config, &directory, &public);
     create_private_dir(&config.data_dir)?;
-    let database = config.data_dir.join(DATABASE_FILE);
-    let store = RedbStore::open(&database).map_err(|e| Failure::new(e.to_string()))?;
+    let engine = Engine::choose(config.engine, &config.data_dir);
+    let database = config.data_dir.join(engine.file());
+    let store = engine.open(&config.data_dir)?;
     let mut provider = ProviderConfig::new(config.domain.clone(), key);
     provider.open_registration = config.open_registration || config.echo;
     provider.limits = config.limits;
@@ -709,6 +826,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         listen = %config.listen,
         key = %public,
         database = %database.display(),
+        engine = engine.name(),
         peers = directory.entries().count(),
         open_registration = provider.open_registration,
         echo = config.echo,
@@ -722,7 +840,7 @@ fn run(config_path: &Path) -> Result<(), Failure> {
 async fn serve(
     config: &Config,
     provider: ProviderConfig,
-    store: RedbStore,
+    store: AnyStore,
     rng: ChaCha20Rng,
     directory: StaticDirectory,
 ) -> Result<(), Failure> {
@@ -881,6 +999,7 @@ mod tests {
             assert_eq!(c.data_dir, Path::new("/srv/one/data"));
             assert_eq!(c.limits, ProviderLimits::default());
             assert_eq!(c.quic, QuicConfig::default());
+            assert_eq!(c.engine, None);
             assert_eq!(c.echo, echo);
         }
     }
@@ -899,6 +1018,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.quic.max_connections_per_host, 8);
+        for (engine, want) in [("log", Engine::Log), ("redb", Engine::Redb)] {
+            let text = format!("{base}[storage]\nengine = \"{engine}\"\n");
+            assert_eq!(Config::parse(&text, path).unwrap().engine, Some(want));
+        }
         assert_eq!(
             c.quic.max_connections,
             QuicConfig::default().max_connections
@@ -910,12 +1033,37 @@ mod tests {
             (format!("{base}[limits]\nclient_rate = 0\n"), "line 7"),
             (format!("{base}[limits]\nclient_rat = 1\n"), "client_rat"),
             (format!("{base}[transport]\nmax_handshakes = 0\n"), "line 7"),
+            (format!("{base}[storage]\nengine = \"sqlite\"\n"), "line 7"),
             (format!("{base}endpoint = \"nope\"\n"), "line 6"),
             (base.replace("directory = \"x\"\n", ""), "directory"),
         ] {
             let e = Config::parse(&text, path).unwrap_err().to_string();
             assert!(e.contains(want), "{want:?} not in {e}");
         }
+    }
+
+    #[test]
+    fn the_store_of_the_other_engine_is_not_silently_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        for (made, other) in [(Engine::Redb, Engine::Log), (Engine::Log, Engine::Redb)] {
+            let data = dir.path().join(made.name());
+            fs::create_dir_all(&data).unwrap();
+            let mut store = made.open(&data).unwrap();
+            store
+                .commit(&[StoreOp::Delete {
+                    table: kogge::store::Table::Meta,
+                    key: bytes::Bytes::from_static(b"k"),
+                }])
+                .unwrap();
+            drop(store);
+            let e = other.open(&data).unwrap_err().to_string();
+            assert!(e.contains(made.file()) && e.contains("engine"), "{e}");
+            made.open(&data).unwrap();
+            // Configured with no engine, a provider keeps the one it has.
+            assert_eq!(Engine::choose(None, &data), made);
+            assert_eq!(Engine::choose(Some(other), &data), other);
+        }
+        assert_eq!(Engine::choose(None, &dir.path().join("new")), Engine::Log);
     }
 
     #[test]

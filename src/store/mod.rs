@@ -13,7 +13,12 @@
 //!
 //! `RedbStore` (cargo feature `redb`) keeps the tables in one redb database file and
 //! makes every commit durable with an `fsync` before it returns.
+//!
+//! [`LogStore`] (no feature needed) appends every commit to one file as a checksummed
+//! record, makes it durable with one `fdatasync`, and rewrites the file as a snapshot
+//! of the live entries when most of it is dead (SPEC.md 16.12, "Log store format").
 
+mod log;
 #[cfg(feature = "redb")]
 mod redb;
 
@@ -22,6 +27,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+pub use self::log::{LogOpenError, LogStore, LogStoreOptions};
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use self::redb::{RedbOpenError, RedbStore};
@@ -97,6 +103,19 @@ pub enum StoreOp {
         /// The key.
         key: Bytes,
     },
+}
+
+impl Table {
+    /// The table's number (its discriminant), as on-disk formats record it.
+    pub const fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The table numbered `n`, if this build knows it (a file written by a newer
+    /// version may name tables this one does not have).
+    pub fn from_number(n: u8) -> Option<Table> {
+        Table::ALL.iter().copied().find(|t| t.number() == n)
+    }
 }
 
 impl fmt::Debug for StoreOp {

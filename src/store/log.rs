@@ -1,0 +1,1322 @@
+//! [`LogStore`]: a [`Store`] that appends each commit batch to one file, a log of
+//! checksummed records, and rewrites the file as a snapshot of the live entries when
+//! most of it is dead. Only the standard library and SHA-256 (already a dependency);
+//! no cargo feature.
+//!
+//! The format, the crash guarantees and compaction are documented on the type.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{Contents, Store, StoreError, StoreOp, Table};
+use crate::limits::{LOG_COMPACT_MIN_BYTES, LOG_COMPACT_RATIO, MAX_LOG_RECORD_LEN};
+
+/// The first 8 bytes of every log file.
+const MAGIC: [u8; 8] = *b"KOGGELOG";
+/// Magic and version.
+const HEADER_LEN: usize = 12;
+/// `len` and `check`.
+const RECORD_HEADER_LEN: usize = 12;
+/// Op tag: put.
+const PUT: u8 = 1;
+/// Op tag: delete.
+const DELETE: u8 = 2;
+/// Payload bytes after which a snapshot starts a new record.
+const SNAPSHOT_RECORD_LEN: usize = 1 << 20;
+
+/// Entries by raw table number (unknown numbers included).
+type Tables = BTreeMap<u8, BTreeMap<Bytes, Bytes>>;
+
+/// Encoded length of a put op.
+const fn put_len(key: usize, value: usize) -> u64 {
+    (10 + key + value) as u64
+}
+
+/// Encoded length of a delete op.
+const fn delete_len(key: usize) -> u64 {
+    (6 + key) as u64
+}
+
+/// Why [`LogStore::open`] refused a file (also the reason a reload after a failed
+/// commit fails, as a [`StoreError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogOpenError {
+    /// A file operation failed.
+    #[error("log store {}: cannot {step}: {source}", path.display())]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// What was being done.
+        step: &'static str,
+        /// What the operating system reported.
+        source: io::Error,
+    },
+    /// Another [`LogStore`] (in this process or another) has the file open.
+    #[error("log store {} is in use: its lock file is held by another store", path.display())]
+    Locked {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// The file does not start with a log store header.
+    #[error("{} is not a Kogge log store (no KOGGELOG header)", path.display())]
+    NotAStore {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is a log store of a format this build does not know.
+    #[error(
+        "log store {} has format version {found}; this build reads only version {supported}",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version in the header.
+        found: u32,
+        /// [`LogStore::FORMAT_VERSION`].
+        supported: u32,
+    },
+    /// A record that is not the last one is damaged, or a record's ops do not decode.
+    #[error("log store {}: damaged record at byte {offset}: {detail}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the damaged record starts.
+        offset: u64,
+        /// What is wrong with it.
+        detail: &'static str,
+    },
+}
+
+impl From<LogOpenError> for StoreError {
+    fn from(e: LogOpenError) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// When [`LogStore`] compacts; [`Default`] is [`LOG_COMPACT_MIN_BYTES`] and
+/// [`LOG_COMPACT_RATIO`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogStoreOptions {
+    /// The log is never compacted while it is shorter than this many bytes.
+    pub compact_min_bytes: u64,
+    /// The log is compacted once it is longer than this many snapshots of the live
+    /// entries (and than `compact_min_bytes`). Values below 2 count as 2 (a snapshot
+    /// is a little longer than the live entries, so 1 would compact after every commit).
+    pub compact_ratio: u64,
+}
+
+impl Default for LogStoreOptions {
+    fn default() -> Self {
+        Self {
+            compact_min_bytes: LOG_COMPACT_MIN_BYTES,
+            compact_ratio: LOG_COMPACT_RATIO,
+        }
+    }
+}
+
+/// The live entries, and the size of a snapshot of them.
+#[derive(Default)]
+struct Mirror {
+    tables: Tables,
+    /// Sum of the encoded put ops of every entry.
+    live: u64,
+}
+
+impl Mirror {
+    fn put(&mut self, table: u8, key: Bytes, value: Bytes) {
+        let key_len = key.len();
+        let added = put_len(key_len, value.len());
+        if let Some(old) = self.tables.entry(table).or_default().insert(key, value) {
+            self.live -= put_len(key_len, old.len());
+        }
+        self.live += added;
+    }
+
+    fn delete(&mut self, table: u8, key: &[u8]) {
+        if let Some(t) = self.tables.get_mut(&table)
+            && let Some(v) = t.remove(key)
+        {
+            self.live -= put_len(key.len(), v.len());
+        }
+    }
+
+    fn apply(&mut self, op: &StoreOp) {
+        match op {
+            StoreOp::Put { table, key, value } => {
+                self.put(table.number(), key.clone(), value.clone());
+            }
+            StoreOp::Delete { table, key } => self.delete(table.number(), key),
+        }
+    }
+}
+
+/// One decoded op, borrowing from the file's bytes.
+enum Op<'a> {
+    Put(u8, &'a [u8], &'a [u8]),
+    Delete(u8, &'a [u8]),
+}
+
+/// `n` as the u32 of a length field. Every caller has checked that `n` fits (a record
+/// is at most [`MAX_LOG_RECORD_LEN`] bytes).
+fn le32(n: usize) -> [u8; 4] {
+    u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
+}
+
+/// The check value of a record.
+fn checksum(len: [u8; 4], payload: &[u8]) -> [u8; 8] {
+    let digest = Sha256::new()
+        .chain_update(len)
+        .chain_update(payload)
+        .finalize();
+    let mut check = [0; 8];
+    check.copy_from_slice(&digest[..8]);
+    check
+}
+
+/// The file header.
+fn header() -> [u8; HEADER_LEN] {
+    let mut h = [0; HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..].copy_from_slice(&LogStore::FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// Starts a record in `buf`; returns where it starts (for [`finish_record`]).
+fn begin_record(buf: &mut Vec<u8>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    start
+}
+
+/// Fills in the length and check of the record started at `start`.
+fn finish_record(buf: &mut [u8], start: usize) {
+    let (head, payload) = buf[start..].split_at_mut(RECORD_HEADER_LEN);
+    let len = le32(payload.len());
+    head[..4].copy_from_slice(&len);
+    head[4..].copy_from_slice(&checksum(len, payload));
+}
+
+fn push_put(buf: &mut Vec<u8>, table: u8, key: &[u8], value: &[u8]) {
+    buf.extend_from_slice(&[PUT, table]);
+    buf.extend_from_slice(&le32(key.len()));
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(&le32(value.len()));
+    buf.extend_from_slice(value);
+}
+
+fn push_delete(buf: &mut Vec<u8>, table: u8, key: &[u8]) {
+    buf.extend_from_slice(&[DELETE, table]);
+    buf.extend_from_slice(&le32(key.len()));
+    buf.extend_from_slice(key);
+}
+
+/// Appends `ops` to `buf` as one record; `Err` with the payload length if that is
+/// longer than [`MAX_LOG_RECORD_LEN`] (and then `buf` is unchanged).
+fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp]) -> Result<(), u64> {
+    let payload: u64 = ops
+        .iter()
+        .map(|op| match op {
+            StoreOp::Put { key, value, .. } => put_len(key.len(), value.len()),
+            StoreOp::Delete { key, .. } => delete_len(key.len()),
+        })
+        .sum();
+    if payload > MAX_LOG_RECORD_LEN as u64 {
+        return Err(payload);
+    }
+    buf.reserve(RECORD_HEADER_LEN + payload as usize);
+    let start = begin_record(buf);
+    for op in ops {
+        match op {
+            StoreOp::Put { table, key, value } => push_put(buf, table.number(), key, value),
+            StoreOp::Delete { table, key } => push_delete(buf, table.number(), key),
+        }
+    }
+    finish_record(buf, start);
+    Ok(())
+}
+
+/// A record that is not sound.
+struct Bad {
+    /// Whether the record, as far as it can be read, ends at the end of the file.
+    reaches_end: bool,
+    detail: &'static str,
+}
+
+/// The payload of the record at the start of `rest` and the record's length.
+fn record(rest: &[u8]) -> Result<(&[u8], usize), Bad> {
+    let Some((head, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() else {
+        return Err(Bad {
+            reaches_end: true,
+            detail: "incomplete record header",
+        });
+    };
+    let mut len_bytes = [0; 4];
+    len_bytes.copy_from_slice(&head[..4]);
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let Some(payload) = body.get(..len) else {
+        return Err(Bad {
+            reaches_end: true,
+            detail: "record runs past the end of the file",
+        });
+    };
+    let bad = |detail| Bad {
+        reaches_end: len == body.len(),
+        detail,
+    };
+    if len == 0 {
+        return Err(bad("empty record"));
+    }
+    if len > MAX_LOG_RECORD_LEN {
+        return Err(bad("record longer than MAX_LOG_RECORD_LEN"));
+    }
+    if checksum(len_bytes, payload) != head[4..] {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok((payload, RECORD_HEADER_LEN + len))
+}
+
+/// A length-prefixed field at the start of `p`, and what follows it.
+fn field(p: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+    let (len, rest) = p.split_first_chunk::<4>().ok_or("truncated op")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err("truncated op");
+    }
+    Ok(rest.split_at(len))
+}
+
+/// The ops of a record's payload, into `out`.
+fn decode<'a>(mut p: &'a [u8], out: &mut Vec<Op<'a>>) -> Result<(), &'static str> {
+    out.clear();
+    while let [kind, table, rest @ ..] = p {
+        let (key, rest) = field(rest)?;
+        match *kind {
+            PUT => {
+                let (value, rest) = field(rest)?;
+                out.push(Op::Put(*table, key, value));
+                p = rest;
+            }
+            DELETE => {
+                out.push(Op::Delete(*table, key));
+                p = rest;
+            }
+            _ => return Err("unknown op kind"),
+        }
+    }
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err("truncated op")
+    }
+}
+
+/// Replays the records of `data` (a whole file, header included) into `mirror`.
+/// Returns where the sound records end (the file's length unless there is a torn
+/// tail), or where the damaged record starts and what is wrong with it.
+fn replay(data: &[u8], mirror: &mut Mirror) -> Result<usize, (usize, &'static str)> {
+    let mut pos = HEADER_LEN;
+    let mut ops = Vec::new();
+    while let Some(rest) = data.get(pos..).filter(|r| !r.is_empty()) {
+        match record(rest) {
+            Ok((payload, len)) => {
+                decode(payload, &mut ops).map_err(|detail| (pos, detail))?;
+                for op in ops.drain(..) {
+                    match op {
+                        Op::Put(table, key, value) => mirror.put(
+                            table,
+                            Bytes::copy_from_slice(key),
+                            Bytes::copy_from_slice(value),
+                        ),
+                        Op::Delete(table, key) => mirror.delete(table, key),
+                    }
+                }
+                pos += len;
+            }
+            // A commit cut short by a crash: cut away.
+            Err(bad) if bad.reaches_end || rest.iter().all(|b| *b == 0) => return Ok(pos),
+            Err(bad) => return Err((pos, bad.detail)),
+        }
+    }
+    Ok(pos)
+}
+
+/// `file` with `suffix` appended to its name.
+fn sibling(file: &Path, suffix: &str) -> PathBuf {
+    let mut name: OsString = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Flushes the folder holding `file` (its entries: a renamed file).
+#[cfg(unix)]
+fn sync_dir(file: &Path) -> io::Result<()> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// Folders cannot be flushed this way here; a rename is as durable as the platform makes
+/// it.
+#[cfg(not(unix))]
+fn sync_dir(_file: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Maps an I/O error on the log at `path` to a [`LogOpenError`].
+fn io_error<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> LogOpenError + 'a {
+    move |source| LogOpenError::Io {
+        path: path.to_path_buf(),
+        step,
+        source,
+    }
+}
+
+/// A durable [`Store`] in one append-only file: what survives a crash is every committed
+/// batch, in full, and nothing of a batch in part.
+///
+/// # Why a log
+///
+/// The provider keeps all its state in memory and reads its store only at start
+/// (SPEC.md 16.12), so the store needs no index on disk: a commit only has to reach the
+/// disk whole, and a restart only has to rebuild the tables. A B-tree store rewrites
+/// pages per key; this store writes each batch once, as one record, with one `write`
+/// and one `fdatasync`.
+///
+/// # File format (version 1)
+///
+/// All integers are little-endian. The file is a header and then records:
+///
+/// ```text
+/// header   = "KOGGELOG" (8 bytes) ‖ version: u32 (= 1)
+/// record   = len: u32 ‖ check: 8 bytes ‖ payload (len bytes)
+/// check    = the first 8 bytes of SHA-256(len ‖ payload)
+/// payload  = op ‖ op ‖ …              (at least one op)
+/// op       = 0x01 ‖ table: u8 ‖ key_len: u32 ‖ key ‖ value_len: u32 ‖ value   (put)
+///          | 0x02 ‖ table: u8 ‖ key_len: u32 ‖ key                            (delete)
+/// ```
+///
+/// `table` is [`Table::number`]. Replaying the records in order, and the ops of each
+/// record in order, gives the store's contents. A record is at most
+/// [`MAX_LOG_RECORD_LEN`] bytes of payload; a batch that would need a longer record is
+/// refused by [`Store::commit`] (a provider batch is a few MiB at most).
+///
+/// A record's checksum covers its length and its payload. A record that is incomplete
+/// or fails its checksum is a **torn tail** if it reaches the end of the file (or
+/// everything from it to the end of the file is zero bytes): the last commit was cut
+/// short by a crash, and the record is cut away when the store is opened. Any other
+/// damaged record, or a record whose checksum holds but whose ops do not decode, is
+/// corruption and opening fails with [`LogOpenError::Corrupt`], never a panic. (The
+/// checksum detects torn writes, not every kind of media damage: a damaged length
+/// field that points past the end of the file looks like a torn tail.)
+///
+/// Table numbers this build does not know (written by a newer version that added a
+/// table) are kept, in memory and in snapshots, but not returned by
+/// [`Store::load`]: a downgrade does not destroy them.
+///
+/// # Atomicity and durability
+///
+/// [`Store::commit`] encodes the whole batch into one buffer, appends it with one
+/// `write_all` and calls `fdatasync` (`File::sync_data`) before it returns `Ok`. A crash
+/// at any point leaves either the whole record or a torn tail, which the next open cuts
+/// away, so a batch is there entirely or not at all. If the write or the flush fails,
+/// the store cuts the file back to its length before the batch (so that no later
+/// record follows a half-written or possibly lost one) and re-reads the file on next
+/// use; [`Store::load`] then says what the file holds, as the trait asks.
+///
+/// # Compaction
+///
+/// Puts that were replaced and entries that were deleted stay in the log until it is
+/// compacted. After a commit, if the log is longer than both
+/// [`LOG_COMPACT_MIN_BYTES`] and [`LOG_COMPACT_RATIO`] times the size of a snapshot of
+/// the live entries, the store writes that snapshot (the same format: a header and
+/// records of puts) to `<file>.compact`, flushes it, renames it over the log and
+/// flushes the folder. A crash before the rename leaves the old log (the open removes
+/// the leftover `.compact` file); after it, the snapshot, which holds the same
+/// entries. Until the folder flush has succeeded, the next commit first retries it and
+/// fails, writing nothing, if it fails again. A snapshot that cannot be written does
+/// not fail the commit that triggered it (that commit is durable already): the store
+/// tries again once the log has grown by another [`LOG_COMPACT_MIN_BYTES`].
+/// [`LogStore::compact`] compacts on demand and reports errors.
+///
+/// Compaction needs the live entries, so the store keeps a **mirror** of its contents
+/// in memory. It shares the key and value buffers ([`Bytes`]) handed to `commit`, but
+/// the provider encodes most values for the store alone, so the mirror costs about the
+/// stored bytes again plus the map nodes (README.md, "Relay benchmarks": 2.3–4.4 KB of
+/// RSS per queued message against 1.1–3.4 KB with redb, noisy). Compacting only at open
+/// would avoid the mirror, but a provider
+/// that relays steadily writes and deletes every envelope (about a kilobyte each), so
+/// its log would grow by gigabytes a day between restarts. The mirror also makes
+/// [`Store::load`] a copy of maps instead of a read of the file. Compaction runs inside
+/// the commit that triggers it; since it waits until the log is twice the live size,
+/// its cost per byte committed is bounded, but that one commit is slower.
+///
+/// # Exclusive use
+///
+/// The store holds an exclusive lock (`flock` on Unix, via `File::try_lock`) on
+/// `<file>.lock` while it is open, so a second store on the same file, in this or
+/// another process, is refused with [`LogOpenError::Locked`]. The lock file is left
+/// in place when the store closes; only its lock matters.
+pub struct LogStore {
+    path: PathBuf,
+    options: LogStoreOptions,
+    /// The lock file, locked for as long as the store lives.
+    _lock: File,
+    /// The log, open for appending; `None` after a failed commit, re-read on next use.
+    file: Option<File>,
+    mirror: Mirror,
+    /// Length of the log file: where the next record goes.
+    log_len: u64,
+    /// A compaction renamed its snapshot over the log but could not flush the folder.
+    dir_sync_pending: bool,
+    /// No automatic compaction before the log is this long (after one failed).
+    compact_not_before: u64,
+    compactions: u64,
+    /// The encoding buffer, kept between commits.
+    buf: Vec<u8>,
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.path)
+            .field("open", &self.file.is_some())
+            .field("log_len", &self.log_len)
+            .field("live_len", &self.live_len())
+            .field("compactions", &self.compactions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// The file format this build reads and writes ("File format" above).
+    pub const FORMAT_VERSION: u32 = 1;
+
+    /// Opens the log at `path`, creating it if it does not exist (or is empty), with
+    /// the default compaction thresholds. A torn final record is cut away.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LogOpenError> {
+        Self::open_with(path, LogStoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with other compaction thresholds.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: LogStoreOptions,
+    ) -> Result<Self, LogOpenError> {
+        let path = path.as_ref().to_path_buf();
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(sibling(&path, ".lock"))
+            .map_err(io_error(&path, "open the lock file"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(LogOpenError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(io_error(&path, "lock the lock file")(e)),
+        }
+        remove_if_exists(&sibling(&path, ".compact"))
+            .map_err(io_error(&path, "remove a leftover snapshot"))?;
+        let mut store = Self {
+            path,
+            options,
+            _lock: lock,
+            file: None,
+            mirror: Mirror::default(),
+            log_len: 0,
+            dir_sync_pending: false,
+            compact_not_before: 0,
+            compactions: 0,
+            buf: Vec::new(),
+        };
+        store.reload()?;
+        store.maybe_compact();
+        Ok(store)
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes in the log file.
+    pub fn log_len(&self) -> u64 {
+        self.log_len
+    }
+
+    /// Bytes a snapshot of the live entries takes (what compaction would shrink the log
+    /// to, give or take record headers).
+    pub fn live_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.mirror.live
+    }
+
+    /// Compactions since the store was opened.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
+    }
+
+    /// Reads the file again into the mirror; creates it if missing or empty.
+    fn reload(&mut self) -> Result<(), LogOpenError> {
+        self.file = None;
+        let path = self.path.as_path();
+        let mut data = match fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_error(path, "read")(e)),
+        };
+        if data.is_empty() {
+            // A new store: the header, in place atomically.
+            let tmp = sibling(path, ".compact");
+            let write = || -> io::Result<()> {
+                remove_if_exists(&tmp)?;
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .create_new(true)
+                    .open(&tmp)?;
+                f.write_all(&header())?;
+                f.sync_all()?;
+                fs::rename(&tmp, path)?;
+                sync_dir(path)
+            };
+            write().map_err(io_error(path, "create"))?;
+            data = header().to_vec();
+        }
+        if data.len() < HEADER_LEN || data[..8] != MAGIC {
+            return Err(LogOpenError::NotAStore {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut version = [0; 4];
+        version.copy_from_slice(&data[8..HEADER_LEN]);
+        let found = u32::from_le_bytes(version);
+        if found != Self::FORMAT_VERSION {
+            return Err(LogOpenError::UnknownFormat {
+                path: path.to_path_buf(),
+                found,
+                supported: Self::FORMAT_VERSION,
+            });
+        }
+        let mut mirror = Mirror::default();
+        let end = replay(&data, &mut mirror).map_err(|(offset, detail)| LogOpenError::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            detail,
+        })?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_error(path, "open"))?;
+        if end < data.len() {
+            // Cut the torn tail away (durably), so that new records follow sound ones.
+            file.set_len(end as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_error(path, "cut away a torn final record"))?;
+        }
+        self.mirror = mirror;
+        self.log_len = end as u64;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// A `StoreError` naming the file and the step that failed.
+    fn error(&self, step: &str, e: impl fmt::Display) -> StoreError {
+        StoreError(format!("log store {}: {step}: {e}", self.path.display()))
+    }
+
+    /// Whether the log is long enough, and dead enough, to compact.
+    fn compaction_due(&self) -> bool {
+        let threshold = self.options.compact_min_bytes.max(
+            self.live_len()
+                .saturating_mul(self.options.compact_ratio.max(2)),
+        );
+        self.log_len > threshold && self.log_len >= self.compact_not_before
+    }
+
+    /// Compacts if due; a failure only postpones the next attempt.
+    fn maybe_compact(&mut self) {
+        if self.compaction_due() && self.compact().is_err() {
+            self.compact_not_before = self.log_len.saturating_add(self.options.compact_min_bytes);
+        }
+    }
+
+    /// Rewrites the log as a snapshot of the live entries, now: written to
+    /// `<file>.compact`, flushed, renamed over the log, folder flushed. On `Err` before
+    /// the rename the log is untouched; if only the folder flush failed, the snapshot is
+    /// the log and the next commit retries the flush first.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        if self.file.is_none() {
+            self.reload()?;
+        }
+        let tmp = sibling(&self.path, ".compact");
+        let (file, len) = match self.write_snapshot(&tmp) {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(self.error("write a snapshot", e));
+            }
+        };
+        if let Err(e) = fs::rename(&tmp, &self.path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.error("rename the snapshot over the log", e));
+        }
+        // From here on the snapshot is the log.
+        self.file = Some(file);
+        self.log_len = len;
+        self.compactions += 1;
+        self.compact_not_before = 0;
+        if let Err(e) = sync_dir(&self.path) {
+            self.dir_sync_pending = true;
+            return Err(self.error("flush the folder after compaction", e));
+        }
+        self.dir_sync_pending = false;
+        Ok(())
+    }
+
+    /// Writes and flushes a snapshot of the mirror to `tmp`; the file (open for
+    /// appending) and its length.
+    fn write_snapshot(&self, tmp: &Path) -> io::Result<(File, u64)> {
+        remove_if_exists(tmp)?;
+        let mut f = OpenOptions::new().append(true).create_new(true).open(tmp)?;
+        let mut buf = Vec::with_capacity(2 * SNAPSHOT_RECORD_LEN);
+        buf.extend_from_slice(&header());
+        let mut written = 0u64;
+        let mut start = begin_record(&mut buf);
+        for (&table, entries) in &self.mirror.tables {
+            for (key, value) in entries {
+                let payload = buf.len() - start - RECORD_HEADER_LEN;
+                let next = put_len(key.len(), value.len()) as usize;
+                if payload > 0 && payload + next > SNAPSHOT_RECORD_LEN {
+                    finish_record(&mut buf, start);
+                    f.write_all(&buf)?;
+                    written += buf.len() as u64;
+                    buf.clear();
+                    start = begin_record(&mut buf);
+                }
+                push_put(&mut buf, table, key, value);
+            }
+        }
+        if buf.len() - start > RECORD_HEADER_LEN {
+            finish_record(&mut buf, start);
+        } else {
+            buf.truncate(start);
+        }
+        f.write_all(&buf)?;
+        written += buf.len() as u64;
+        f.sync_all()?;
+        Ok((f, written))
+    }
+}
+
+impl Store for LogStore {
+    /// Every table, each with its entries in key order (a table never written is
+    /// present and empty). After a failed commit, the file is read again first.
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        if self.file.is_none() {
+            self.reload()?;
+        }
+        Ok(Table::ALL
+            .iter()
+            .map(|&t| {
+                let entries = self.mirror.tables.get(&t.number()).cloned();
+                (t, entries.unwrap_or_default())
+            })
+            .collect())
+    }
+
+    /// All of `ops` as one record, one `write_all`, one `fdatasync`; then compaction if
+    /// due (see [`LogStore`]).
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.reload()?;
+        }
+        if self.dir_sync_pending {
+            sync_dir(&self.path).map_err(|e| self.error("flush the folder after compaction", e))?;
+            self.dir_sync_pending = false;
+        }
+        if self.buf.capacity() > 4 * SNAPSHOT_RECORD_LEN {
+            self.buf = Vec::new(); // after an unusually large batch
+        }
+        self.buf.clear();
+        if let Err(len) = encode_batch(&mut self.buf, ops) {
+            return Err(self.error(
+                "commit",
+                format_args!("a batch of {len} bytes is longer than MAX_LOG_RECORD_LEN"),
+            ));
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.error("commit", "not open"));
+        };
+        if let Err(e) = file.write_all(&self.buf).and_then(|()| file.sync_data()) {
+            // Whatever reached the file of this record is cut away, so that no later
+            // record follows a torn or possibly lost one; the file is read again on
+            // next use.
+            let _ = file.set_len(self.log_len);
+            self.file = None;
+            return Err(self.error(&format!("commit of {} ops", ops.len()), e));
+        }
+        self.log_len += self.buf.len() as u64;
+        for op in ops {
+            self.mirror.apply(op);
+        }
+        self.maybe_compact();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn put(table: Table, key: &[u8], value: &[u8]) -> StoreOp {
+        StoreOp::Put {
+            table,
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+        }
+    }
+
+    fn delete(table: Table, key: &[u8]) -> StoreOp {
+        StoreOp::Delete {
+            table,
+            key: Bytes::copy_from_slice(key),
+        }
+    }
+
+    /// `contents` without its empty tables (a `MemoryStore` lists only tables it wrote).
+    fn non_empty(contents: Contents) -> Contents {
+        contents
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .collect()
+    }
+
+    fn batches() -> Vec<Vec<StoreOp>> {
+        vec![
+            vec![
+                put(Table::Users, b"alice@one.example", b"list 1"),
+                put(Table::Mailbox, b"bob\x00\x01", b"m1"),
+                put(Table::Mailbox, b"bob\x00\x02", b"m2"),
+                put(Table::Meta, b"", b""), // empty key and value
+                delete(Table::Dedup, b"never stored"),
+            ],
+            vec![
+                put(Table::Users, b"alice@one.example", b"list 2"), // replace
+                delete(Table::Mailbox, b"bob\x00\x01"),
+                put(Table::Outbound, b"two.example\x00\x01", &[7; 3000]),
+                put(Table::OneTime, b"k", b"v"),
+                delete(Table::OneTime, b"k"), // in order, within one batch
+                delete(Table::Dedup, b"d"),
+                put(Table::Dedup, b"d", b"kept"), // delete, then put: kept
+            ],
+            vec![
+                put(Table::Meta, b"seq", b"1"),
+                put(Table::Meta, b"seq", b"2"),
+                put(Table::Mailbox, b"bob\x00\x04", b"m4"),
+                delete(Table::Mailbox, b"bob\x00\x04"),
+                put(Table::Prekeys, b"p", b"new"),
+            ],
+        ]
+    }
+
+    /// What a fresh scan of the file at `path` holds, by raw table number.
+    fn raw_tables(path: &Path) -> Tables {
+        let data = fs::read(path).unwrap();
+        let mut mirror = Mirror::default();
+        let end = replay(&data, &mut mirror).unwrap();
+        assert_eq!(end, data.len(), "no torn tail");
+        mirror.tables
+    }
+
+    #[test]
+    fn puts_and_deletes_survive_reopen_and_match_the_memory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let mut memory = MemoryStore::new();
+        {
+            let mut store = LogStore::open(&path).unwrap();
+            assert!(store.load().unwrap().values().all(BTreeMap::is_empty));
+            assert_eq!(store.log_len(), HEADER_LEN as u64);
+            for b in &batches() {
+                store.commit(b).unwrap();
+                memory.commit(b).unwrap();
+            }
+            let len = store.log_len();
+            store.commit(&[]).unwrap();
+            assert_eq!(store.log_len(), len, "an empty batch writes nothing");
+            assert_eq!(fs::metadata(&path).unwrap().len(), len);
+            assert_eq!(
+                non_empty(store.load().unwrap()),
+                non_empty(memory.load().unwrap())
+            );
+        }
+        let mut store = LogStore::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.len(), Table::ALL.len(), "every table is listed");
+        assert_eq!(non_empty(loaded.clone()), non_empty(memory.load().unwrap()));
+        assert_eq!(
+            loaded[&Table::Users][&b"alice@one.example"[..]],
+            Bytes::from_static(b"list 2")
+        );
+        assert_eq!(loaded[&Table::Meta][&b"seq"[..]], Bytes::from_static(b"2"));
+        assert_eq!(store.path(), path);
+        // The live size is what a snapshot holds.
+        let live = store.live_len();
+        store.compact().unwrap();
+        assert_eq!(store.log_len(), live + RECORD_HEADER_LEN as u64);
+        assert_eq!(
+            non_empty(store.load().unwrap()),
+            non_empty(memory.load().unwrap())
+        );
+    }
+
+    #[test]
+    fn table_numbers_round_trip() {
+        for &t in Table::ALL {
+            assert_eq!(Table::from_number(t.number()), Some(t));
+        }
+        assert_eq!(Table::from_number(0), None);
+        assert_eq!(Table::from_number(255), None);
+    }
+
+    /// The file as it was after each commit: lengths, and the contents then.
+    fn history(path: &Path, batches: &[Vec<StoreOp>]) -> Vec<(u64, Contents)> {
+        let mut store = LogStore::open(path).unwrap();
+        let mut out = vec![(store.log_len(), store.load().unwrap())];
+        for b in batches {
+            store.commit(b).unwrap();
+            out.push((store.log_len(), store.load().unwrap()));
+        }
+        out
+    }
+
+    /// Cuts the file at every byte of the last record: the store opens with the state
+    /// before that commit, or (uncut) after it, and nothing else; the torn bytes are
+    /// cut away and the store carries on.
+    #[test]
+    fn a_torn_last_record_at_any_byte_gives_the_state_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let h = history(&path, &batches());
+        let full = fs::read(&path).unwrap();
+        let (before_len, before) = h[h.len() - 2].clone();
+        let (after_len, after) = h[h.len() - 1].clone();
+        assert_eq!(after_len, full.len() as u64);
+        let cut_path = dir.path().join("cut.log");
+        for cut in before_len..=after_len {
+            fs::write(&cut_path, &full[..cut as usize]).unwrap();
+            let mut store = LogStore::open(&cut_path).unwrap();
+            let got = store.load().unwrap();
+            if cut == after_len {
+                assert_eq!(got, after);
+            } else {
+                assert_eq!(got, before, "cut at {cut}");
+                assert_eq!(store.log_len(), before_len, "torn bytes cut away");
+                assert_eq!(fs::metadata(&cut_path).unwrap().len(), before_len);
+            }
+            // The store carries on, and what it writes next is read back.
+            store.commit(&[put(Table::Meta, b"next", b"1")]).unwrap();
+            drop(store);
+            let mut store = LogStore::open(&cut_path).unwrap();
+            assert_eq!(store.load().unwrap()[&Table::Meta][&b"next"[..]], &b"1"[..]);
+        }
+    }
+
+    /// Any byte of the last record damaged: the record is dropped (the state before
+    /// it), or, if the damage shortened its length field, opening fails; never a panic,
+    /// never anything else.
+    #[test]
+    fn a_damaged_last_record_is_dropped_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let h = history(&path, &batches());
+        let full = fs::read(&path).unwrap();
+        let (before_len, before) = h[h.len() - 2].clone();
+        let bad_path = dir.path().join("bad.log");
+        let mut refused = 0;
+        for at in before_len as usize..full.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bad = full.clone();
+                bad[at] ^= flip;
+                fs::write(&bad_path, &bad).unwrap();
+                match LogStore::open(&bad_path) {
+                    Ok(mut store) => assert_eq!(store.load().unwrap(), before, "byte {at}"),
+                    Err(LogOpenError::Corrupt { offset, .. }) => {
+                        assert!(at < before_len as usize + 4, "byte {at}: only the length");
+                        assert_eq!(offset, before_len);
+                        refused += 1;
+                    }
+                    Err(e) => panic!("byte {at}: {e}"),
+                }
+            }
+        }
+        // A length field one short: the record ends before the file does, so it is not
+        // a torn tail but damage.
+        let mut bad = full.clone();
+        let at = before_len as usize;
+        let mut len = [0; 4];
+        len.copy_from_slice(&bad[at..at + 4]);
+        bad[at..at + 4].copy_from_slice(&(u32::from_le_bytes(len) - 1).to_le_bytes());
+        fs::write(&bad_path, &bad).unwrap();
+        assert!(matches!(
+            LogStore::open(&bad_path).unwrap_err(),
+            LogOpenError::Corrupt {
+                detail: "checksum mismatch",
+                ..
+            }
+        ));
+        eprintln!("{refused} single-byte damages refused");
+    }
+
+    #[test]
+    fn damage_before_the_last_record_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let h = history(&path, &batches());
+        let full = fs::read(&path).unwrap();
+        let (first_end, _) = h[1];
+        let bad_path = dir.path().join("bad.log");
+        for at in [HEADER_LEN + RECORD_HEADER_LEN + 3, first_end as usize - 1] {
+            let mut bad = full.clone();
+            bad[at] ^= 0x40;
+            fs::write(&bad_path, &bad).unwrap();
+            let e = LogStore::open(&bad_path).unwrap_err();
+            assert!(
+                matches!(e, LogOpenError::Corrupt { offset, detail: "checksum mismatch", .. }
+                    if offset == HEADER_LEN as u64),
+                "{e}"
+            );
+            assert!(StoreError::from(e).0.contains("bad.log"));
+        }
+        // A record whose checksum holds but whose ops do not decode.
+        let mut buf = full[..first_end as usize].to_vec();
+        let start = begin_record(&mut buf);
+        buf.extend_from_slice(&[9, 1, 0, 0, 0, 0]); // op kind 9
+        finish_record(&mut buf, start);
+        fs::write(&bad_path, &buf).unwrap();
+        let e = LogStore::open(&bad_path).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LogOpenError::Corrupt {
+                    detail: "unknown op kind",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zeroed_blocks_after_the_last_record_are_cut_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let h = history(&path, &batches());
+        let mut data = fs::read(&path).unwrap();
+        data.extend_from_slice(&[0; 4096]);
+        fs::write(&path, &data).unwrap();
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(store.load().unwrap(), h[h.len() - 1].1);
+        assert_eq!(store.log_len(), h[h.len() - 1].0);
+    }
+
+    #[test]
+    fn foreign_files_and_other_versions_are_refused_and_empty_files_are_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("foreign.log");
+        fs::write(&path, b"hello, world; not a log").unwrap();
+        assert!(matches!(
+            LogStore::open(&path).unwrap_err(),
+            LogOpenError::NotAStore { .. }
+        ));
+        fs::write(&path, b"KOGG").unwrap();
+        assert!(matches!(
+            LogStore::open(&path).unwrap_err(),
+            LogOpenError::NotAStore { .. }
+        ));
+        let mut future = header();
+        future[8] = 2;
+        fs::write(&path, future).unwrap();
+        let e = LogStore::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LogOpenError::UnknownFormat {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        fs::write(&path, b"").unwrap();
+        let mut store = LogStore::open(&path).unwrap();
+        assert!(store.load().unwrap().values().all(BTreeMap::is_empty));
+        assert_eq!(fs::read(&path).unwrap(), header());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let held = LogStore::open(&path).unwrap();
+        let e = LogStore::open(&path).unwrap_err();
+        assert!(matches!(e, LogOpenError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("store.log"), "{e}");
+        drop(held);
+        LogStore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn tables_this_build_does_not_know_are_kept_but_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        drop(history(&path, &batches()[..1]));
+        // A record from a newer build: a put to table 200 and one to a known table.
+        let mut buf = fs::read(&path).unwrap();
+        let start = begin_record(&mut buf);
+        push_put(&mut buf, 200, b"future key", b"future value");
+        push_put(&mut buf, Table::Meta.number(), b"known", b"yes");
+        finish_record(&mut buf, start);
+        fs::write(&path, &buf).unwrap();
+        let mut store = LogStore::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.len(), Table::ALL.len());
+        assert_eq!(loaded[&Table::Meta][&b"known"[..]], &b"yes"[..]);
+        // Compaction keeps it.
+        store.compact().unwrap();
+        drop(store);
+        assert_eq!(
+            raw_tables(&path)[&200][&b"future key"[..]],
+            &b"future value"[..]
+        );
+    }
+
+    /// Puts and deletes of 64 keys, 300 bytes each; the log grows, the live set not.
+    fn churn(store: &mut LogStore, memory: &mut MemoryStore, rounds: u64) {
+        for n in 0..rounds {
+            let mut ops = vec![put(Table::Mailbox, &n.to_be_bytes(), &[n as u8; 300])];
+            if n >= 64 {
+                ops.push(delete(Table::Mailbox, &(n - 64).to_be_bytes()));
+            }
+            ops.push(put(Table::Meta, b"seq", &n.to_be_bytes()));
+            store.commit(&ops).unwrap();
+            memory.commit(&ops).unwrap();
+        }
+    }
+
+    fn small() -> LogStoreOptions {
+        LogStoreOptions {
+            compact_min_bytes: 64 * 1024,
+            compact_ratio: 2,
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_the_contents_and_bounds_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let mut memory = MemoryStore::new();
+        let mut store = LogStore::open_with(&path, small()).unwrap();
+        churn(&mut store, &mut memory, 2000);
+        assert!(store.compactions() >= 5, "{store:?}");
+        assert!(store.log_len() <= 64 * 1024 + 400, "{store:?}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), store.log_len());
+        assert_eq!(
+            non_empty(store.load().unwrap()),
+            non_empty(memory.load().unwrap())
+        );
+        assert!(!sibling(&path, ".compact").exists());
+        drop(store);
+        let mut store = LogStore::open_with(&path, small()).unwrap();
+        assert_eq!(
+            non_empty(store.load().unwrap()),
+            non_empty(memory.load().unwrap())
+        );
+        churn(&mut store, &mut memory, 10);
+        drop(store);
+        // Reopened with the default thresholds: no compaction, same contents.
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(store.compactions(), 0);
+        assert_eq!(
+            non_empty(store.load().unwrap()),
+            non_empty(memory.load().unwrap())
+        );
+    }
+
+    /// A crash at each step of a compaction: while the snapshot is written, after it
+    /// is flushed, after the rename. Each leaves a file that opens with the same
+    /// contents, and no leftover snapshot.
+    #[test]
+    fn a_crash_between_the_steps_of_a_compaction_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let tmp = sibling(&path, ".compact");
+        let mut memory = MemoryStore::new();
+        let mut store = LogStore::open(&path).unwrap();
+        churn(&mut store, &mut memory, 300);
+        let expected = non_empty(memory.load().unwrap());
+        let log_len = store.log_len();
+
+        // 1. Snapshot partly written: cut at several points.
+        store.write_snapshot(&tmp).unwrap();
+        let snapshot = fs::read(&tmp).unwrap();
+        drop(store);
+        for cut in [0, 5, HEADER_LEN, snapshot.len() / 2, snapshot.len() - 1] {
+            fs::write(&tmp, &snapshot[..cut]).unwrap();
+            let mut store = LogStore::open(&path).unwrap();
+            assert_eq!(non_empty(store.load().unwrap()), expected);
+            assert_eq!(store.log_len(), log_len, "the old log is in use");
+            assert!(!tmp.exists(), "the leftover snapshot is removed");
+        }
+
+        // 2. Snapshot written and flushed, not renamed.
+        fs::write(&tmp, &snapshot).unwrap();
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(non_empty(store.load().unwrap()), expected);
+        assert!(!tmp.exists());
+
+        // 3. Renamed, then the crash (before the folder flush, or right after).
+        store.write_snapshot(&tmp).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        drop(store);
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(non_empty(store.load().unwrap()), expected);
+        assert_eq!(store.log_len(), snapshot.len() as u64);
+        assert!(store.log_len() < log_len / 4);
+
+        // And the compacted log takes new commits, which survive a reopen.
+        churn(&mut store, &mut memory, 5);
+        drop(store);
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(
+            non_empty(store.load().unwrap()),
+            non_empty(memory.load().unwrap())
+        );
+    }
+
+    /// A failed write or flush: `Err`, nothing of the batch is in the file, the store
+    /// reads the file again and carries on.
+    #[test]
+    fn a_failed_commit_applies_nothing_and_the_store_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let h = history(&path, &batches());
+        let mut store = LogStore::open(&path).unwrap();
+        // The handle, swapped for a read-only one, refuses the write.
+        store.file = Some(File::open(&path).unwrap());
+        let e = store
+            .commit(&[put(Table::Meta, b"lost", b"x")])
+            .unwrap_err();
+        assert!(e.0.contains("store.log"), "{e}");
+        assert_eq!(store.load().unwrap(), h[h.len() - 1].1);
+        store.commit(&[put(Table::Meta, b"kept", b"y")]).unwrap();
+        drop(store);
+        let loaded = LogStore::open(&path).unwrap().load().unwrap();
+        assert!(loaded[&Table::Meta].contains_key(&b"kept"[..]));
+        assert!(!loaded[&Table::Meta].contains_key(&b"lost"[..]));
+    }
+
+    #[test]
+    fn a_batch_longer_than_a_record_may_be_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let mut store = LogStore::open(&path).unwrap();
+        // Zeroed memory from the allocator: never touched, since the size is checked
+        // before anything is copied.
+        let huge = Bytes::from(vec![0u8; MAX_LOG_RECORD_LEN]);
+        let e = store
+            .commit(&[StoreOp::Put {
+                table: Table::Mailbox,
+                key: Bytes::from_static(b"k"),
+                value: huge,
+            }])
+            .unwrap_err();
+        assert!(e.0.contains("MAX_LOG_RECORD_LEN"), "{e}");
+        assert_eq!(store.log_len(), HEADER_LEN as u64);
+        store.commit(&[put(Table::Meta, b"k", b"v")]).unwrap();
+    }
+
+    /// One step of a random run: a batch, or a reopen.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Batch(Vec<(usize, u8, Option<Vec<u8>>)>),
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let op = (
+            0..Table::ALL.len(),
+            0u8..8,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+        );
+        prop_oneof![
+            8 => proptest::collection::vec(op, 0..6).prop_map(Step::Batch),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The log store holds what the memory store holds, after every commit and
+        /// every reopen, with compaction every few kilobytes.
+        #[test]
+        fn behaves_like_the_memory_store(steps in proptest::collection::vec(step(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store.log");
+            let options = LogStoreOptions { compact_min_bytes: 2048, compact_ratio: 2 };
+            let mut store = LogStore::open_with(&path, options).unwrap();
+            let mut memory = MemoryStore::new();
+            for s in steps {
+                match s {
+                    Step::Batch(ops) => {
+                        let ops: Vec<StoreOp> = ops
+                            .into_iter()
+                            .map(|(t, k, v)| match v {
+                                Some(v) => put(Table::ALL[t], &[k], &v),
+                                None => delete(Table::ALL[t], &[k]),
+                            })
+                            .collect();
+                        store.commit(&ops).unwrap();
+                        memory.commit(&ops).unwrap();
+                    }
+                    Step::Reopen => {
+                        drop(store);
+                        store = LogStore::open_with(&path, options).unwrap();
+                    }
+                }
+                prop_assert_eq!(
+                    non_empty(store.load().unwrap()),
+                    non_empty(memory.load().unwrap())
+                );
+                // Never longer than the compaction threshold.
+                prop_assert!(store.log_len() <= 2048u64.max(2 * store.live_len()));
+            }
+        }
+    }
+}
