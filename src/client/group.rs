@@ -504,12 +504,8 @@ impl<R: CryptoRng> Client<R> {
     fn on_change(&mut self, now: UnixMillis, bytes: Bytes, snapshot: &Bytes) -> Outcome {
         let _ = now;
         let me = self.account.device().address().clone();
-        let change = match GroupChange::decode(bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                self.group_refused(None, e.code());
-                return Outcome::Done;
-            }
+        let Some(change) = self.decoded(GroupChange::decode(bytes).map_err(|e| e.code())) else {
+            return Outcome::Done;
         };
         let gid = change.group();
         let Some(g) = self.account.groups.records.get_mut(&gid) else {
@@ -573,6 +569,11 @@ impl<R: CryptoRng> Client<R> {
         }
     }
 
+    /// A decoded group item, or `None` after reporting why it does not decode.
+    fn decoded<T>(&mut self, result: Result<T, &'static str>) -> Option<T> {
+        result.map_err(|code| self.group_refused(None, code)).ok()
+    }
+
     fn group_refused(&mut self, group: Option<GroupId>, code: &'static str) {
         self.event(ClientEvent::GroupItemRejected { group, code });
     }
@@ -580,12 +581,8 @@ impl<R: CryptoRng> Client<R> {
     /// A group envelope from the mailbox.
     fn on_group_envelope(&mut self, seq: u64, bytes: Bytes) -> Outcome {
         let _ = seq;
-        let env = match GroupEnvelope::decode(bytes) {
-            Ok(e) => e,
-            Err(e) => {
-                self.group_refused(None, e.code());
-                return Outcome::Done;
-            }
+        let Some(env) = self.decoded(GroupEnvelope::decode(bytes).map_err(|e| e.code())) else {
+            return Outcome::Done;
         };
         let gid = env.group();
         let Some(cert) = self.certificate(env.sender(), env.sender_device()) else {

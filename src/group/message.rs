@@ -706,24 +706,14 @@ impl GroupReceiver {
             let (from, to) = (key.iteration, c.start);
             c.start = from;
             let mut ck = key.chain_key.clone();
-            let who = (key.sender.clone(), key.sender_device);
+            let mut passed = Vec::with_capacity((to - from) as usize);
             for i in from..to {
                 let (next, mk) = kdf_ck(&ck);
                 ck = next;
-                let order = self.next_order;
-                self.next_order += 1;
-                let position = (who.0.clone(), who.1, key.chain_id, i);
-                self.by_order.insert(order, position.clone());
-                self.skipped.insert(position, (mk, order));
+                passed.push((i, mk));
             }
-            while self.skipped.len() > MAX_GROUP_SKIPPED_KEYS {
-                match self.by_order.pop_first() {
-                    Some((_, oldest)) => {
-                        self.skipped.remove(&oldest);
-                    }
-                    None => break,
-                }
-            }
+            let who = (key.sender.clone(), key.sender_device);
+            self.keep_skipped(&who, key.chain_id, passed);
             return Ok(true);
         }
         chains.push(Chain {
@@ -848,6 +838,31 @@ impl GroupReceiver {
         self.forget_skipped(|(a, _, _, _)| a == address);
     }
 
+    /// Keeps the message keys of skipped positions of one chain, dropping the oldest
+    /// beyond [`MAX_GROUP_SKIPPED_KEYS`].
+    fn keep_skipped(
+        &mut self,
+        who: &(Address, DeviceId),
+        chain_id: u32,
+        passed: Vec<(u32, Secret<32>)>,
+    ) {
+        for (i, mk) in passed {
+            let order = self.next_order;
+            self.next_order += 1;
+            let position = (who.0.clone(), who.1, chain_id, i);
+            self.by_order.insert(order, position.clone());
+            self.skipped.insert(position, (mk, order));
+        }
+        while self.skipped.len() > MAX_GROUP_SKIPPED_KEYS {
+            match self.by_order.pop_first() {
+                Some((_, oldest)) => {
+                    self.skipped.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
     fn forget_skipped(&mut self, mut drop: impl FnMut(&SkippedPosition) -> bool) {
         self.skipped.retain(|k, _| !drop(k));
         let skipped = &self.skipped;
@@ -942,21 +957,7 @@ impl GroupReceiver {
                     c.key = next;
                     c.next = env.iteration.saturating_add(1);
                 }
-                for (i, mk) in passed {
-                    let order = self.next_order;
-                    self.next_order += 1;
-                    let position = (who.0.clone(), who.1, env.chain_id, i);
-                    self.by_order.insert(order, position.clone());
-                    self.skipped.insert(position, (mk, order));
-                }
-                while self.skipped.len() > MAX_GROUP_SKIPPED_KEYS {
-                    match self.by_order.pop_first() {
-                        Some((_, oldest)) => {
-                            self.skipped.remove(&oldest);
-                        }
-                        None => break,
-                    }
-                }
+                self.keep_skipped(&who, env.chain_id, passed);
             }
         }
         Ok(GroupOpened {

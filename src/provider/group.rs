@@ -170,13 +170,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 else {
                     continue;
                 };
-                let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
-                self.remotes
-                    .entry(domain.clone())
-                    .or_default()
-                    .ready
-                    .insert(seq);
-                self.dirty_remotes.insert(domain);
+                self.queue_remote(domain, item);
             }
         }
         Ok(())

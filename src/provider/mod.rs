@@ -1481,18 +1481,21 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .remember(dk, expiry, MAX_DEDUP_ENTRIES, &mut self.ops);
             match dest {
                 Dest::Local(dkey) => self.deliver_local(&dkey, bytes, now),
-                Dest::Remote(domain, item) => {
-                    let seq = self.durable.enqueue_out(&domain, *item, &mut self.ops);
-                    self.remotes
-                        .entry(domain.clone())
-                        .or_default()
-                        .ready
-                        .insert(seq);
-                    self.dirty_remotes.insert(domain);
-                }
+                Dest::Remote(domain, item) => self.queue_remote(domain, *item),
             }
         }
         Ok(())
+    }
+
+    /// Queues an item for a remote provider, durably, and marks it ready to send.
+    fn queue_remote(&mut self, domain: Domain, item: OutItem) {
+        let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
+        self.remotes
+            .entry(domain.clone())
+            .or_default()
+            .ready
+            .insert(seq);
+        self.dirty_remotes.insert(domain);
     }
 
     fn deliver_local(&mut self, dkey: &DeviceKey, bytes: Bytes, now: UnixMillis) {
