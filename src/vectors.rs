@@ -135,6 +135,11 @@ fn content_json(c: &Content) -> Value {
             "message_ids": r.message_ids.iter().map(|id| h(id.as_bytes())).collect::<Vec<_>>(),
         }}),
         Content::GroupSenderKey(k) => json!({"group_sender_key": {"encoded": h(&k.encode())}}),
+        Content::GroupSync(g) => json!({"group_sync": {
+            "group_id": h(g.state().id().as_bytes()),
+            "epoch": g.state().epoch(),
+            "rekey_epoch": g.state().rekey_epoch(),
+        }}),
         Content::Unknown => json!({"unknown": {}}),
     }
 }

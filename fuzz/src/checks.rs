@@ -1246,7 +1246,7 @@ fn content_seeds() -> Vec<Vec<u8>> {
         .collect();
     seeds.push(Vec::new());
     // A future body kind; a future receipt kind; invalid UTF-8; truncated; bad reply_to.
-    seeds.push(vec![0x22, 0x02, 0x08, 0x01]);
+    seeds.push(vec![0x2a, 0x02, 0x08, 0x01]);
     seeds.push(vec![
         0x12, 0x14, 0x08, 0x09, 0x12, 0x10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     ]);

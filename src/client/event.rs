@@ -216,6 +216,14 @@ pub enum ClientEvent {
         /// What it did.
         action: GroupAction,
     },
+    /// Another device of this user handed this device a group it did not hold (this
+    /// device was linked after the group was made, SPEC.md 20.5); it is a member now.
+    GroupSynced {
+        /// The group.
+        group: GroupId,
+        /// Its epoch.
+        epoch: u64,
+    },
     /// A group message arrived (its `Debug` output leaves the content out).
     GroupMessage(Box<GroupOpened>),
     /// A group change this device asked for was not ordered (`group_conflict`: another

@@ -19,7 +19,7 @@ use crate::address::Address;
 use crate::envelope::{Content, MessageId};
 use crate::group::{
     GroupAction, GroupChange, GroupEnvelope, GroupError, GroupId, GroupMember, GroupMessageError,
-    GroupRecord, GroupRole, GroupSender, GroupState, SenderKey, Sequencer,
+    GroupRecord, GroupRole, GroupSender, GroupState, GroupSync, SenderKey, Sequencer,
 };
 use crate::identity::{DeviceCertificate, DeviceId};
 use crate::limits::{MAX_CLIENT_PENDING, MAX_PENDING_GROUP_ITEMS};
@@ -616,6 +616,50 @@ impl<R: CryptoRng> Client<R> {
             self.account.contacts().get(address)?
         };
         list.get(device).cloned()
+    }
+
+    /// Hands every group this user is a member of to its other devices (one was just
+    /// linked), as `group_sync` content to this user's own address (SPEC.md 20.5). A
+    /// state too large for one message is not handed over (SPEC.md 20.7).
+    pub(super) fn sync_groups_to_own_devices(&mut self, now: UnixMillis) {
+        let me = self.account.device().address().clone();
+        let syncs: Vec<GroupSync> = self
+            .account
+            .groups
+            .records
+            .values()
+            .filter(|g| g.state.role(&me).is_some())
+            .map(|g| GroupSync::new(&g.state))
+            .collect();
+        for sync in syncs {
+            if self.check_capacity(1).is_err() {
+                return;
+            }
+            let _ = self.queue_message(now, &me, Content::GroupSync(Box::new(sync)), false);
+        }
+    }
+
+    /// A group state from another device of this user (SPEC.md 20.5): taken if this
+    /// device holds no state of the group; from anyone else, ignored.
+    pub(super) fn on_group_sync(&mut self, now: UnixMillis, from: &Address, sync: GroupSync) {
+        let me = self.account.device().address().clone();
+        let state = sync.state();
+        if from != &me || state.role(&me).is_none() {
+            self.group_refused(Some(state.id()), "group_sync_refused");
+            return;
+        }
+        let id = state.id();
+        if self.account.groups.records.contains_key(&id) {
+            return;
+        }
+        let epoch = state.epoch();
+        self.account
+            .groups
+            .records
+            .insert(id, GroupRecord::new(state.clone()));
+        self.take_stashed_keys(id);
+        self.event(ClientEvent::GroupSynced { group: id, epoch });
+        self.retry_pending(now);
     }
 
     /// A sender key that arrived over an end-to-end session from `from`'s device.

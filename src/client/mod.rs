@@ -269,6 +269,8 @@ pub struct Client<R: CryptoRng> {
     /// What became of one-to-one messages since the last flush, for the group messages
     /// that wait on their sender keys.
     settled: Vec<group::Settled>,
+    /// This user's device list gained a device: hand it the groups (SPEC.md 20.5).
+    sync_groups: bool,
     out: VecDeque<ClientOutput>,
 }
 
@@ -334,6 +336,7 @@ impl<R: CryptoRng> Client<R> {
             held: VecDeque::new(),
             groups: group::Groups::default(),
             settled: Vec::new(),
+            sync_groups: false,
             recent_notices: VecDeque::new(),
             verified: BTreeMap::new(),
             prekeys_published: false,
@@ -786,6 +789,9 @@ impl<R: CryptoRng> Client<R> {
         for s in std::mem::take(&mut self.settled) {
             self.key_message_settled(now, s);
         }
+        if std::mem::take(&mut self.sync_groups) {
+            self.sync_groups_to_own_devices(now);
+        }
         if !matches!(self.conn, Conn::Online) {
             return;
         }
@@ -1230,6 +1236,10 @@ impl<R: CryptoRng> Client<R> {
                             ClientEvent::IdentityChanged { address, old, new }
                         }
                         DeviceEvent::DeviceAdded { address, device } => {
+                            if &address == self.account.device().address() {
+                                // A new device of this user: it gets this device's groups.
+                                self.sync_groups = true;
+                            }
                             ClientEvent::DeviceAdded { address, device }
                         }
                         DeviceEvent::DeviceRemoved { address, device } => {
@@ -1452,6 +1462,7 @@ impl<R: CryptoRng> Client<R> {
             Content::GroupSenderKey(key) => {
                 self.on_sender_key(now, &r.sender, r.sender_device, *key);
             }
+            Content::GroupSync(sync) => self.on_group_sync(now, &r.sender, *sync),
             Content::Receipt(receipt) => {
                 for message_id in receipt.message_ids {
                     let (by, device) = (r.sender.clone(), r.sender_device);

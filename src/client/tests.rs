@@ -1589,3 +1589,107 @@ fn a_device_list_can_be_fetched_before_any_message() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_device_linked_later_gets_the_groups_from_its_own_users_device() {
+    use crate::group::GroupChange;
+    use crate::identity::{Device, DeviceKeyPair, DeviceList};
+    let mut rng = ChaCha20Rng::from_seed([43; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let mut p = Fake::new("one.example", 2);
+    let mut c = online(&mut alice, &mut p, 44);
+    let me = addr(&alice);
+
+    // Alice's device creates a group (alone in it); one.example orders the change.
+    let group = c.create_group(NOW, "notes", &[]).unwrap();
+    let (out, _) = drain(&mut c, NOW);
+    let order = one(requests(&out));
+    let Some(wire::request::Body::OrderGroupChange(o)) = &order.body else {
+        panic!("{order:?}");
+    };
+    let ordered = GroupChange::decode(o.change.clone())
+        .unwrap()
+        .sequence(&p.key);
+    c.handle_input(
+        NOW,
+        respond(
+            order.id,
+            wire::response::Body::GroupChange(wire::GroupChangeOrdered {
+                change: ordered.encoded().clone(),
+            }),
+        ),
+    );
+    let (out, _) = drain(&mut c, NOW);
+    assert!(matches!(
+        events(&out).as_slice(),
+        [ClientEvent::GroupChanged { epoch: 0, .. }]
+    ));
+
+    // Alice links a laptop: her list gains it, and her phone hands it the group.
+    let laptop_device = Device::new(
+        &alice.identity,
+        me.clone(),
+        DeviceKeyPair::generate(&mut rng),
+        NOW.saturating_sub(1000),
+        NOW.saturating_add(365 * 24 * 3_600_000),
+    )
+    .unwrap();
+    let certs = vec![
+        c.account().device().certificate().clone(),
+        laptop_device.certificate().clone(),
+    ];
+    let list2 = DeviceList::sign(&alice.identity, &me, 2, NOW, &certs).unwrap();
+    let mut laptop = Account::new(laptop_device, list2.clone(), NOW, &mut rng).unwrap();
+    laptop.replenish_prekeys(NOW, &mut rng);
+    c.fetch_device_list(NOW, &me).unwrap();
+    let (out, _) = drain(&mut c, NOW);
+    let fetch = one(requests(&out));
+    c.handle_input(
+        NOW,
+        respond(
+            fetch.id,
+            wire::response::Body::DeviceList(wire::DeviceListResponse {
+                device_list: list2.encoded().clone(),
+            }),
+        ),
+    );
+    let (out, _) = drain(&mut c, NOW);
+    let (fid, f) = one(fetches(&requests(&out)));
+    assert_eq!(f.address, "alice@one.example");
+    let alice2 = User {
+        identity: alice.identity,
+        list: list2.clone(),
+        accounts: Vec::new(),
+    };
+    c.handle_input(
+        NOW,
+        bundles_response(fid, &alice2, std::slice::from_ref(&laptop)),
+    );
+    let (out, _) = drain(&mut c, NOW);
+    let (sid, envs) = one(submitted(&requests(&out)));
+    c.handle_input(NOW, done(sid));
+    // Looked at on a copy of the laptop's account: the laptop's client opens it below.
+    let key = crate::crypto::Secret::new([9; 32]);
+    let copy = laptop.save(&key, &mut rng);
+    let r = laptop.decrypt(envs[0].clone(), NOW, &mut rng).unwrap();
+    let laptop = Account::restore(&copy, &key).unwrap();
+    let Content::GroupSync(sync) = &r.content else {
+        panic!("{:?}", r.content);
+    };
+    assert_eq!(sync.state(), c.group(group).unwrap());
+
+    // The laptop's client takes it (from its own user's device only).
+    let mut lc = Client::new(laptop, p.config(), ChaCha20Rng::from_seed([45; 32]), NOW);
+    let out = connect(&mut lc, &mut p, NOW);
+    let publish = one(requests(&out));
+    lc.handle_input(NOW, done(publish.id));
+    let _ = drain(&mut lc, NOW);
+    lc.handle_input(NOW, deliver(vec![(1, envelope_item(&envs[0]))]));
+    let (out, _) = drain(&mut lc, NOW);
+    assert!(
+        events(&out).contains(&ClientEvent::GroupSynced { group, epoch: 0 }),
+        "{out:?}"
+    );
+    assert_eq!(acks(&out), vec![1]);
+    assert_eq!(lc.group(group), c.group(group));
+}

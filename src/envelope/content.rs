@@ -5,7 +5,7 @@ use prost::Message;
 
 use super::MessageId;
 use crate::address::Address;
-use crate::group::SenderKey;
+use crate::group::{GroupSync, SenderKey};
 use crate::limits::{MAX_MEDIA_TYPE_LEN, MAX_PLAINTEXT_LEN, MAX_RECEIPT_IDS, PADDING_BLOCK};
 use crate::wire;
 
@@ -21,6 +21,9 @@ pub enum Content {
     /// A member device's group sender chain, handed to another member device over their
     /// end-to-end session (SPEC.md 7.5, 19.2). Secret: its `Debug` shows no key.
     GroupSenderKey(Box<SenderKey>),
+    /// A group state handed by one device of a user to another device of the same user
+    /// (one linked after the group was made), over their session (SPEC.md 7.6, 20.5).
+    GroupSync(Box<GroupSync>),
     /// A kind of content this version does not know (sent by a newer implementation).
     /// Applications should ignore it, not treat it as an error.
     Unknown,
@@ -125,6 +128,7 @@ impl Content {
                 }))
             }
             Content::GroupSenderKey(k) => Some(wire::content::Body::GroupSenderKey(k.to_wire())),
+            Content::GroupSync(g) => Some(wire::content::Body::GroupSync(g.to_wire())),
             Content::Unknown => return Err(ContentError::InvalidField("body")),
         };
         Ok(wire::Content {
@@ -238,6 +242,9 @@ impl Content {
             Some(wire::content::Body::GroupSenderKey(k)) => SenderKey::from_wire(k)
                 .map(|k| Content::GroupSenderKey(Box::new(k)))
                 .map_err(|_| ContentError::InvalidField("group_sender_key")),
+            Some(wire::content::Body::GroupSync(g)) => GroupSync::from_wire(&g)
+                .map(|g| Content::GroupSync(Box::new(g)))
+                .map_err(|_| ContentError::InvalidField("group_sync")),
         }
     }
 }
@@ -317,8 +324,8 @@ mod tests {
 
     #[test]
     fn unknown_body_is_unknown_not_an_error() {
-        // Field 4 (a future body kind), length-delimited, 2 bytes.
-        let future = [0x22, 0x02, 0x08, 0x01];
+        // Field 5 (a future body kind), length-delimited, 2 bytes.
+        let future = [0x2a, 0x02, 0x08, 0x01];
         assert_eq!(Content::decode(&future), Ok(Content::Unknown));
         assert_eq!(Content::decode(&[]), Ok(Content::Unknown));
     }

@@ -28,6 +28,7 @@ mod tests;
 pub use message::{
     GroupEnvelope, GroupMessageError, GroupOpened, GroupReceiver, GroupSender, SenderKey,
 };
+pub use record::GroupSync;
 pub(crate) use record::{DeviceGroups, GroupRecord};
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::{GroupId, GroupReceiver, GroupSender, GroupState, SenderKey};
+use super::{GroupError, GroupId, GroupReceiver, GroupSender, GroupState, SenderKey};
 use crate::address::Address;
 use crate::identity::{DeviceCertificate, DeviceId};
 use crate::limits::{MAX_DEVICES_PER_USER, MAX_PENDING_GROUP_ITEMS};
@@ -39,6 +39,47 @@ impl GroupRecord {
             chain_start: None,
             keyed: BTreeMap::new(),
         }
+    }
+}
+
+/// A group state that one device of a user hands to another device of the same user,
+/// linked after the group was made (SPEC.md 7.6, 20.5). Trusted as the user's own word:
+/// it is accepted only over the session with a device of the receiving device's own user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSync {
+    state: GroupState,
+}
+
+impl GroupSync {
+    /// The sync of `state` (with its last removal epoch).
+    pub fn new(state: &GroupState) -> Self {
+        Self {
+            state: state.clone(),
+        }
+    }
+
+    /// The state it carries.
+    pub fn state(&self) -> &GroupState {
+        &self.state
+    }
+
+    pub(crate) fn to_wire(&self) -> wire::GroupSync {
+        wire::GroupSync {
+            snapshot: self.state.to_snapshot(),
+            rekey_epoch: self.state.rekey_epoch(),
+        }
+    }
+
+    /// The checks of SPEC.md 7.6: the snapshot's (§18.6), and a last removal epoch at
+    /// most its epoch.
+    pub(crate) fn from_wire(w: &wire::GroupSync) -> Result<Self, GroupError> {
+        let state = GroupState::from_snapshot(&w.snapshot)?;
+        if w.rekey_epoch > state.epoch() {
+            return Err(GroupError::InvalidField("rekey_epoch"));
+        }
+        Ok(Self {
+            state: state.with_rekey_epoch(w.rekey_epoch),
+        })
     }
 }
 

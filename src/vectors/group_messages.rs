@@ -19,7 +19,7 @@ use crate::crypto::{self, Label, Secret};
 use crate::envelope::{Content, MessageId, Text};
 use crate::group::{
     GroupAction, GroupChange, GroupEnvelope, GroupMember, GroupReceiver, GroupRole, GroupSender,
-    GroupState, SenderKey, Sequencer,
+    GroupState, GroupSync, SenderKey, Sequencer,
 };
 use crate::identity::{Device, DeviceKeyPair, IdentityKeyPair, ProviderKeyPair};
 use crate::limits::{MAX_ENVELOPE_LEN, MAX_GROUP_SKIP, PROTOCOL_VERSION};
@@ -580,6 +580,11 @@ pub(super) fn group_message_vectors() -> Value {
             "chain_key": h(ck0.expose()),
             "content": h(&key_content.encode_padded().unwrap()),
         },
+        "group_sync": {
+            "description": "the state after the removal (epoch 1, last removal epoch 1) as alice's device hands it to another device of hers (SPEC.md 7.6): a padded Content",
+            "state_epoch": 1,
+            "content": h(&Content::GroupSync(Box::new(GroupSync::new(&s1))).encode_padded().unwrap()),
+        },
         "messages": messages,
         "deliveries": deliveries,
         "refused": refused.iter().map(|(name, description, epoch, env, want)| json!({
@@ -631,6 +636,12 @@ pub(super) fn check_group_messages(v: &Value) {
         assert_eq!(h(&s.state_hash()), j["state_hash"]);
         assert_eq!(s.rekey_epoch(), j["rekey_epoch"].as_u64().unwrap());
     }
+    let Content::GroupSync(sync) = Content::decode(&unhex(&v["group_sync"]["content"])).unwrap()
+    else {
+        panic!("group_sync content expected");
+    };
+    assert_eq!(sync.state(), &s1);
+    assert_eq!(sync.state().rekey_epoch(), s1.rekey_epoch());
     let sk = &v["sender_key"];
     let key = SenderKey::decode(&unhex(&sk["encoded"])).unwrap();
     assert_eq!(

@@ -271,7 +271,9 @@ SCHEMAS = {
     "ScannableFingerprint": {1: ("version", "uint32"), 2: ("own", "bytes"), 3: ("peer", "bytes")},
     "Content": {1: ("text", "message", "body"), 2: ("receipt", "message", "body"),
                 3: ("group_sender_key", "message", "body", "GroupSenderKey"),
+                4: ("group_sync", "message", "body", "GroupSync"),
                 15: ("padding", "bytes")},
+    "GroupSync": {1: ("snapshot", "bytes"), 2: ("rekey_epoch", "uint64")},
     "Text": {1: ("media_type", "string"), 2: ("body", "string"), 3: ("reply_to", "bytes")},
     "Receipt": {1: ("kind", "int32"), 2: ("message_ids", "rbytes")},
     # proto/kogge/v1/session.proto (SPEC.md 15)
@@ -1014,6 +1016,19 @@ def decode_content(plaintext):
             raise ContentError("group_sender_key")
         return {"group_sender_key": {"group_id": k["group_id"].hex(), "sender": k["sender"],
                                      "chain_id": k["chain_id"], "iteration": k["iteration"]}}
+    if member == "group_sync":
+        # SPEC.md 7.6: the snapshot passes 18.6's decoding; rekey_epoch at most its epoch.
+        g = m["group_sync"]
+        try:
+            st = decode_group_snapshot(g["snapshot"])
+        except GroupError:
+            raise ContentError("group_sync")
+        if g["rekey_epoch"] > st["epoch"]:
+            raise ContentError("group_sync")
+        gid = st["group_id"]
+        return {"group_sync": {"group_id": gid.hex() if isinstance(gid, (bytes, bytearray)) else gid,
+                               "epoch": st["epoch"], "rekey_epoch": g["rekey_epoch"],
+                               "snapshot": bytes(g["snapshot"]).hex()}}
     if member == "text":
         t = m["text"]
         mt = t["media_type"]
@@ -2734,7 +2749,7 @@ def main():
 
     def content_rules():
         eq("empty plaintext", decode_content(b""), {"unknown": {}})
-        eq("unknown body field 4", decode_content(bytes.fromhex("22020801")), {"unknown": {}})
+        eq("unknown body field 5", decode_content(bytes.fromhex("2a020801")), {"unknown": {}})
         future_kind = enc_bytes_always(2, enc_uint(1, 9) + enc_bytes_always(2, bytes(16)))
         eq("unknown receipt kind", decode_content(future_kind), {"unknown": {}})
         for bad in [enc_bytes_always(2, enc_bytes_always(2, bytes(16))),  # kind 0
@@ -3639,6 +3654,26 @@ def main():
         eq("content", content["group_sender_key"]["chain_id"], sk["chain_id"])
         eq("padding", len(unhex(sk["content"])) % PADDING_BLOCK, 0)
     c.check("group sender key", gm_sender_key)
+
+    def gm_group_sync():
+        gs = gm["group_sync"]
+        content = decode_content(unhex(gs["content"]))["group_sync"]
+        want = next(j for j in gm["states"] if j["epoch"] == gs["state_epoch"])
+        eq("group sync snapshot", content["snapshot"], want["snapshot"])
+        eq("group sync epoch", content["epoch"], want["epoch"])
+        eq("group sync rekey epoch", content["rekey_epoch"], want["rekey_epoch"])
+        eq("padding", len(unhex(gs["content"])) % PADDING_BLOCK, 0)
+        # A last removal epoch after the state's epoch is invalid content.
+        snap = unhex(want["snapshot"])
+        bad = enc_bytes(1, snap) + enc_uint(2, want["epoch"] + 1)
+        bad_content = enc_bytes(4, bad)
+        try:
+            decode_content(bad_content)
+        except ContentError:
+            pass
+        else:
+            raise AssertionError("a group_sync with rekey_epoch after its epoch was accepted")
+    c.check("group sync", gm_group_sync)
 
     def gm_messages():
         ck = unhex(sk["chain_key"])

@@ -146,6 +146,11 @@ pub(crate) fn inbox_item(event: &ClientEvent, now_ms: u64) -> Option<InboxItem> 
             group: group.as_bytes().to_vec(),
             ..item(ItemKind::GroupChanged)
         },
+        ClientEvent::GroupSynced { group, epoch } => InboxItem {
+            text: format!("epoch {epoch}: handed over by another device of yours"),
+            group: group.as_bytes().to_vec(),
+            ..item(ItemKind::GroupChanged)
+        },
         ClientEvent::GroupItemRejected { group, code } => InboxItem {
             text: (*code).to_owned(),
             group: group.map(|g| g.as_bytes().to_vec()).unwrap_or_default(),
