@@ -2432,7 +2432,7 @@ impl<'w> PRun<'w> {
         };
         let kind = cur.u8();
         let edit = cur.u8();
-        if kind % 2 == 0 {
+        if kind & 1 == 0 {
             let e = cur.pick(&w.group_envelopes).clone();
             let e = if edit & 1 != 0 { edited(&e, cur) } else { e };
             let m = self
@@ -3495,6 +3495,8 @@ struct CRun<'w> {
     group_rejected: usize,
     /// Group messages the app sent, and whether the provider stored them.
     group_sent: HashMap<MessageId, bool>,
+    /// Set by the long backlog: the run ends.
+    stop: bool,
 }
 
 impl<'w> CRun<'w> {
@@ -3529,6 +3531,7 @@ impl<'w> CRun<'w> {
             acks: HashMap::new(),
             group_rejected: 0,
             group_sent: HashMap::new(),
+            stop: false,
         };
         run.drain();
         run
@@ -4250,8 +4253,15 @@ impl<'w> CRun<'w> {
             13 => self.deliver_group(cur),
             14 => self.app_group(cur),
             _ => {
-                let frames = 1 + usize::from(cur.u8() % 20);
-                self.group_backlog(frames);
+                // Past `MAX_PENDING_GROUP_ITEMS` only with `0xff`, which ends the run:
+                // every item processed later tries the 1000 waiting ones again.
+                let n = cur.u8();
+                if n == 0xff {
+                    self.group_backlog(MAX_PENDING_GROUP_ITEMS / MAX_DELIVER_ITEMS + 2);
+                    self.stop = true;
+                } else {
+                    self.group_backlog(1 + usize::from(n % 2));
+                }
             }
         }
     }
@@ -4273,8 +4283,9 @@ impl<'w> CRun<'w> {
 /// three deliveries; 13 group items ([`CRun::deliver_group`]: the world's changes (a
 /// creation with Bob, a join with a snapshot, ...), alice's group messages, edited and raw
 /// ones, alice's sender key over her session); 14 the app's group calls
-/// ([`CRun::app_group`]: create, send, change); 15 a backlog of `1 + n % 20` frames of
-/// waiting group items `[n]`.
+/// ([`CRun::app_group`]: create, send, change); 15 a backlog of frames of waiting group
+/// items `[n]`: `1 + n % 2` frames, or with `n = 0xff` enough to pass
+/// `MAX_PENDING_GROUP_ITEMS` (the last operation of the run).
 ///
 /// See [`CRun`] for the invariants; for groups also: group messages only honest ones,
 /// each once; a group item the harness cannot decode is acknowledged exactly once and
@@ -4290,7 +4301,7 @@ pub fn client_input(data: &[u8]) {
         run.handshake();
     }
     let mut ops = 0;
-    while !cur.done() && ops < MAX_OPS {
+    while !cur.done() && ops < MAX_OPS && !run.stop {
         run.op(&mut cur);
         ops += 1;
     }
@@ -4752,8 +4763,8 @@ pub fn seeds() -> Vec<Seed> {
             7, 0, 7,
         ],
     );
-    // 20 frames of waiting group items: the oldest are dropped past the bound.
-    add("client_input", "group-backlog", vec![0, 15, 19]);
+    // 17 frames of waiting group items: the oldest are dropped past the bound.
+    add("client_input", "group-backlog", vec![0, 15, 0xff]);
 
     // provider_store_load.
     add("provider_store_load", "base", vec![1]);
