@@ -1488,6 +1488,8 @@ struct PRun<'w> {
     relayed: HashMap<(u32, Vec<u8>, Vec<u8>), HashSet<String>>,
     /// Responses it sent on connections opened to it: (conn, id, body field).
     responses: Vec<(u64, u64, u32)>,
+    /// Group items devices submitted (a relayed item may be submitted too: not checked).
+    submitted: HashSet<(u32, Vec<u8>, Vec<u8>)>,
 }
 
 fn tiny_limits() -> ProviderLimits {
@@ -1538,6 +1540,7 @@ impl<'w> PRun<'w> {
             ordered: HashMap::new(),
             relayed: HashMap::new(),
             responses: Vec::new(),
+            submitted: HashSet::new(),
         };
         run.drain();
         run
@@ -1743,6 +1746,7 @@ impl<'w> PRun<'w> {
                     if let Some(g) = pb::last_bytes(&i, MI_GROUP)
                         && !foreign
                         && let Some(key) = group_item_key(g)
+                        && !self.submitted.contains(&key)
                         && let Some(named) = self.relayed.get(&key)
                     {
                         assert!(
@@ -2424,7 +2428,7 @@ impl<'w> PRun<'w> {
     /// `SubmitGroup` (an envelope of the world, perhaps edited, and [`Self::recipients`]),
     /// 1 `OrderGroupChange` `[.., sequencer, requester]` (a change of the world, perhaps
     /// edited; sequencer from a list of domains; `edit` bit 6 adds a requester).
-    fn group_request(&self, cur: &mut Cursor<'_>) -> Bytes {
+    fn group_request(&mut self, cur: &mut Cursor<'_>) -> Bytes {
         let w = self.w;
         let id = match cur.u8() {
             0xff => u64::MAX,
@@ -2435,6 +2439,7 @@ impl<'w> PRun<'w> {
         if kind & 1 == 0 {
             let e = cur.pick(&w.group_envelopes).clone();
             let e = if edit & 1 != 0 { edited(&e, cur) } else { e };
+            self.submitted.insert((1, e.to_vec(), Vec::new()));
             let m = self
                 .recipients(cur)
                 .iter()
