@@ -46,14 +46,18 @@ use kogge::client::{Client, ClientConfig, ClientEvent, ClientInput, ClientOutput
 use kogge::crypto::{self, Label, Secret};
 use kogge::envelope::UnverifiedEnvelope;
 use kogge::envelope::{self, Content, MessageId, Outgoing, Receipt, ReceiptKind, Text};
+use kogge::group::{
+    GroupAction, GroupChange, GroupEnvelope, GroupId, GroupMember, GroupRole, GroupSender,
+    GroupState, Sequencer,
+};
 use kogge::identity::{
     Device, DeviceKeyPair, DeviceList, IdentityKeyPair, ProviderKey, ProviderKeyPair,
 };
 use kogge::limits::{
     AUTH_NONCE_LEN, AUTH_TIMEOUT_MS, FORWARD_TIMEOUT_MS, MAX_ACK_SEQS, MAX_CLIENT_PENDING,
-    MAX_DEDUP_ENTRIES, MAX_DOMAIN_LEN, MAX_FRAME_LEN, MAX_MAILBOX_DEPTH,
-    MAX_PENDING_REMOTE_FETCHES, MAX_REMOTE_QUEUE_DEPTH, RELAY_EXPIRY_MS, RESEND_AFTER_MS,
-    RETRY_MAX_MS, SUBMIT_EXPIRY_MS,
+    MAX_DEDUP_ENTRIES, MAX_DELIVER_ITEMS, MAX_DOMAIN_LEN, MAX_FRAME_LEN, MAX_MAILBOX_DEPTH,
+    MAX_PENDING_GROUP_ITEMS, MAX_PENDING_REMOTE_FETCHES, MAX_REMOTE_QUEUE_DEPTH, RELAY_EXPIRY_MS,
+    RESEND_AFTER_MS, RETRY_MAX_MS, SUBMIT_EXPIRY_MS,
 };
 use kogge::protocol::{self, ConnectionId, ErrorCode};
 use kogge::provider::{
@@ -403,6 +407,8 @@ const RQ_FETCH_BUNDLES: u32 = 4;
 const RQ_SUBMIT: u32 = 5;
 const RQ_RELAY: u32 = 6;
 const RQ_FETCH_LIST: u32 = 7;
+const RQ_SUBMIT_GROUP: u32 = 8;
+const RQ_ORDER_GROUP: u32 = 9;
 
 /// `Response.body` field numbers.
 const RS_ERROR: u32 = 2;
@@ -410,6 +416,10 @@ const RS_DONE: u32 = 3;
 const RS_BUNDLES: u32 = 4;
 const RS_RELAY_RESULT: u32 = 5;
 const RS_DEVICE_LIST: u32 = 6;
+const RS_GROUP_CHANGE: u32 = 7;
+
+/// `MailboxItem.group` (SPEC.md 20.5).
+const MI_GROUP: u32 = 4;
 
 /// The frame kinds, by field number, as `check_frame` names them.
 const KINDS: [&str; 10] = [
@@ -532,7 +542,34 @@ enum Item {
         reason: Option<Msg>,
     },
     PrekeysLow(u32),
+    /// A `GroupItem`: body field (1 envelope, 2 change), body, snapshot.
+    Group(u32, Bytes, Bytes),
     Empty,
+}
+
+/// A group item as the harness builds it: `GroupItem` body field (1 envelope, 2 change),
+/// the body, the snapshot (empty: not written).
+type GItem = (u32, Bytes, Bytes);
+
+fn group_item_msg(field: u32, body: &[u8], snapshot: &[u8]) -> Msg {
+    let m = Msg::new().bytes(field, body);
+    if snapshot.is_empty() {
+        m
+    } else {
+        m.bytes(3, snapshot)
+    }
+}
+
+/// A `GroupItem` as prost reads it: the last body field (1 or 2) with its value, and the
+/// snapshot (empty if absent). `None` if it does not parse or has no body.
+fn group_item_key(item: &[u8]) -> Option<(u32, Vec<u8>, Vec<u8>)> {
+    let f = pb::fields(item)?;
+    let (field, body) = f.iter().rev().find_map(|(n, v)| match v {
+        pb::Val::Bytes(b) if *n == 1 || *n == 2 => Some((*n, *b)),
+        _ => None,
+    })?;
+    let snapshot = pb::last_bytes(&f, 3).unwrap_or_default();
+    Some((field, body.to_vec(), snapshot.to_vec()))
 }
 
 fn deliver_frame(items: &[(u64, Item)]) -> Bytes {
@@ -557,6 +594,9 @@ fn deliver_frame(items: &[(u64, Item)]) -> Bytes {
                 i.msg(3, Msg::new().msg(1, u))
             }
             Item::PrekeysLow(n) => i.msg(3, Msg::new().msg(2, Msg::new().uint(1, u64::from(*n)))),
+            Item::Group(field, body, snapshot) => {
+                i.msg(MI_GROUP, group_item_msg(*field, body, snapshot))
+            }
             Item::Empty => i,
         };
         m = m.msg(1, i);
@@ -597,6 +637,8 @@ fn describe(bytes: &[u8]) -> String {
                 "submit",
                 "relay",
                 "fetch_device_list",
+                "submit_group",
+                "order_group_change",
             ];
             format!(
                 "request {} #{}",
@@ -623,6 +665,7 @@ fn describe(bytes: &[u8]) -> String {
                 "bundles",
                 "relay_result",
                 "device_list",
+                "group_change_ordered",
             ];
             format!(
                 "response #{} {}",
@@ -871,6 +914,17 @@ pub fn directory_parse(data: &[u8]) {
 /// The domain of the provider under test.
 pub const HOME: &str = "one.example";
 
+/// Sequencer domains group requests name.
+const SEQUENCERS: [&str; 7] = [
+    HOME,
+    "two.example",
+    "three.example",
+    "four.example",
+    "five.example",
+    "ONE.example",
+    "",
+];
+
 /// A device the harness can act as.
 pub struct Dev {
     /// Its keys and certificate.
@@ -917,6 +971,182 @@ pub struct ProviderWorld {
     pub addresses: Vec<String>,
     /// Requesters for fetches.
     pub requesters: Vec<String>,
+    /// Group changes as devices send them (without a countersignature), see
+    /// [`ProviderGroups`].
+    pub group_changes: Vec<Bytes>,
+    /// Group envelopes sealed by the world's devices.
+    pub group_envelopes: Vec<Bytes>,
+    /// Group items for peers to relay.
+    pub group_items: Vec<GItem>,
+    /// What the base store's sequencer has ordered: (group, epoch, change hash).
+    pub base_ordered: Vec<([u8; 16], u64, [u8; 32])>,
+}
+
+/// The world's groups (built by [`provider_groups`]):
+///
+/// * G1, ordered by this provider: alice (admin), bob, rita, tom. The base store holds its
+///   creating change (`changes[0]`) as ordered. Changes: 1 alice adds dave (epoch 1), 2 bob
+///   leaves (epoch 1, conflicts with 1), 3 rita leaves (epoch 1; comes forwarded from
+///   two.example), 4 alice removes tom (epoch 2), 5 alice2 sets the title (epoch 2,
+///   conflicts with 4), 9 the creating change countersigned by three.example (ignored
+///   and replaced).
+/// * G3: alice's creating change naming two.example as sequencer (6): forwarded.
+/// * G2, ordered by two.example: rita (admin), alice, bob. 7 alice leaves (forwarded to
+///   two.example), 8 rita's creating change.
+///
+/// Envelopes: alice1 (0, 1), bob1 (2, 3), alice2 (4, 5), rita1 (6, 7), tom1 (8, 9) in G1;
+/// rita1 in G2 (10, 11). Relay items: 0 G2 created, 1 dave added to G2 with the snapshot,
+/// 2 G2 created but countersigned by three.example, 3 G2's creating change without a
+/// countersignature, 4-5 rita's G2 envelopes, 6 rita's G1 envelope, 7 tom's G1 envelope,
+/// 8 an envelope with a snapshot, 9 alice's G1 envelope, 10 dave added without snapshot.
+pub struct ProviderGroups {
+    changes: Vec<Bytes>,
+    envelopes: Vec<Bytes>,
+    items: Vec<GItem>,
+    ordered: Vec<([u8; 16], u64, [u8; 32])>,
+}
+
+fn group_member(d: &Device, role: GroupRole) -> GroupMember {
+    GroupMember {
+        address: d.address().clone(),
+        identity: *d.certificate().identity_key(),
+        role,
+    }
+}
+
+/// Two messages sealed by `dev` in `state` on a chain from seed `n`.
+fn seal_two(dev: &Device, state: &GroupState, n: u8) -> Vec<Bytes> {
+    let mut s = GroupSender::new(state, dev, 1, &mut seeded(n)).expect("a member's sender");
+    (0..2u8)
+        .map(|i| {
+            s.seal(
+                dev,
+                state,
+                &Content::Text(Text::plain("group hello")),
+                MessageId::from_bytes([n.wrapping_add(i); 16]),
+                NOW,
+            )
+            .expect("seals")
+        })
+        .collect()
+}
+
+fn provider_groups(devs: &[Dev], home: &ProviderKeyPair, remotes: &[Remote]) -> ProviderGroups {
+    let d = |i: usize| &devs[i].device;
+    let (alice1, alice2, bob1, dave1, rita1, tom1) = (d(0), d(1), d(2), d(3), d(5), d(6));
+    let m = |dev: &Device| group_member(dev, GroupRole::Member);
+    let (two, three) = (&remotes[0], &remotes[1]);
+    let home_seq = Sequencer {
+        domain: Domain::parse(HOME).expect("fixed domain"),
+        key: home.public(),
+    };
+    let two_seq = Sequencer {
+        domain: two.domain.clone(),
+        key: two.key.public(),
+    };
+    let c0 = GroupState::create_change(
+        alice1,
+        [1; 16],
+        "g1".into(),
+        home_seq,
+        vec![m(bob1), m(rita1), m(tom1)],
+        NOW,
+    )
+    .expect("g1");
+    let s0 = GroupState::create(&c0.sequence(home)).expect("g1 state");
+    let c1 = s0
+        .change(alice1, GroupAction::Add(vec![m(dave1)]), NOW)
+        .expect("add dave");
+    let c1b = s0
+        .change(bob1, GroupAction::Leave, NOW)
+        .expect("bob leaves");
+    let c1c = s0
+        .change(rita1, GroupAction::Leave, NOW)
+        .expect("rita leaves");
+    let s1 = s0.apply(&c1.sequence(home)).expect("g1 epoch 1");
+    let c2 = s1
+        .change(
+            alice1,
+            GroupAction::Remove(vec![tom1.address().clone()]),
+            NOW,
+        )
+        .expect("remove tom");
+    let c2b = s1
+        .change(alice2, GroupAction::SetTitle("g1 again".into()), NOW)
+        .expect("title");
+    let g3 = GroupState::create_change(
+        alice1,
+        [3; 16],
+        "g3".into(),
+        two_seq.clone(),
+        vec![m(bob1)],
+        NOW,
+    )
+    .expect("g3");
+    let g2c0 = GroupState::create_change(
+        rita1,
+        [2; 16],
+        "g2".into(),
+        two_seq,
+        vec![m(alice1), m(bob1)],
+        NOW,
+    )
+    .expect("g2");
+    let g2c0s = g2c0.sequence(&two.key);
+    let g2s0 = GroupState::create(&g2c0s).expect("g2 state");
+    let g2c1s = g2s0
+        .change(rita1, GroupAction::Add(vec![m(dave1)]), NOW)
+        .expect("g2 adds dave")
+        .sequence(&two.key);
+    let g2_leave = g2s0
+        .change(alice1, GroupAction::Leave, NOW)
+        .expect("alice leaves g2");
+    let mut envelopes = Vec::new();
+    for (dev, state, n) in [
+        (alice1, &s0, 0x70),
+        (bob1, &s0, 0x72),
+        (alice2, &s0, 0x74),
+        (rita1, &s0, 0x76),
+        (tom1, &s0, 0x78),
+        (rita1, &g2s0, 0x7a),
+    ] {
+        envelopes.extend(seal_two(dev, state, n));
+    }
+    let empty = Bytes::new;
+    let items = vec![
+        (2, g2c0s.encoded().clone(), empty()),
+        (2, g2c1s.encoded().clone(), g2s0.to_snapshot()),
+        (2, g2c0.sequence(&three.key).encoded().clone(), empty()),
+        (2, g2c0.encoded().clone(), empty()),
+        (1, envelopes[10].clone(), empty()),
+        (1, envelopes[11].clone(), empty()),
+        (1, envelopes[6].clone(), empty()),
+        (1, envelopes[8].clone(), empty()),
+        (1, envelopes[10].clone(), Bytes::from_static(b"\x0a\x01x")),
+        (1, envelopes[0].clone(), empty()),
+        (2, g2c1s.encoded().clone(), empty()),
+    ];
+    let changes = [
+        &c0,
+        &c1,
+        &c1b,
+        &c1c,
+        &c2,
+        &c2b,
+        &g3,
+        &g2_leave,
+        &g2c0,
+        &c0.sequence(&three.key),
+    ]
+    .iter()
+    .map(|c| c.encoded().clone())
+    .collect();
+    ProviderGroups {
+        changes,
+        envelopes,
+        items,
+        ordered: vec![(*c0.group().as_bytes(), 0, *c0.hash())],
+    }
 }
 
 /// Indexes into [`ProviderWorld::devs`].
@@ -1048,7 +1278,7 @@ fn build_provider_world() -> ProviderWorld {
     };
     let bundles = vec![remote_bundle(&rita1, 0x30), remote_bundle(&tom1, 0x31)];
 
-    let devs = vec![
+    let devs: Vec<Dev> = vec![
         (alice1, alice_v2.clone(), 0x40),
         (alice2, alice_v2.clone(), 0x41),
         (bob1, bob_v1.clone(), 0x42),
@@ -1066,7 +1296,7 @@ fn build_provider_world() -> ProviderWorld {
     })
     .collect();
 
-    let remotes = [
+    let remotes: Vec<Remote> = [
         ("two.example", 0x51),
         ("three.example", 0x52),
         ("four.example", 0x53),
@@ -1084,6 +1314,7 @@ fn build_provider_world() -> ProviderWorld {
 
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let key = ProviderKeyPair::generate(&mut seeded(0x50));
+    let groups = provider_groups(&devs, &key, &remotes);
     ProviderWorld {
         domain: Domain::parse(HOME).expect("fixed domain"),
         key_secret: *key.secret_bytes().expose(),
@@ -1121,6 +1352,10 @@ fn build_provider_world() -> ProviderWorld {
             "alice@one.example",
             "bad",
         ]),
+        group_changes: groups.changes,
+        group_envelopes: groups.envelopes,
+        group_items: groups.items,
+        base_ordered: groups.ordered,
     }
 }
 
@@ -1247,6 +1482,14 @@ struct PRun<'w> {
     /// Whether the store may hold records this provider did not write.
     foreign_store: bool,
     corrupt_reported: Option<usize>,
+    /// The changes this provider countersigned as a sequencer: (group, epoch) -> hash.
+    ordered: HashMap<([u8; 16], u64), [u8; 32]>,
+    /// Group items peers relayed to it, and every user a relay of each named.
+    relayed: HashMap<(u32, Vec<u8>, Vec<u8>), HashSet<String>>,
+    /// Responses it sent on connections opened to it: (conn, id, body field).
+    responses: Vec<(u64, u64, u32)>,
+    /// Group items devices submitted (a relayed item may be submitted too: not checked).
+    submitted: HashSet<(u32, Vec<u8>, Vec<u8>)>,
 }
 
 fn tiny_limits() -> ProviderLimits {
@@ -1294,6 +1537,10 @@ impl<'w> PRun<'w> {
             storage_failures: 0,
             foreign_store,
             corrupt_reported: None,
+            ordered: HashMap::new(),
+            relayed: HashMap::new(),
+            responses: Vec::new(),
+            submitted: HashSet::new(),
         };
         run.drain();
         run
@@ -1457,6 +1704,32 @@ impl<'w> PRun<'w> {
                         "a response to request {id}, never made on {conn}"
                     );
                 }
+                let answer = f.iter().rev().find_map(|(n, v)| match v {
+                    pb::Val::Bytes(b) if *n != 1 => Some((*n, *b)),
+                    _ => None,
+                });
+                if let Some((n, b)) = answer {
+                    self.responses.push((conn.0, id, n));
+                    // The sequencer countersigns at most one change per group and epoch.
+                    if n == RS_GROUP_CHANGE && !foreign {
+                        let g = body_fields(b);
+                        let change = GroupChange::decode(Bytes::copy_from_slice(
+                            pb::last_bytes(&g, 1).unwrap_or_default(),
+                        ))
+                        .expect("an ordered change decodes");
+                        if change.is_sequenced_by(&public) {
+                            let k = (*change.group().as_bytes(), change.epoch());
+                            let prev = *self.ordered.entry(k).or_insert(*change.hash());
+                            assert_eq!(
+                                &prev,
+                                change.hash(),
+                                "two changes countersigned for group {} epoch {}",
+                                change.group(),
+                                change.epoch()
+                            );
+                        }
+                    }
+                }
             }
             (None, F_DELIVER) => {
                 assert!(c.welcomed, "a delivery before the welcome on {conn}");
@@ -1469,6 +1742,19 @@ impl<'w> PRun<'w> {
                     c.delivered.push(pb::last_varint(&i, 1));
                     // What a foreign store holds is delivered as it is (recipients
                     // verify end to end); what this provider accepted must be routed.
+                    // A relayed group item goes only to users a relay of it named.
+                    if let Some(g) = pb::last_bytes(&i, MI_GROUP)
+                        && !foreign
+                        && let Some(key) = group_item_key(g)
+                        && !self.submitted.contains(&key)
+                        && let Some(named) = self.relayed.get(&key)
+                    {
+                        assert!(
+                            named.contains(dev.address().as_str()),
+                            "a relayed group item delivered to {}, which no relay of it named",
+                            dev.address()
+                        );
+                    }
                     if let Some(e) = pb::last_bytes(&i, 2)
                         && !foreign
                     {
@@ -1533,7 +1819,38 @@ impl<'w> PRun<'w> {
                 match rq {
                     RQ_RELAY => {
                         let envs = pb::all_bytes(&p, 1);
-                        count = envs.len();
+                        let groups = pb::all_bytes(&p, 2);
+                        count = envs.len() + groups.len();
+                        for g in groups {
+                            let g = body_fields(g);
+                            for r in pb::all_bytes(&g, 2) {
+                                let r = String::from_utf8_lossy(r);
+                                assert!(
+                                    foreign
+                                        || Address::parse_canonical(&r)
+                                            .is_ok_and(|a| a.is_at(domain)),
+                                    "a group relay to {domain} for {r}"
+                                );
+                            }
+                            let item = pb::last_bytes(&g, 1).unwrap_or_default();
+                            let (field, body, snapshot) =
+                                group_item_key(item).expect("a relayed group item has a body");
+                            if foreign {
+                                continue;
+                            }
+                            if field == 1 {
+                                let env = GroupEnvelope::decode(Bytes::from(body))
+                                    .expect("a relayed group envelope decodes");
+                                assert!(env.sender().is_at(&home) && snapshot.is_empty());
+                            } else {
+                                let change = GroupChange::decode(Bytes::from(body))
+                                    .expect("a relayed change decodes");
+                                assert!(
+                                    change.is_sequenced_by(&public),
+                                    "relayed a change this provider did not countersign"
+                                );
+                            }
+                        }
                         for e in envs {
                             let env = UnverifiedEnvelope::decode(Bytes::copy_from_slice(e))
                                 .expect("a relayed envelope decodes");
@@ -1564,6 +1881,27 @@ impl<'w> PRun<'w> {
                             "fetch of {address} forwarded to {domain}"
                         );
                         assert!(ok(&requester, &home), "fetch forwarded for {requester}");
+                    }
+                    RQ_ORDER_GROUP => {
+                        let text = |n| {
+                            String::from_utf8_lossy(pb::last_bytes(&p, n).unwrap_or_default())
+                                .into_owned()
+                        };
+                        assert_eq!(
+                            text(2),
+                            domain.as_str(),
+                            "a change forwarded to another provider than its sequencer"
+                        );
+                        let requester = text(3);
+                        assert!(
+                            Address::parse_canonical(&requester).is_ok_and(|a| a.is_at(&home)),
+                            "a change forwarded for {requester}"
+                        );
+                        let change = GroupChange::decode(Bytes::copy_from_slice(
+                            pb::last_bytes(&p, 1).unwrap_or_default(),
+                        ))
+                        .expect("a forwarded change decodes");
+                        assert_eq!(change.author().as_str(), requester);
                     }
                     other => panic!("the provider sent request body {other} to {domain}"),
                 }
@@ -1920,10 +2258,11 @@ impl<'w> PRun<'w> {
     /// A step on a connection the provider opened: the remote's side of the handshake
     /// and answers to the provider's requests. `[step, ..]`, `step % 9`: 0-2 a challenge
     /// `[variant]` (0 valid, 1 another domain, 2 a bad signature); 3 welcome; 4 a relay
-    /// result for the last relay, one byte per envelope (bit 0 an error, bits 1-6 its
-    /// code, bit 7 retryable; `step` bit 7 adds one result too many); 5 an error answer
-    /// to the last request `[code, retry after]`; 6-7 an answer to the last forwarded
-    /// fetch `[list, kind, bundles]`; 8 a response without a body `[id]`.
+    /// result for the last relay, one byte per envelope or group relay (bit 0 an error,
+    /// bits 1-6 its code, bit 7 retryable; `step` bit 7 adds one result too many); 5 an
+    /// error answer to the last request `[code, retry after]`; 6-7 an answer to the last
+    /// forwarded fetch or change `[list, kind, bundles | change]` (kind `% 4`: device
+    /// list, done, bundles, `GroupChangeOrdered`); 8 a response without a body `[id]`.
     fn outbound_step(&mut self, conn: u64, cur: &mut Cursor<'_>) {
         let w = self.w;
         let Some(c) = self.conns.get(conn as usize) else {
@@ -1939,7 +2278,9 @@ impl<'w> PRun<'w> {
         let last = |kind: u32| c.peer_requests.iter().rev().find(|r| r.1 == kind).copied();
         let (last_relay, last_fetch) = (
             last(RQ_RELAY),
-            last(RQ_FETCH_BUNDLES).or(last(RQ_FETCH_LIST)),
+            last(RQ_FETCH_BUNDLES)
+                .or(last(RQ_FETCH_LIST))
+                .or(last(RQ_ORDER_GROUP)),
         );
         let nonce = [0x33u8; AUTH_NONCE_LEN];
         let step = cur.u8();
@@ -2014,9 +2355,14 @@ impl<'w> PRun<'w> {
             6 | 7 => {
                 let id = last_fetch.map_or_else(|| u64::from(cur.u8()), |r| r.0);
                 let list = cur.pick::<Bytes>(&w.lists).clone();
-                let body = match cur.u8() % 3 {
+                let body = match cur.u8() % 4 {
                     0 => (RS_DEVICE_LIST, Msg::new().bytes(1, &list)),
                     1 => (RS_DONE, Msg::new()),
+                    3 => {
+                        // A sequencer's answer: one of the changes peers relay.
+                        let (_, change, _) = cur.pick(&w.group_items);
+                        (RS_GROUP_CHANGE, Msg::new().bytes(1, change))
+                    }
                     _ => {
                         let mask = cur.u8();
                         let mut m = Msg::new().bytes(1, &list);
@@ -2049,10 +2395,162 @@ impl<'w> PRun<'w> {
         }
     }
 
+    /// A recipient list `[mask, flags]`: the world's addresses 0-7 whose bit is set in
+    /// `mask`; flags bit 0 repeats the first, 1 adds a garbage entry, 2 reverses the list, 3
+    /// names `MAX_GROUP_RECIPIENTS + 1` users.
+    fn recipients(&self, cur: &mut Cursor<'_>) -> Vec<String> {
+        let w = self.w;
+        let (mask, flags) = (cur.u8(), cur.u8());
+        let mut list: Vec<String> = (0..8)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| w.addresses[i].clone())
+            .collect();
+        if flags & 1 != 0
+            && let Some(first) = list.first().cloned()
+        {
+            list.push(first);
+        }
+        if flags & 2 != 0 {
+            list.push(w.addresses[9].clone());
+        }
+        if flags & 4 != 0 {
+            list.reverse();
+        }
+        if flags & 8 != 0 {
+            list.extend(
+                (0..=kogge::limits::MAX_GROUP_RECIPIENTS).map(|i| format!("u{i}@one.example")),
+            );
+        }
+        list
+    }
+
+    /// A group request a device sends `[id, kind, which, edit, ..]`: kind `% 2` 0
+    /// `SubmitGroup` (an envelope of the world, perhaps edited, and [`Self::recipients`]),
+    /// 1 `OrderGroupChange` `[.., sequencer, requester]` (a change of the world, perhaps
+    /// edited; sequencer from a list of domains; `edit` bit 6 adds a requester).
+    fn group_request(&mut self, cur: &mut Cursor<'_>) -> Bytes {
+        let w = self.w;
+        let id = match cur.u8() {
+            0xff => u64::MAX,
+            b => u64::from(b % 16),
+        };
+        let kind = cur.u8();
+        let edit = cur.u8();
+        if kind & 1 == 0 {
+            let e = cur.pick(&w.group_envelopes).clone();
+            let e = if edit & 1 != 0 { edited(&e, cur) } else { e };
+            self.submitted.insert((1, e.to_vec(), Vec::new()));
+            let m = self
+                .recipients(cur)
+                .iter()
+                .fold(Msg::new().bytes(1, &e), |m, r| m.str(2, r));
+            request_frame(id, Some((RQ_SUBMIT_GROUP, m)))
+        } else {
+            let c = cur.pick(&w.group_changes).clone();
+            let c = if edit & 1 != 0 { edited(&c, cur) } else { c };
+            let sequencer = *cur.pick(&SEQUENCERS);
+            let mut m = Msg::new().bytes(1, &c).str(2, sequencer);
+            if edit & 0x40 != 0 {
+                m = m.str(3, cur.pick::<String>(&w.requesters));
+            }
+            request_frame(id, Some((RQ_ORDER_GROUP, m)))
+        }
+    }
+
+    /// What a peer provider sends about groups `[kind, ..]`, `kind % 3`: 0 a `Relay` of
+    /// 1-3 group relays `[n, (item, edit, [edits], recipients)*]`; 1 the same after an
+    /// envelope of the world; 2 a forwarded `OrderGroupChange` `[change, edit, [edits],
+    /// sequencer, requester]`. Relayed items are remembered with the users named.
+    fn peer_group_request(&mut self, cur: &mut Cursor<'_>) -> Bytes {
+        let w = self.w;
+        let id = u64::from(cur.u8() % 16);
+        let kind = cur.u8() % 3;
+        if kind == 2 {
+            let c = cur.pick(&w.group_changes).clone();
+            let c = if cur.u8() & 1 != 0 {
+                edited(&c, cur)
+            } else {
+                c
+            };
+            let sequencer = *cur.pick(&SEQUENCERS);
+            let requester = *cur.pick(&[
+                "rita@two.example",
+                "tom@three.example",
+                "alice@one.example",
+                "",
+                "Rita@two.example",
+            ]);
+            let m = Msg::new().bytes(1, &c).str(2, sequencer).str(3, requester);
+            return request_frame(id, Some((RQ_ORDER_GROUP, m)));
+        }
+        let mut m = Msg::new();
+        if kind == 1 {
+            m = m.bytes(1, cur.pick::<Bytes>(&w.envelopes));
+        }
+        for _ in 0..1 + cur.u8() % 3 {
+            let (field, body, snapshot) = cur.pick(&w.group_items).clone();
+            let body = if cur.u8() & 1 != 0 {
+                edited(&body, cur)
+            } else {
+                body
+            };
+            let to = self.recipients(cur);
+            self.relayed
+                .entry((field, body.to_vec(), snapshot.to_vec()))
+                .or_default()
+                .extend(to.iter().cloned());
+            let relay = to.iter().fold(
+                Msg::new().msg(1, group_item_msg(field, &body, &snapshot)),
+                |m, r| m.str(2, r),
+            );
+            m = m.msg(2, relay);
+        }
+        request_frame(id, Some((RQ_RELAY, m)))
+    }
+
+    /// Sends a request on `conn`; if it is answered with an error there and then, no
+    /// durable state changed (SPEC.md 20.2, 20.3: the first failure changes nothing).
+    fn send_checked(&mut self, conn: u64, f: Bytes) {
+        let before = self
+            .store
+            .borrow()
+            .clone()
+            .load()
+            .expect("a MemoryStore loads");
+        let stats = self.p.stats();
+        let injected = self.injected;
+        self.responses.clear();
+        self.send(conn, f);
+        let refused = self
+            .responses
+            .iter()
+            .any(|(c, _, n)| *c == conn && *n == RS_ERROR);
+        if refused && injected == self.injected {
+            let after = self
+                .store
+                .borrow()
+                .clone()
+                .load()
+                .expect("a MemoryStore loads");
+            assert!(before == after, "a refused group request changed the store");
+            let s = self.p.stats();
+            assert_eq!(
+                (
+                    stats.users,
+                    stats.mailbox_items,
+                    stats.outbound_items,
+                    stats.dedup_entries
+                ),
+                (s.users, s.mailbox_items, s.outbound_items, s.dedup_entries),
+                "a refused group request changed the provider's state"
+            );
+        }
+    }
+
     /// Runs one operation; see [`provider_input`].
     fn op(&mut self, cur: &mut Cursor<'_>) {
         let w = self.w;
-        match cur.u8() % 16 {
+        match cur.u8() % 19 {
             0 => {
                 let binding = match cur.u8() % 4 {
                     0 => Bytes::new(),
@@ -2189,13 +2687,45 @@ impl<'w> PRun<'w> {
                     self.send(conn, f);
                 }
             }
-            _ => {
+            15 => {
                 // A connection signed in as a device sends one request at once.
                 let dev = usize::from(cur.u8()) % w.devs.len();
                 let conn = self.connect_inbound(Bytes::new());
                 self.login(conn, dev, false);
                 let f = self.request(cur);
                 self.send(conn, f);
+            }
+            16 => {
+                let conn = self.pick_conn(cur.u8());
+                let f = self.group_request(cur);
+                self.send_checked(conn, f);
+            }
+            17 => {
+                // A peer's group input, on a new connection signed in as two.example or
+                // three.example (`how` bit 0) or an existing one.
+                let how = cur.u8();
+                let conn = if how & 1 != 0 {
+                    let conn = self.connect_inbound(Bytes::new());
+                    let domain = if how & 2 == 0 {
+                        "two.example"
+                    } else {
+                        "three.example"
+                    };
+                    self.peer_login(conn, domain, 2);
+                    conn
+                } else {
+                    self.pick_conn(cur.u8())
+                };
+                let f = self.peer_group_request(cur);
+                self.send_checked(conn, f);
+            }
+            _ => {
+                // A connection signed in as a device makes one group request at once.
+                let dev = usize::from(cur.u8()) % w.devs.len();
+                let conn = self.connect_inbound(Bytes::new());
+                self.login(conn, dev, false);
+                let f = self.group_request(cur);
+                self.send_checked(conn, f);
             }
         }
     }
@@ -2270,7 +2800,9 @@ impl<'w> PRun<'w> {
 /// `provider_store_load`: alice (two devices) and bob registered with prekeys published,
 /// a one-time prekey handed out, bob's mailbox holding an envelope, alice1's holding an
 /// `Undeliverable` notice (a relay to two.example refused for good), an envelope queued
-/// for three.example, dedup entries and counters.
+/// for three.example, dedup entries and counters; the group G1 (see [`ProviderGroups`])
+/// ordered at epoch 0, its creating change in the mailboxes of alice1, alice2 and bob1
+/// and queued as group relays for two.example and three.example.
 fn base_store() -> &'static MemoryStore {
     static BASE: LazyLock<MemoryStore> = LazyLock::new(|| {
         let w = provider_world();
@@ -2326,6 +2858,19 @@ fn base_store() -> &'static MemoryStore {
                 Some((RQ_SUBMIT, envelopes_msg(&[w.envelopes[4].clone()]))),
             ),
         );
+        // alice1 creates G1 (this provider its sequencer): a stored group, its creating
+        // change in the mailboxes of alice's and bob's devices and queued for two.example
+        // (rita) and three.example (tom).
+        run.send(
+            a1,
+            request_frame(
+                4,
+                Some((
+                    RQ_ORDER_GROUP,
+                    Msg::new().bytes(1, &w.group_changes[0]).str(2, HOME),
+                )),
+            ),
+        );
         for conn in [a2, a1, b1, out] {
             run.conns[conn as usize].open = false;
             run.input(ProviderInput::Closed {
@@ -2341,6 +2886,7 @@ fn base_store() -> &'static MemoryStore {
             Table::Outbound,
             Table::Dedup,
             Table::Meta,
+            Table::Groups,
         ] {
             assert!(store.len(t) > 0, "the base store has no {} rows", t.name());
         }
@@ -2352,7 +2898,7 @@ fn base_store() -> &'static MemoryStore {
 /// `provider_input`: a provider (`one.example`) driven by a program. The first byte is
 /// flags: 1 open registration, 2 tiny limits (mailbox and queue depth 2, small rate
 /// buckets), 4 start from an empty store instead of [`base_store`]. Then up to
-/// [`MAX_OPS`] operations, opcode `% 16`:
+/// [`MAX_OPS`] operations, opcode `% 19`:
 ///
 /// 0 connect inbound `[binding]`; 1 close `[conn]`; 2 raw frame `[conn, len u16, bytes]`;
 /// 3 hello `[conn, role, variant]`; 4 auth as a device `[conn, device, variant]`; 5 new
@@ -2361,7 +2907,17 @@ fn base_store() -> &'static MemoryStore {
 /// `[conn, mode, ..]`; 10 answer a `Connect` `[variant, which]`; 11 answer a `Resolve`
 /// `[variant, which]`; 12 sign in as a provider `[conn, domain, variant]`; 13 the remote
 /// side of an outbound connection `[conn, step, ..]`; 14 resend an earlier frame with
-/// edits `[conn, which, n, edits]`; 15 a new device connection making one request.
+/// edits `[conn, which, n, edits]`; 15 a new device connection making one request; 16
+/// a group request `[conn, ..]` (`SubmitGroup` or `OrderGroupChange`, see
+/// [`PRun::group_request`]); 17 a peer's group input `[how, (conn), ..]` (a `Relay` with
+/// `groups` or a forwarded `OrderGroupChange`, see [`PRun::peer_group_request`]); 18 a new
+/// device connection making one group request `[device, ..]`.
+///
+/// Beyond [`PRun`]'s invariants, for groups: a group request answered with an error at
+/// once changed neither the store nor the stats; this provider never countersigns two
+/// different changes of one group and epoch (its `GroupChangeOrdered` answers, and the
+/// base store's G1 creation); a relayed group item is delivered only to users some relay
+/// of it named; relays and forwarded changes leave only for the right provider.
 ///
 /// A connection byte picks recent connections first; `0xff` picks one never opened. See
 /// [`PRun`] for the invariants.
@@ -2375,6 +2931,11 @@ pub fn provider_input(data: &[u8]) {
         base_store().clone()
     };
     let mut run = PRun::new(w, store, flags, false);
+    if flags & P_EMPTY_STORE == 0 {
+        for (g, e, h) in &w.base_ordered {
+            run.ordered.insert((*g, *e), *h);
+        }
+    }
     let mut ops = 0;
     while !cur.done() && ops < MAX_OPS {
         run.op(&mut cur);
@@ -2387,7 +2948,7 @@ pub fn provider_input(data: &[u8]) {
 // provider_store_load
 // ---------------------------------------------------------------------------------------
 
-const TABLES: [Table; 7] = [
+const TABLES: [Table; 8] = [
     Table::Users,
     Table::Prekeys,
     Table::OneTime,
@@ -2395,6 +2956,7 @@ const TABLES: [Table; 7] = [
     Table::Outbound,
     Table::Dedup,
     Table::Meta,
+    Table::Groups,
 ];
 
 type Row = (Table, Bytes, Bytes);
@@ -2414,7 +2976,8 @@ fn base_rows() -> &'static [Row] {
 /// `provider_store_load`: [`Provider::new`] over a store with arbitrary rows, then a
 /// drive. The first byte selects the mode (`% 2`):
 ///
-/// * 0: rows `[table, key_len, key, value_len u16, value]*` (table `% 7`).
+/// * 0: rows `[table, key_len, key, value_len u16, value]*` (table `% 8`, in the order of
+///   `Table`: users, prekeys, one-time, mailbox, outbound, dedup, meta, groups).
 /// * 1: the rows of [`base_store`] after edits `[op, ..]*`, op `% 6`: 0 delete a row
 ///   `[row]`; 1 edit a value `[row, n, edits]`; 2 edit a key `[row, n, edits]`; 3 move a
 ///   row to another table `[row, table]`; 4 add a raw row as in mode 0; 5 append to a
@@ -2580,6 +3143,17 @@ pub struct ClientWorld {
     pub directory: HashMap<Address, (Bytes, Vec<Bytes>)>,
     /// Another identity key for alice (to mark as verified: a mismatch).
     pub alice_other_identity: kogge::identity::IdentityKey,
+    /// Group items for Bob's mailbox (ordered by his provider, two.example): 0 alice
+    /// creates CG1 with bob; 1 alice adds carol to CG1 (epoch 1); 2 carol creates CG2
+    /// with alice (not bob); 3 carol adds bob to CG2, with the snapshot (a join); 4 the
+    /// same without it (waits); 5 CG1's creation countersigned by another key; 6 CG1's
+    /// epoch 1 without a countersignature; 7-9 alice's CG1 messages at positions 0-2; 10
+    /// carol's CG2 message; 11 alice's CG1 message with a snapshot.
+    pub group_items: Vec<GItem>,
+    /// alice's session message to Bob carrying her CG1 sender key (position 0).
+    pub key_envelopes: Vec<Bytes>,
+    /// What each honest group message carries: message id -> (sender, content).
+    pub group_honest: HashMap<MessageId, (Address, Content)>,
 }
 
 /// The application key Bob's state is saved under.
@@ -2736,13 +3310,101 @@ fn build_client_world() -> ClientWorld {
         .expect("seals"),
     );
 
+    // Groups, ordered by Bob's provider.
+    let provider_key = ProviderKeyPair::generate(&mut seeded(0xd0));
+    let wrong_key = ProviderKeyPair::generate(&mut seeded(0xd1));
+    let seq = Sequencer {
+        domain: Domain::parse("two.example").expect("fixed domain"),
+        key: provider_key.public(),
+    };
+    let gm = |d: &Device| group_member(d, GroupRole::Member);
+    let cg1c0 = GroupState::create_change(
+        alice_acc.device(),
+        [4; 16],
+        "cg1".into(),
+        seq.clone(),
+        vec![gm(bob_acc.device())],
+        NOW,
+    )
+    .expect("cg1");
+    let cg1c0s = cg1c0.sequence(&provider_key);
+    let cg1s0 = GroupState::create(&cg1c0s).expect("cg1 state");
+    let cg1c1 = cg1s0
+        .change(
+            alice_acc.device(),
+            GroupAction::Add(vec![gm(carol_acc.device())]),
+            NOW,
+        )
+        .expect("cg1 adds carol");
+    let cg2c0s = GroupState::create_change(
+        carol_acc.device(),
+        [5; 16],
+        "cg2".into(),
+        seq,
+        vec![gm(alice_acc.device())],
+        NOW,
+    )
+    .expect("cg2")
+    .sequence(&provider_key);
+    let cg2s0 = GroupState::create(&cg2c0s).expect("cg2 state");
+    let cg2c1s = cg2s0
+        .change(
+            carol_acc.device(),
+            GroupAction::Add(vec![gm(bob_acc.device())]),
+            NOW,
+        )
+        .expect("cg2 adds bob")
+        .sequence(&provider_key);
+    let mut sender =
+        GroupSender::new(&cg1s0, alice_acc.device(), 1, &mut seeded(0xd2)).expect("alice sends");
+    let alice_key = sender.sender_key().clone();
+    let mut group_honest = HashMap::new();
+    let mut alice_msgs = Vec::new();
+    for i in 0..3u8 {
+        let id = MessageId::from_bytes([0xe0 + i; 16]);
+        let content = text(&format!("group message {i}"));
+        alice_msgs.push(
+            sender
+                .seal(alice_acc.device(), &cg1s0, &content, id, NOW)
+                .expect("seals"),
+        );
+        group_honest.insert(id, (alice.clone(), content));
+    }
+    let carol_msg = seal_two(carol_acc.device(), &cg2s0, 0xd3).remove(0);
+    let empty = Bytes::new;
+    let group_items: Vec<GItem> = vec![
+        (2, cg1c0s.encoded().clone(), empty()),
+        (2, cg1c1.sequence(&provider_key).encoded().clone(), empty()),
+        (2, cg2c0s.encoded().clone(), empty()),
+        (2, cg2c1s.encoded().clone(), cg2s0.to_snapshot()),
+        (2, cg2c1s.encoded().clone(), empty()),
+        (2, cg1c0.sequence(&wrong_key).encoded().clone(), empty()),
+        (2, cg1c1.encoded().clone(), empty()),
+        (1, alice_msgs[0].clone(), empty()),
+        (1, alice_msgs[1].clone(), empty()),
+        (1, alice_msgs[2].clone(), empty()),
+        (1, carol_msg, empty()),
+        (1, alice_msgs[0].clone(), cg1s0.to_snapshot()),
+    ];
+    let key_envelopes = vec![
+        alice_acc
+            .encrypt(
+                &bob,
+                &Content::GroupSenderKey(Box::new(alice_key)),
+                NOW,
+                &mut seeded(0xd4),
+            )
+            .expect("alice sends her sender key")
+            .envelopes[0]
+            .envelope
+            .clone(),
+    ];
+
     let enc = |l: &DeviceList| l.encoded().clone();
     let mut directory = HashMap::new();
     directory.insert(alice.clone(), (enc(&alice_v1), vec![bundles[0].clone()]));
     directory.insert(carol.clone(), (enc(&carol_v1), vec![bundles[4].clone()]));
     directory.insert(bob.clone(), (enc(&bob_v2), vec![bundles[3].clone()]));
-    let provider_key = ProviderKeyPair::generate(&mut seeded(0xd0));
-    let wrong_key = ProviderKeyPair::generate(&mut seeded(0xd1));
     ClientWorld {
         provider: Domain::parse("two.example").expect("fixed domain"),
         provider_signing: provider_signing(&provider_key),
@@ -2774,6 +3436,9 @@ fn build_client_world() -> ClientWorld {
         ],
         directory,
         alice_other_identity: *alice_new.identity_key(),
+        group_items,
+        key_envelopes,
+        group_honest,
     }
 }
 
@@ -2824,6 +3489,19 @@ struct CRun<'w> {
     sent: HashMap<MessageId, bool>,
     /// Frames the harness delivered, for replays.
     frames: Vec<Bytes>,
+    /// The next sequence number of a group item (never used before in the run).
+    next_group_seq: u64,
+    /// Group items delivered while online and not acknowledged (waiting, or given up on
+    /// while offline).
+    waiting: HashSet<u64>,
+    /// Acknowledgements sent since the harness last cleared this, by sequence number.
+    acks: HashMap<u64, u32>,
+    /// `GroupItemRejected` events so far.
+    group_rejected: usize,
+    /// Group messages the app sent, and whether the provider stored them.
+    group_sent: HashMap<MessageId, bool>,
+    /// Set by the long backlog: the run ends.
+    stop: bool,
 }
 
 impl<'w> CRun<'w> {
@@ -2853,6 +3531,12 @@ impl<'w> CRun<'w> {
             messages: HashSet::new(),
             sent: HashMap::new(),
             frames: Vec::new(),
+            next_group_seq: 1 << 20,
+            waiting: HashSet::new(),
+            acks: HashMap::new(),
+            group_rejected: 0,
+            group_sent: HashMap::new(),
+            stop: false,
         };
         run.drain();
         run
@@ -2879,6 +3563,11 @@ impl<'w> CRun<'w> {
             match o {
                 ClientOutput::Timeout(t) => {
                     assert!(self.c.pending_messages() <= MAX_CLIENT_PENDING);
+                    assert!(
+                        self.waiting.len() <= MAX_PENDING_GROUP_ITEMS,
+                        "{} group items wait unacknowledged",
+                        self.waiting.len()
+                    );
                     return t;
                 }
                 ClientOutput::Connect => {
@@ -2914,6 +3603,35 @@ impl<'w> CRun<'w> {
                     self.messages.insert((m.sender.clone(), m.message_id)),
                     "a message reported twice: {m:?}"
                 );
+            }
+            ClientEvent::GroupMessage(m) => {
+                let (sender, content) = self
+                    .w
+                    .group_honest
+                    .get(&m.message_id)
+                    .unwrap_or_else(|| panic!("a group message no one sent: {m:?}"));
+                assert_eq!(&m.sender, sender);
+                assert_eq!(&m.content, content, "{m:?}");
+                assert!(
+                    self.messages.insert((m.sender.clone(), m.message_id)),
+                    "a group message reported twice: {m:?}"
+                );
+            }
+            ClientEvent::GroupItemRejected { code, .. } => {
+                assert!(!code.is_empty());
+                self.group_rejected += 1;
+            }
+            ClientEvent::DeliveredToProvider { message_id }
+                if self.group_sent.contains_key(&message_id) =>
+            {
+                let done = self.group_sent.get_mut(&message_id).expect("checked");
+                assert!(!*done, "group message {message_id:?} stored twice");
+                *done = true;
+            }
+            ClientEvent::Undeliverable { message_id, .. }
+                if self.group_sent.contains_key(&message_id) =>
+            {
+                // Per member or device whose sender key could not be handed over.
             }
             ClientEvent::DeliveredToProvider { message_id } => {
                 let done = self
@@ -3013,6 +3731,40 @@ impl<'w> CRun<'w> {
                         Address::parse_canonical(&address).expect("fetch of a canonical address");
                     }
                     RQ_PUBLISH_PREKEYS => {}
+                    RQ_SUBMIT_GROUP => {
+                        let e = pb::last_bytes(&p, 1).unwrap_or_default();
+                        let env = GroupEnvelope::decode(Bytes::copy_from_slice(e))
+                            .expect("a submitted group envelope decodes");
+                        assert_eq!(
+                            env.sender(),
+                            &w.bob,
+                            "submitted someone else's group envelope"
+                        );
+                        let to: Vec<&[u8]> = pb::all_bytes(&p, 2);
+                        assert!(
+                            to.contains(&w.bob.as_str().as_bytes()),
+                            "a group message not to its own user"
+                        );
+                        for (i, r) in to.iter().enumerate() {
+                            Address::parse_canonical(&String::from_utf8_lossy(r))
+                                .expect("a canonical recipient");
+                            assert!(!to[..i].contains(r), "a recipient listed twice");
+                        }
+                    }
+                    RQ_ORDER_GROUP => {
+                        let c = pb::last_bytes(&p, 1).unwrap_or_default();
+                        let change = GroupChange::decode(Bytes::copy_from_slice(c))
+                            .expect("a change to order decodes");
+                        assert_eq!(change.author(), &w.bob, "ordering someone else's change");
+                        assert!(
+                            pb::last_bytes(&p, 3).unwrap_or_default().is_empty(),
+                            "a device named a requester"
+                        );
+                        Domain::parse_canonical(&String::from_utf8_lossy(
+                            pb::last_bytes(&p, 2).unwrap_or_default(),
+                        ))
+                        .expect("a canonical sequencer");
+                    }
                     other => panic!("the client sent request body {other}"),
                 }
                 if !self.open_requests.iter().any(|r| r.0 == id) {
@@ -3029,6 +3781,8 @@ impl<'w> CRun<'w> {
                 );
                 for s in seqs {
                     assert!(self.delivered.contains(&s), "ack of {s}, never delivered");
+                    self.waiting.remove(&s);
+                    *self.acks.entry(s).or_default() += 1;
                 }
             }
             F_GOODBYE => {}
@@ -3188,6 +3942,25 @@ impl<'w> CRun<'w> {
                     (RQ_FETCH_BUNDLES | RQ_FETCH_LIST, None) => {
                         Some((RS_ERROR, error_msg("unknown_user", "", false, 0)))
                     }
+                    (RQ_ORDER_GROUP, _) => {
+                        // The sequencer orders it: the change countersigned.
+                        let change = self
+                            .requests
+                            .get(&id)
+                            .and_then(|f| pb::frame_body(f))
+                            .and_then(|(_, body)| {
+                                let f = pb::fields(&body)?;
+                                let o = pb::fields(pb::last_bytes(&f, RQ_ORDER_GROUP)?)?;
+                                GroupChange::decode(Bytes::copy_from_slice(pb::last_bytes(&o, 1)?))
+                                    .ok()
+                            });
+                        change.map(|c| {
+                            (
+                                RS_GROUP_CHANGE,
+                                Msg::new().bytes(1, c.sequence(&w.provider_key).encoded()),
+                            )
+                        })
+                    }
                     _ => Some((RS_DONE, Msg::new())),
                 }
             }
@@ -3238,6 +4011,151 @@ impl<'w> CRun<'w> {
         self.receive(deliver_frame(&items));
     }
 
+    /// Group items with sequence numbers never used before `[n, (kind, ..)*]`, `kind %
+    /// 5`: 0-1 an item of the world; 2 one with its body edited `[which, n, edits]`; 3 a
+    /// raw body `[field, len, bytes]`; 4 alice's sender key in a session message. An
+    /// item whose body the harness cannot decode must be refused: acknowledged exactly
+    /// once while the delivery is handled, and reported.
+    fn deliver_group(&mut self, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        let n = 1 + usize::from(cur.u8() % 4);
+        let mut items = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..n {
+            let seq = self.next_group_seq;
+            self.next_group_seq += 1;
+            let kind = cur.u8();
+            let item = match kind % 5 {
+                0 | 1 => {
+                    let (f, b, s) = cur.pick(&w.group_items).clone();
+                    Item::Group(f, b, s)
+                }
+                2 => {
+                    let (f, b, s) = cur.pick(&w.group_items).clone();
+                    Item::Group(f, edited(&b, cur), s)
+                }
+                3 => {
+                    let field = 1 + u32::from(cur.u8() & 1);
+                    let len = usize::from(cur.u8());
+                    Item::Group(field, Bytes::copy_from_slice(cur.take(len)), Bytes::new())
+                }
+                _ => Item::Envelope(cur.pick(&w.key_envelopes).clone()),
+            };
+            if let Item::Group(f, b, _) = &item {
+                let undecodable = if *f == 1 {
+                    GroupEnvelope::decode(b.clone()).is_err()
+                } else {
+                    GroupChange::decode(b.clone()).is_err()
+                };
+                if undecodable {
+                    refused.push(seq);
+                }
+                if self.online {
+                    self.waiting.insert(seq);
+                }
+            }
+            items.push((seq, item));
+        }
+        for (seq, _) in &items {
+            self.delivered.insert(*seq);
+        }
+        let online = self.online;
+        let rejected = self.group_rejected;
+        self.acks.clear();
+        self.receive(deliver_frame(&items));
+        if online && self.online {
+            for seq in &refused {
+                assert_eq!(
+                    self.acks.get(seq).copied().unwrap_or(0),
+                    1,
+                    "refused group item {seq} not acknowledged exactly once"
+                );
+            }
+            assert!(
+                self.group_rejected >= rejected + refused.len(),
+                "refused group items not reported"
+            );
+        }
+    }
+
+    /// `frames * MAX_DELIVER_ITEMS` copies (new sequence numbers) of a change that waits
+    /// (CG2's epoch 1 without the snapshot): the oldest must be dropped past
+    /// `MAX_PENDING_GROUP_ITEMS`.
+    fn group_backlog(&mut self, frames: usize) {
+        let (f, b, s) = self.w.group_items[4].clone();
+        for _ in 0..frames {
+            let mut items = Vec::new();
+            for _ in 0..MAX_DELIVER_ITEMS {
+                let seq = self.next_group_seq;
+                self.next_group_seq += 1;
+                self.delivered.insert(seq);
+                if self.online {
+                    self.waiting.insert(seq);
+                }
+                items.push((seq, Item::Group(f, b.clone(), s.clone())));
+            }
+            self.receive(deliver_frame(&items));
+        }
+    }
+
+    /// The app's group calls `[what, ..]`, `what % 3`: 0 `create_group` `[mask]` with the
+    /// world's addresses in `mask`; 1 `send_group` `[group, len]`; 2 `change_group`
+    /// `[group, action, who]` (add, remove, leave, title, role).
+    fn app_group(&mut self, cur: &mut Cursor<'_>) {
+        let w = self.w;
+        let what = cur.u8() % 3;
+        let groups: Vec<GroupId> = self.c.groups().map(GroupState::id).collect();
+        let pick_group = |cur: &mut Cursor<'_>| {
+            let b = cur.u8();
+            (!groups.is_empty()).then(|| groups[usize::from(b) % groups.len()])
+        };
+        match what {
+            0 => {
+                let mask = cur.u8();
+                let members: Vec<Address> = w
+                    .addresses
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                let _ = self.c.create_group(self.now, "a group", &members);
+            }
+            1 => {
+                let Some(g) = pick_group(cur) else { return };
+                let len = usize::from(cur.u8());
+                if let Ok(id) =
+                    self.c
+                        .send_group(self.now, g, Content::Text(Text::plain("g".repeat(len))))
+                {
+                    assert!(
+                        self.group_sent.insert(id, false).is_none() && !self.sent.contains_key(&id),
+                        "a message id used twice"
+                    );
+                }
+            }
+            _ => {
+                let Some(g) = pick_group(cur) else { return };
+                let (action, who) = (cur.u8() % 5, cur.pick(&w.addresses).clone());
+                let action = match action {
+                    0 => match self.c.group_member(&who, GroupRole::Member) {
+                        Ok(m) => GroupAction::Add(vec![m]),
+                        Err(_) => return,
+                    },
+                    1 => GroupAction::Remove(vec![who]),
+                    2 => GroupAction::Leave,
+                    3 => GroupAction::SetTitle("renamed".into()),
+                    _ => GroupAction::SetRole {
+                        member: who,
+                        role: GroupRole::Admin,
+                    },
+                };
+                let _ = self.c.change_group(self.now, g, action);
+            }
+        }
+        self.drain();
+    }
+
     fn advance(&mut self, ms: u64) {
         self.now = UnixMillis(self.now.0.saturating_add(ms));
         trace!("time +{ms} ms");
@@ -3253,7 +4171,7 @@ impl<'w> CRun<'w> {
 
     fn op(&mut self, cur: &mut Cursor<'_>) {
         let w = self.w;
-        match cur.u8() % 13 {
+        match cur.u8() % 16 {
             0 => {
                 let len = usize::from(cur.u16() % 2048);
                 let bytes = Bytes::copy_from_slice(cur.take(len));
@@ -3331,10 +4249,23 @@ impl<'w> CRun<'w> {
                     self.receive(f);
                 }
             }
-            _ => {
+            12 => {
                 // Several deliveries in a row: a backlog.
                 for _ in 0..3 {
                     self.deliver(cur);
+                }
+            }
+            13 => self.deliver_group(cur),
+            14 => self.app_group(cur),
+            _ => {
+                // Past `MAX_PENDING_GROUP_ITEMS` only with `0xff`, which ends the run:
+                // every item processed later tries the 1000 waiting ones again.
+                let n = cur.u8();
+                if n == 0xff {
+                    self.group_backlog(MAX_PENDING_GROUP_ITEMS / MAX_DELIVER_ITEMS + 2);
+                    self.stop = true;
+                } else {
+                    self.group_backlog(1 + usize::from(n % 2));
                 }
             }
         }
@@ -3354,9 +4285,18 @@ impl<'w> CRun<'w> {
 /// device list, wrong kind, empty, rate limited, the right answer); 8 deliver `[n,
 /// (seq, kind, ..)*]` (honest or edited envelopes, notices); 9 the app sends `[to, len]`;
 /// 10 the app marks messages read `[to, n]`; 11 replay an earlier frame with edits; 12
-/// three deliveries.
+/// three deliveries; 13 group items ([`CRun::deliver_group`]: the world's changes (a
+/// creation with Bob, a join with a snapshot, ...), alice's group messages, edited and raw
+/// ones, alice's sender key over her session); 14 the app's group calls
+/// ([`CRun::app_group`]: create, send, change); 15 a backlog of frames of waiting group
+/// items `[n]`: `1 + n % 2` frames, or with `n = 0xff` enough to pass
+/// `MAX_PENDING_GROUP_ITEMS` (the last operation of the run).
 ///
-/// See [`CRun`] for the invariants.
+/// See [`CRun`] for the invariants; for groups also: group messages only honest ones,
+/// each once; a group item the harness cannot decode is acknowledged exactly once and
+/// reported; group items delivered and not acknowledged never exceed
+/// `MAX_PENDING_GROUP_ITEMS`; group submits carry Bob's own envelopes to recipients
+/// each named once, Bob among them; changes to order are Bob's, without a requester.
 pub fn client_input(data: &[u8]) {
     let w = client_world();
     let mut cur = Cursor::new(data);
@@ -3366,7 +4306,7 @@ pub fn client_input(data: &[u8]) {
         run.handshake();
     }
     let mut ops = 0;
-    while !cur.done() && ops < MAX_OPS {
+    while !cur.done() && ops < MAX_OPS && !run.stop {
         run.op(&mut cur);
         ops += 1;
     }
@@ -3375,6 +4315,35 @@ pub fn client_input(data: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // Seeds.
 // ---------------------------------------------------------------------------------------
+
+/// Bob's saved account holding a group with every part of a group record
+/// (`state.proto` `GroupRecordState`), for the `state_restore` seeds: CG1 created by
+/// alice, her sender key over her session, her messages 0 and 2 opened (a receiver chain
+/// with the skipped key of 1), then Bob sends to the group (his sender chain, a key
+/// hand-out to alice). Saved under `key`.
+pub fn group_account(key: &Secret<32>) -> Vec<u8> {
+    let mut run = CRun::new(client_world(), 0);
+    run.handshake();
+    let prog = [13, 3, 0, 0, 4, 0, 0, 7, 0, 9, 14, 1, 0, 5];
+    let mut cur = Cursor::new(&prog);
+    while !cur.done() {
+        run.op(&mut cur);
+    }
+    assert_eq!(run.c.groups().count(), 1, "bob holds CG1");
+    assert_eq!(run.messages.len(), 2, "bob opened alice's two messages");
+    assert_eq!(run.group_sent.len(), 1, "bob sent to CG1");
+    run.c.account().save(key, &mut seeded(0xa7))
+}
+
+/// The plaintext of a saved account (`Account::save`'s layout: magic, nonce, sealed).
+fn open_state(blob: &[u8], key: &Secret<32>) -> Option<Vec<u8>> {
+    let rest = blob.strip_prefix(&kogge::session::STATE_MAGIC[..])?;
+    let (nonce, sealed) = rest.split_first_chunk::<12>()?;
+    let aad = crypto::framed(Label::StateEncryption, &[&kogge::session::STATE_MAGIC]);
+    crypto::aead_open(key, nonce, &aad, sealed)
+        .ok()
+        .map(|p| p.to_vec())
+}
 
 /// One seed: target, file name, bytes.
 pub type Seed = (&'static str, String, Vec<u8>);
@@ -3617,6 +4586,96 @@ pub fn seeds() -> Vec<Seed> {
             &[&[5, 1, 1], &[15, 2, 0, 3, 0, 0]],
         ),
     );
+    // Groups (see `ProviderGroups`): alice1 orders G1's epoch 1 (adds dave).
+    let order_c1: &[u8] = &[18, ALICE1 as u8, 1, 1, 0, 1, 0];
+    add("provider_input", "group-order", prog(0, &[order_c1]));
+    // ... and bob1's leaving, made on epoch 0 too, loses: group_conflict.
+    add(
+        "provider_input",
+        "group-order-conflict",
+        prog(0, &[order_c1, &[18, BOB1 as u8, 1, 1, 0, 2, 0]]),
+    );
+    // epoch 1 ordered, then the fan-out relayed to two.example and acknowledged.
+    add(
+        "provider_input",
+        "group-fanout-federation",
+        prog(
+            0,
+            &[
+                order_c1,
+                &[10, 0, 1],
+                &[13, 0, 0, 0],
+                &[13, 0, 3],
+                &[13, 0, 4, 0, 0, 0],
+            ],
+        ),
+    );
+    // alice1's change of G3 (sequencer two.example): forwarded, answered, passed back.
+    add(
+        "provider_input",
+        "group-order-forwarded",
+        prog(
+            0,
+            &[
+                &[18, ALICE1 as u8, 1, 1, 0, 6, 1],
+                &[10, 0, 1],
+                &[13, 0, 0, 0],
+                &[13, 0, 3],
+                &[13, 0, 6, 0, 3, 0],
+            ],
+        ),
+    );
+    // alice1 submits a G1 message for alice, bob, rita and tom; bob1 signs in.
+    add(
+        "provider_input",
+        "group-submit",
+        prog(
+            0,
+            &[
+                &[18, ALICE1 as u8, 2, 0, 0, 0, 0x33, 0],
+                &[5, BOB1 as u8, 0],
+            ],
+        ),
+    );
+    // bob1 submits alice's envelope (not_yours); a recipient listed twice (invalid).
+    add(
+        "provider_input",
+        "group-submit-refused",
+        prog(
+            0,
+            &[
+                &[18, BOB1 as u8, 2, 0, 0, 0, 0x03, 0],
+                &[18, ALICE1 as u8, 2, 0, 0, 0, 0x03, 1],
+            ],
+        ),
+    );
+    // two.example relays G2's creation to alice and bob; alice1 signs in and gets it.
+    add(
+        "provider_input",
+        "group-relay-in",
+        prog(
+            0,
+            &[&[17, 1, 1, 0, 0, 0, 0, 0x03, 0], &[5, ALICE1 as u8, 0]],
+        ),
+    );
+    // two.example relays G2's creation countersigned by three.example: not_yours.
+    add(
+        "provider_input",
+        "group-relay-wrong-key",
+        prog(0, &[&[17, 1, 1, 0, 0, 2, 0, 0x03, 0]]),
+    );
+    // two.example relays dave's addition to G2 with the snapshot, for bob.
+    add(
+        "provider_input",
+        "group-relay-join",
+        prog(0, &[&[17, 1, 1, 0, 0, 1, 0, 0x02, 0], &[5, BOB1 as u8, 0]]),
+    );
+    // two.example forwards rita's leaving of G1: ordered here.
+    add(
+        "provider_input",
+        "group-forwarded-order-in",
+        prog(0, &[&[17, 1, 1, 2, 3, 0, 0, 0]]),
+    );
 
     // client_input: programs (see the opcodes on `client_input`).
     add("client_input", "handshake-only", vec![0]);
@@ -3683,6 +4742,34 @@ pub fn seeds() -> Vec<Seed> {
         vec![0, 5, 6, 3, 1, 8, 0, 9, 0, 0],
     );
     add("client_input", "goodbye", vec![0, 4, 2, 6, 3]);
+    // Groups (see `ClientWorld::group_items`): alice creates CG1 with Bob, adds carol.
+    add("client_input", "group-create", vec![0, 13, 1, 0, 0, 0, 1]);
+    // carol adds Bob to CG2: he joins from the snapshot.
+    add("client_input", "group-join", vec![0, 13, 0, 0, 3]);
+    // CG1, alice's sender key over her session, her messages 0 and 2.
+    add(
+        "client_input",
+        "group-messages",
+        vec![0, 13, 3, 0, 0, 4, 0, 0, 7, 0, 9],
+    );
+    // Raw group bodies: refused, each acknowledged once.
+    add(
+        "client_input",
+        "group-garbage",
+        vec![0, 13, 1, 3, 0, 3, 1, 2, 3, 3, 1, 0],
+    );
+    // The prekeys published; the app creates a group with alice (ordered), sends to it
+    // (alice's bundles fetched, her key sent, the group message submitted), renames it.
+    add(
+        "client_input",
+        "group-app",
+        vec![
+            0, 7, 0, 0, 14, 0, 1, 7, 0, 7, 14, 1, 0, 5, 7, 0, 7, 7, 0, 7, 7, 0, 7, 14, 2, 0, 3, 0,
+            7, 0, 7,
+        ],
+    );
+    // 17 frames of waiting group items: the oldest are dropped past the bound.
+    add("client_input", "group-backlog", vec![0, 15, 0xff]);
 
     // provider_store_load.
     add("provider_store_load", "base", vec![1]);
@@ -3709,6 +4796,26 @@ pub fn seeds() -> Vec<Seed> {
     );
     add(
         "provider_store_load",
+        "delete-group",
+        vec![1, 0, row(Table::Groups)],
+    );
+    add(
+        "provider_store_load",
+        "edit-group",
+        vec![1, 1, row(Table::Groups), 1, 0, 0, 0x10, 1],
+    );
+    add(
+        "provider_store_load",
+        "mailbox-row-as-group",
+        vec![1, 3, row(Table::Mailbox), 7],
+    );
+    add(
+        "provider_store_load",
+        "grow-group",
+        vec![1, 5, row(Table::Groups), 1, 1],
+    );
+    add(
+        "provider_store_load",
         "meta-garbage",
         vec![1, 4, 6, 3, b'x', b'y', b'z', 0, 1, 7],
     );
@@ -3721,5 +4828,23 @@ pub fn seeds() -> Vec<Seed> {
         raw.extend_from_slice(&v[..v.len().min(4095)]);
     }
     add("provider_store_load", "base-as-raw-rows", raw);
+
+    // state_restore (its checks are in `session_checks.rs`, under the key `[0x5a; 32]`):
+    // an account with a group record, as a blob (mode 0) and as the plaintext (mode 1,
+    // used afterwards). Not named `seed-*`, so that `gen_session_corpus` keeps them;
+    // `tests/fuzz_corpus_session.rs` replays them.
+    let key = Secret::new([0x5a; 32]);
+    let blob = group_account(&key);
+    let plaintext = open_state(&blob, &key).expect("own blob opens");
+    out.push((
+        "state_restore",
+        "group-account-blob".into(),
+        [&[0u8][..], &blob].concat(),
+    ));
+    out.push((
+        "state_restore",
+        "group-account-plaintext".into(),
+        [&[1u8, 0x17][..], &plaintext].concat(),
+    ));
     out
 }
