@@ -63,6 +63,9 @@ pub(super) struct Groups {
     pub(super) outboxes: BTreeMap<GroupId, Outbox>,
     /// Mailbox items waiting (unacknowledged: the provider keeps them).
     pub(super) pending: VecDeque<Pending>,
+    /// Something happened that a waiting item may have waited for (a change applied, a
+    /// group or a sender key or a device list arrived): the waiting items are tried again.
+    pub(super) unblocked: bool,
 }
 
 /// What became of a group item.
@@ -452,6 +455,7 @@ impl<R: CryptoRng> Client<R> {
         }
         match self.try_item(now, seq, &item) {
             Outcome::Done => {
+                // Only if it changed something a waiting item may need (SPEC.md 20.5).
                 self.retry_pending(now);
                 true
             }
@@ -472,9 +476,10 @@ impl<R: CryptoRng> Client<R> {
         }
     }
 
-    /// Tries the waiting items again until none makes progress.
+    /// Tries the waiting items again, oldest first, as long as the last round (or what
+    /// came before it) unblocked something.
     pub(super) fn retry_pending(&mut self, now: UnixMillis) {
-        loop {
+        while std::mem::take(&mut self.groups.unblocked) {
             let mut done = Vec::new();
             let pending: Vec<Pending> = self.groups.pending.drain(..).collect();
             for p in pending {
@@ -483,10 +488,9 @@ impl<R: CryptoRng> Client<R> {
                     Outcome::Wait => self.groups.pending.push_back(p),
                 }
             }
-            if done.is_empty() {
-                return;
+            if !done.is_empty() {
+                self.ack(done);
             }
-            self.ack(done);
         }
     }
 
@@ -524,6 +528,7 @@ impl<R: CryptoRng> Client<R> {
                         .groups
                         .records
                         .insert(gid, GroupRecord::new(state));
+                    self.groups.unblocked = true;
                     self.take_stashed_keys(gid);
                     self.event(ClientEvent::GroupChanged {
                         group: gid,
@@ -550,6 +555,7 @@ impl<R: CryptoRng> Client<R> {
                 }
                 g.state = next;
                 let epoch = g.state.epoch();
+                self.groups.unblocked = true;
                 self.take_stashed_keys(gid);
                 self.event(ClientEvent::GroupChanged {
                     group: gid,
@@ -657,6 +663,7 @@ impl<R: CryptoRng> Client<R> {
             .groups
             .records
             .insert(id, GroupRecord::new(state.clone()));
+        self.groups.unblocked = true;
         self.take_stashed_keys(id);
         self.event(ClientEvent::GroupSynced { group: id, epoch });
         self.retry_pending(now);
@@ -675,16 +682,12 @@ impl<R: CryptoRng> Client<R> {
         };
         let gid = key.group();
         match self.account.groups.records.get_mut(&gid) {
-            Some(g) => {
-                if let Err(e) = g.receiver.add_sender_key(&g.state, &cert, &key) {
-                    // Perhaps a member this device does not know of yet: keep it.
-                    if matches!(e, GroupMessageError::NotMember(_)) {
-                        self.stash_key(cert, key);
-                    } else {
-                        self.group_refused(Some(gid), e.code());
-                    }
-                }
-            }
+            Some(g) => match g.receiver.add_sender_key(&g.state, &cert, &key) {
+                Ok(added) => self.groups.unblocked |= added,
+                // Perhaps a member this device does not know of yet: keep it.
+                Err(GroupMessageError::NotMember(_)) => self.stash_key(cert, key),
+                Err(e) => self.group_refused(Some(gid), e.code()),
+            },
             None => self.stash_key(cert, key),
         }
         self.retry_pending(now);
@@ -707,6 +710,7 @@ impl<R: CryptoRng> Client<R> {
         let keys: Vec<_> = groups.stash.drain(..).collect();
         for (cert, key) in keys {
             if key.group() == group && g.receiver.add_sender_key(&g.state, &cert, &key).is_ok() {
+                self.groups.unblocked = true;
                 continue;
             }
             groups.stash.push_back((cert, key));

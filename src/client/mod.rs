@@ -1545,8 +1545,11 @@ impl<R: CryptoRng> Client<R> {
         // Checked, whatever came back: a bad answer is not retried before the next refresh.
         self.lists_checked.insert(address.clone(), now);
         self.release_held(now, address);
-        // A new list may also unblock messages waiting for sessions.
+        // A new list may also unblock messages waiting for sessions, and group items
+        // waiting for the sender's certificate.
         self.advance_all(now);
+        self.groups.unblocked = true;
+        self.retry_pending(now);
     }
 
     /// Tries the envelopes held for `sender` once more; what still fails is refused.
