@@ -88,26 +88,6 @@ impl<R: CryptoRng> Client<R> {
         self.account.groups.records.get(&group).map(|g| &g.state)
     }
 
-    /// The member entry for `address`, from its pinned identity key (its device list
-    /// must be known: after a message exchange or [`Client::fetch_device_list`]).
-    fn member(&self, address: &Address, role: GroupRole) -> Result<GroupMember, ClientError> {
-        let identity = if address == self.account.device().address() {
-            *self.account.own_device_list().identity_key()
-        } else {
-            *self
-                .account
-                .contacts()
-                .get(address)
-                .ok_or_else(|| ClientError::UnknownContact(address.clone()))?
-                .identity_key()
-        };
-        Ok(GroupMember {
-            address: address.clone(),
-            identity,
-            role,
-        })
-    }
-
     /// Creates a group with this user as its first admin and `members` (whose device
     /// lists this device knows), ordered by this device's own provider. The group
     /// appears with [`ClientEvent::GroupChanged`] once the provider has ordered the
@@ -122,7 +102,7 @@ impl<R: CryptoRng> Client<R> {
         let others = members
             .iter()
             .filter(|a| *a != self.account.device().address())
-            .map(|a| self.member(a, GroupRole::Member))
+            .map(|a| self.group_member(a, GroupRole::Member))
             .collect::<Result<Vec<_>, _>>()?;
         let mut nonce = [0u8; 16];
         rand_core::Rng::fill_bytes(&mut self.rng, &mut nonce);
@@ -168,14 +148,29 @@ impl<R: CryptoRng> Client<R> {
         Ok(())
     }
 
-    /// A member entry for adding `address` to a group: its pinned identity key (its
-    /// device list must be known) and `role`.
+    /// A member entry for adding `address` to a group with `role`: its pinned identity
+    /// key (its device list must be known: after a message exchange or
+    /// [`Client::fetch_device_list`]).
     pub fn group_member(
         &self,
         address: &Address,
         role: GroupRole,
     ) -> Result<GroupMember, ClientError> {
-        self.member(address, role)
+        let identity = if address == self.account.device().address() {
+            *self.account.own_device_list().identity_key()
+        } else {
+            *self
+                .account
+                .contacts()
+                .get(address)
+                .ok_or_else(|| ClientError::UnknownContact(address.clone()))?
+                .identity_key()
+        };
+        Ok(GroupMember {
+            address: address.clone(),
+            identity,
+            role,
+        })
     }
 
     fn order(&mut self, now: UnixMillis, change: &GroupChange, sequencer: &str) {
@@ -414,12 +409,11 @@ impl<R: CryptoRng> Client<R> {
     }
 
     /// The sequencer's answer to an order request.
-    pub(super) fn on_ordered(&mut self, now: UnixMillis, group: GroupId, change: Bytes) {
+    pub(super) fn on_ordered(&mut self, change: Bytes) {
         // Ordered: it applies now, or (if this device misses an earlier change) once the
         // mailbox copies arrive.
-        let _ = group;
-        let _ = self.on_change(now, change, &Bytes::new());
-        self.retry_pending(now);
+        let _ = self.on_change(change, &Bytes::new());
+        self.retry_pending();
     }
 
     pub(super) fn order_failed(&mut self, group: GroupId, error: ProtocolError) {
@@ -444,19 +438,14 @@ impl<R: CryptoRng> Client<R> {
     }
 
     /// A group item from the mailbox. Returns whether to acknowledge it now.
-    pub(super) fn on_group_item(
-        &mut self,
-        now: UnixMillis,
-        seq: u64,
-        item: wire::GroupItem,
-    ) -> bool {
+    pub(super) fn on_group_item(&mut self, seq: u64, item: wire::GroupItem) -> bool {
         if self.groups.pending.iter().any(|p| p.seq == seq) {
             return false; // already waiting here
         }
-        match self.try_item(now, seq, &item) {
+        match self.try_item(&item) {
             Outcome::Done => {
                 // Only if it changed something a waiting item may need (SPEC.md 20.5).
-                self.retry_pending(now);
+                self.retry_pending();
                 true
             }
             Outcome::Wait => {
@@ -478,12 +467,12 @@ impl<R: CryptoRng> Client<R> {
 
     /// Tries the waiting items again, oldest first, as long as the last round (or what
     /// came before it) unblocked something.
-    pub(super) fn retry_pending(&mut self, now: UnixMillis) {
+    pub(super) fn retry_pending(&mut self) {
         while std::mem::take(&mut self.groups.unblocked) {
             let mut done = Vec::new();
             let pending: Vec<Pending> = self.groups.pending.drain(..).collect();
             for p in pending {
-                match self.try_item(now, p.seq, &p.item) {
+                match self.try_item(&p.item) {
                     Outcome::Done => done.push(p.seq),
                     Outcome::Wait => self.groups.pending.push_back(p),
                 }
@@ -494,19 +483,16 @@ impl<R: CryptoRng> Client<R> {
         }
     }
 
-    fn try_item(&mut self, now: UnixMillis, seq: u64, item: &wire::GroupItem) -> Outcome {
+    fn try_item(&mut self, item: &wire::GroupItem) -> Outcome {
         match &item.body {
-            Some(wire::group_item::Body::Change(c)) => {
-                self.on_change(now, c.clone(), &item.snapshot)
-            }
-            Some(wire::group_item::Body::Envelope(e)) => self.on_group_envelope(seq, e.clone()),
+            Some(wire::group_item::Body::Change(c)) => self.on_change(c.clone(), &item.snapshot),
+            Some(wire::group_item::Body::Envelope(e)) => self.on_group_envelope(e.clone()),
             None => Outcome::Done,
         }
     }
 
     /// A countersigned change (from the mailbox or the sequencer's answer).
-    fn on_change(&mut self, now: UnixMillis, bytes: Bytes, snapshot: &Bytes) -> Outcome {
-        let _ = now;
+    fn on_change(&mut self, bytes: Bytes, snapshot: &Bytes) -> Outcome {
         let me = self.account.device().address().clone();
         let Some(change) = self.decoded(GroupChange::decode(bytes).map_err(|e| e.code())) else {
             return Outcome::Done;
@@ -585,8 +571,7 @@ impl<R: CryptoRng> Client<R> {
     }
 
     /// A group envelope from the mailbox.
-    fn on_group_envelope(&mut self, seq: u64, bytes: Bytes) -> Outcome {
-        let _ = seq;
+    fn on_group_envelope(&mut self, bytes: Bytes) -> Outcome {
         let Some(env) = self.decoded(GroupEnvelope::decode(bytes).map_err(|e| e.code())) else {
             return Outcome::Done;
         };
@@ -647,7 +632,7 @@ impl<R: CryptoRng> Client<R> {
 
     /// A group state from another device of this user (SPEC.md 20.5): taken if this
     /// device holds no state of the group; from anyone else, ignored.
-    pub(super) fn on_group_sync(&mut self, now: UnixMillis, from: &Address, sync: GroupSync) {
+    pub(super) fn on_group_sync(&mut self, from: &Address, sync: GroupSync) {
         let me = self.account.device().address().clone();
         let state = sync.state();
         if from != &me || state.role(&me).is_none() {
@@ -666,17 +651,11 @@ impl<R: CryptoRng> Client<R> {
         self.groups.unblocked = true;
         self.take_stashed_keys(id);
         self.event(ClientEvent::GroupSynced { group: id, epoch });
-        self.retry_pending(now);
+        self.retry_pending();
     }
 
     /// A sender key that arrived over an end-to-end session from `from`'s device.
-    pub(super) fn on_sender_key(
-        &mut self,
-        now: UnixMillis,
-        from: &Address,
-        device: DeviceId,
-        key: SenderKey,
-    ) {
+    pub(super) fn on_sender_key(&mut self, from: &Address, device: DeviceId, key: SenderKey) {
         let Some(cert) = self.certificate(from, device) else {
             return;
         };
@@ -690,7 +669,7 @@ impl<R: CryptoRng> Client<R> {
             },
             None => self.stash_key(cert, key),
         }
-        self.retry_pending(now);
+        self.retry_pending();
     }
 
     fn stash_key(&mut self, cert: DeviceCertificate, key: SenderKey) {

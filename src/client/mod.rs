@@ -891,9 +891,7 @@ impl<R: CryptoRng> Client<R> {
             Some(Body::GroupChange(g))
                 if matches!(req.kind, RequestKind::OrderGroupChange { .. }) =>
             {
-                if let RequestKind::OrderGroupChange { group } = req.kind {
-                    self.on_ordered(now, group, g.change);
-                }
+                self.on_ordered(g.change);
             }
             Some(Body::Done(_))
                 if matches!(req.kind, RequestKind::PublishPrekeys | RequestKind::Refill) =>
@@ -1390,7 +1388,7 @@ impl<R: CryptoRng> Client<R> {
             match item.item {
                 Some(wire::mailbox_item::Item::Envelope(e)) => envelopes.push((seq, e)),
                 Some(wire::mailbox_item::Item::Group(g)) => {
-                    if self.on_group_item(now, seq, g) {
+                    if self.on_group_item(seq, g) {
                         acks.push(seq);
                     }
                 }
@@ -1460,9 +1458,9 @@ impl<R: CryptoRng> Client<R> {
         }
         match r.content {
             Content::GroupSenderKey(key) => {
-                self.on_sender_key(now, &r.sender, r.sender_device, *key);
+                self.on_sender_key(&r.sender, r.sender_device, *key);
             }
-            Content::GroupSync(sync) => self.on_group_sync(now, &r.sender, *sync),
+            Content::GroupSync(sync) => self.on_group_sync(&r.sender, *sync),
             Content::Receipt(receipt) => {
                 for message_id in receipt.message_ids {
                     let (by, device) = (r.sender.clone(), r.sender_device);
@@ -1549,7 +1547,7 @@ impl<R: CryptoRng> Client<R> {
         // waiting for the sender's certificate.
         self.advance_all(now);
         self.groups.unblocked = true;
-        self.retry_pending(now);
+        self.retry_pending();
     }
 
     /// Tries the envelopes held for `sender` once more; what still fails is refused.

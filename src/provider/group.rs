@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use rand_core::CryptoRng;
 
-use super::state::{MailBody, MailItem, OutItem, hash_key};
+use super::state::{MailBody, MailItem, OutItem, change_id, hash_key};
 use super::{DeviceKey, Provider, err, response};
 use crate::address::{Address, Domain};
 use crate::envelope::MessageId;
@@ -134,15 +134,12 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         fans: Vec<Fan>,
         origin: &Origin,
     ) -> Result<(), ProtocolError> {
-        let mut remote: BTreeMap<Domain, usize> = BTreeMap::new();
-        for f in &fans {
-            for d in f.recipients.iter().map(Address::domain) {
-                if d != self.domain {
-                    *remote.entry(d).or_default() = 1;
-                }
-            }
-        }
-        for d in remote.keys() {
+        let remote: BTreeSet<Domain> = fans
+            .iter()
+            .flat_map(|f| f.recipients.iter().map(Address::domain))
+            .filter(|d| *d != self.domain)
+            .collect();
+        for d in &remote {
             let depth = self.durable.outbound.get(d).map_or(0, BTreeMap::len);
             if depth + fans.len() > self.limits.max_remote_queue_depth {
                 return Err(err(ErrorCode::QueueFull, d.to_string()).retry_after(RESEND_AFTER_MS));
@@ -414,8 +411,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let origin = Origin {
             sender: change.author().clone(),
             device: change.author_device().device_id(),
-            id: MessageId::from_slice(&change.hash()[..16])
-                .unwrap_or(MessageId::from_bytes([0; 16])),
+            id: change_id(&change).unwrap_or(MessageId::from_bytes([0; 16])),
             skip: None,
         };
         self.fan_out(now, fans, &origin)?;

@@ -82,7 +82,7 @@ impl MailItem {
                 wire::mailbox_item::Item::Notice(n),
             ),
             wire::stored_mail_item::Item::Group(g) => {
-                check_group_item(&g)?;
+                group_item_id(&g)?;
                 (
                     MailBody::Group(g.clone()),
                     wire::mailbox_item::Item::Group(g),
@@ -112,20 +112,24 @@ pub(super) fn group_item_len(g: &wire::GroupItem) -> usize {
     body + g.snapshot.len()
 }
 
-/// Whether a group item's body decodes as what it claims to be (a group envelope or a
-/// countersigned group change); checks no keys or group state.
-pub(super) fn check_group_item(g: &wire::GroupItem) -> Option<()> {
+/// A group item's id, if its body decodes as what it claims to be (a group envelope or a
+/// countersigned group change; no keys or group state are checked): the envelope's
+/// message id, or the first 16 bytes of the change's hash (what notices name it by).
+pub(super) fn group_item_id(g: &wire::GroupItem) -> Option<MessageId> {
     match g.body.as_ref()? {
         wire::group_item::Body::Envelope(e) => {
-            GroupEnvelope::decode(e.clone()).ok()?;
+            Some(GroupEnvelope::decode(e.clone()).ok()?.message_id())
         }
         wire::group_item::Body::Change(c) => {
-            if !GroupChange::decode(c.clone()).ok()?.is_sequenced() {
-                return None;
-            }
+            let change = GroupChange::decode(c.clone()).ok()?;
+            change.is_sequenced().then(|| change_id(&change))?
         }
     }
-    Some(())
+}
+
+/// The id notices give a group change: the first 16 bytes of its hash.
+pub(super) fn change_id(change: &GroupChange) -> Option<MessageId> {
+    MessageId::from_slice(&change.hash()[..16])
 }
 
 /// One envelope or group relay queued for a remote provider, with its routing header
@@ -206,31 +210,14 @@ impl OutItem {
         match w.group {
             None => Self::new(w.envelope, accepted),
             Some(g) => {
-                check_group_item(g.item.as_ref()?)?;
+                let id = group_item_id(g.item.as_ref()?)?;
                 let sender = Address::parse_canonical(&w.group_sender).ok()?;
                 let device = DeviceId::from_slice(&w.group_sender_device)?;
-                let id = group_item_id(g.item.as_ref()?)?;
                 Self::group(g, sender, device, id, accepted)
             }
         }
     }
-}
 
-/// The message id a group item is known by in notices: a group envelope's own, or the
-/// first 16 bytes of a change's hash.
-pub(super) fn group_item_id(g: &wire::GroupItem) -> Option<MessageId> {
-    match g.body.as_ref()? {
-        wire::group_item::Body::Envelope(e) => {
-            Some(GroupEnvelope::decode(e.clone()).ok()?.message_id())
-        }
-        wire::group_item::Body::Change(c) => {
-            let change = GroupChange::decode(c.clone()).ok()?;
-            MessageId::from_slice(&change.hash()[..16])
-        }
-    }
-}
-
-impl OutItem {
     /// An item for `envelope`, whose header the caller has already decoded as `h`.
     pub(super) fn with_header(envelope: Bytes, h: &EnvelopeHeader, accepted: UnixMillis) -> Self {
         Self {

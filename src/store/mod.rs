@@ -237,6 +237,37 @@ impl<S: Store + ?Sized> Store for &mut S {
     }
 }
 
+/// Helpers the stores' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A put of byte-slice key and value.
+    pub(crate) fn put(table: Table, key: &[u8], value: &[u8]) -> StoreOp {
+        StoreOp::Put {
+            table,
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+        }
+    }
+
+    /// A delete of a byte-slice key.
+    pub(crate) fn delete(table: Table, key: &[u8]) -> StoreOp {
+        StoreOp::Delete {
+            table,
+            key: Bytes::copy_from_slice(key),
+        }
+    }
+
+    /// `contents` without its empty tables (a `MemoryStore` lists only tables it wrote).
+    pub(crate) fn non_empty(contents: Contents) -> Contents {
+        contents
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

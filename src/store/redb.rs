@@ -342,28 +342,7 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
-    fn put(table: Table, key: &[u8], value: &[u8]) -> StoreOp {
-        StoreOp::Put {
-            table,
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
-        }
-    }
-
-    fn delete(table: Table, key: &[u8]) -> StoreOp {
-        StoreOp::Delete {
-            table,
-            key: Bytes::copy_from_slice(key),
-        }
-    }
-
-    /// `contents` without its empty tables (a `MemoryStore` lists only tables it wrote).
-    fn non_empty(contents: Contents) -> Contents {
-        contents
-            .into_iter()
-            .filter(|(_, t)| !t.is_empty())
-            .collect()
-    }
+    use crate::store::testing::{delete, non_empty, put};
 
     #[test]
     fn puts_and_deletes_survive_reopen_and_match_the_memory_store() {
