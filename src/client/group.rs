@@ -31,13 +31,12 @@ use crate::wire;
 /// one-to-one messages, SPEC.md 16.12).
 #[derive(Default)]
 pub(super) struct Outbox {
-    /// Local keys of the sender-key messages the provider has not stored yet.
-    key_msgs: BTreeSet<u64>,
+    /// The sender-key messages the provider has not stored yet (by local key), each
+    /// with the group messages sealed on its chain while it was outstanding: a device it
+    /// cannot reach cannot read them.
+    key_msgs: BTreeMap<u64, Vec<MessageId>>,
     /// Sealed group envelopes waiting for `key_msgs` to be stored.
     queued: VecDeque<(MessageId, Bytes, Vec<String>)>,
-    /// For each outstanding sender-key message, the group messages sealed on its
-    /// chain while it was outstanding: a device it cannot reach cannot read them.
-    dependents: BTreeMap<u64, Vec<MessageId>>,
 }
 
 /// What became of a one-to-one message (perhaps a sender key) of this client.
@@ -306,12 +305,12 @@ impl<R: CryptoRng> Client<R> {
                     .entry(group)
                     .or_default()
                     .key_msgs
-                    .insert(local);
+                    .insert(local, Vec::new());
             }
         }
         if let Some(o) = self.groups.outboxes.get_mut(&group) {
-            for k in &o.key_msgs {
-                o.dependents.entry(*k).or_default().push(message_id);
+            for ids in o.key_msgs.values_mut() {
+                ids.push(message_id);
             }
         }
         self.release_group(now, group);
@@ -355,54 +354,48 @@ impl<R: CryptoRng> Client<R> {
             .groups
             .outboxes
             .iter()
-            .filter(|(_, o)| o.key_msgs.contains(&local))
+            .filter(|(_, o)| o.key_msgs.contains_key(&local))
             .map(|(id, _)| *id)
             .collect();
         for id in groups {
-            let Some(g) = self.groups.outboxes.get_mut(&id) else {
+            let Some(o) = self.groups.outboxes.get_mut(&id) else {
                 continue;
             };
-            let (lost, recipient, device) = match &settled {
-                Settled::Stored(_) => (Vec::new(), None, None),
-                Settled::Failed(_, to) => (
-                    g.dependents.get(&local).cloned().unwrap_or_default(),
-                    Some(to.clone()),
-                    None,
-                ),
-                Settled::Skipped(_, to, d) => (
-                    g.dependents.get(&local).cloned().unwrap_or_default(),
-                    Some(to.clone()),
-                    Some(*d),
-                ),
+            let (recipient, device) = match &settled {
+                Settled::Stored(_) => {
+                    o.key_msgs.remove(&local);
+                    self.release_group(now, id);
+                    continue;
+                }
+                Settled::Failed(_, to) => (to.clone(), None),
+                Settled::Skipped(_, to, d) => (to.clone(), Some(*d)),
             };
-            if let Some(to) = &recipient
-                && let Some(r) = self.account.groups.records.get_mut(&id)
-            {
-                match (&settled, r.keyed.get_mut(to)) {
-                    (Settled::Skipped(_, _, d), Some(devices)) => {
-                        devices.remove(d);
+            // A skipped device leaves the message outstanding for the others.
+            let lost = match device {
+                Some(_) => o.key_msgs.get(&local).cloned(),
+                None => o.key_msgs.remove(&local),
+            }
+            .unwrap_or_default();
+            if let Some(r) = self.account.groups.records.get_mut(&id) {
+                match (device, r.keyed.get_mut(&recipient)) {
+                    (Some(d), Some(devices)) => {
+                        devices.remove(&d);
                     }
                     _ => {
-                        r.keyed.remove(to);
+                        r.keyed.remove(&recipient);
                     }
                 }
             }
-            if !matches!(settled, Settled::Skipped(..)) {
-                g.key_msgs.remove(&local);
-                g.dependents.remove(&local);
-            }
-            if let Some(recipient) = recipient {
-                for message_id in lost {
-                    self.event(ClientEvent::Undeliverable {
-                        message_id,
-                        recipient: recipient.clone(),
-                        device,
-                        reason: super::local_error(
-                            crate::protocol::ErrorCode::UnknownDevice,
-                            "the group's sender key could not be handed to it",
-                        ),
-                    });
-                }
+            for message_id in lost {
+                self.event(ClientEvent::Undeliverable {
+                    message_id,
+                    recipient: recipient.clone(),
+                    device,
+                    reason: super::local_error(
+                        crate::protocol::ErrorCode::UnknownDevice,
+                        "the group's sender key could not be handed to it",
+                    ),
+                });
             }
             self.release_group(now, id);
         }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use rand_core::CryptoRng;
 
-use super::state::{MailBody, MailItem, OutItem, change_id, hash_key};
+use super::state::{MailBody, OutItem, change_id, hash_key};
 use super::{DeviceKey, Provider, err, response};
 use crate::address::{Address, Domain};
 use crate::envelope::MessageId;
@@ -201,17 +201,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 });
                 continue;
             }
-            let mail = MailItem {
-                received: now,
-                body: MailBody::Group(item.clone()),
-            };
-            if self
-                .durable
-                .enqueue_mail(to, dev, mail, &mut self.ops)
-                .is_some()
-            {
-                self.dirty.insert(dkey);
-            }
+            self.store_mail(&dkey, MailBody::Group(item.clone()), now);
         }
     }
 
@@ -232,14 +222,13 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 let env = GroupEnvelope::decode(e.clone()).map_err(|e| {
                     err(ErrorCode::Invalid, format!("group envelope: {}", e.code()))
                 })?;
+                // (A snapshot beside an envelope breaks a structural rule: refused with
+                // the frame, SPEC.md 16.2.)
                 if !env.sender().is_at(peer) {
                     return Err(err(
                         ErrorCode::NotYours,
                         "sender is not at the relaying provider",
                     ));
-                }
-                if !item.snapshot.is_empty() {
-                    return Err(err(ErrorCode::Invalid, "a snapshot with an envelope"));
                 }
             }
             Some(wire::group_item::Body::Change(c)) => {

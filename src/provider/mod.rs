@@ -1499,23 +1499,20 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     }
 
     fn deliver_local(&mut self, dkey: &DeviceKey, bytes: Bytes, now: UnixMillis) {
-        let item = MailItem {
-            received: now,
-            body: MailBody::Envelope(bytes),
-        };
-        if self
-            .durable
-            .enqueue_mail(&dkey.0, dkey.1, item, &mut self.ops)
-            .is_some()
-        {
-            self.dirty.insert(dkey.clone());
-        }
+        self.store_mail(dkey, MailBody::Envelope(bytes), now);
     }
 
     fn notify(&mut self, dkey: &DeviceKey, notice: wire::notice::Body, now: UnixMillis) {
+        let notice = wire::Notice { body: Some(notice) };
+        self.store_mail(dkey, MailBody::Notice(notice), now);
+    }
+
+    /// Appends an item to a local device's mailbox (durably, with the next commit) and
+    /// marks the device for delivery.
+    fn store_mail(&mut self, dkey: &DeviceKey, body: MailBody, now: UnixMillis) {
         let item = MailItem {
             received: now,
-            body: MailBody::Notice(wire::Notice { body: Some(notice) }),
+            body,
         };
         if self
             .durable
