@@ -116,6 +116,8 @@ impl Mesh {
         loop {
             match self.providers[p].poll_output(self.now) {
                 ProviderOutput::Timeout(_) => return sent,
+                // These providers commit inline (no `defer_commits`).
+                ProviderOutput::Commit(_) => {}
                 ProviderOutput::Transmit { conn, bytes } => {
                     sent += 1;
                     if let Some(to) = self.other_end(conn.0, Some(p)) {

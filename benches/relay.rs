@@ -676,6 +676,8 @@ struct Progress {
     delivered_count: AtomicUsize,
     /// Latencies in nanoseconds, submit to delivery.
     latencies: Mutex<Vec<u64>>,
+    /// Latencies in nanoseconds, submit to the sender's provider's `Done` (stored durably).
+    acks: Mutex<Vec<u64>>,
     expected: usize,
     done: tokio::sync::Notify,
 }
@@ -693,6 +695,7 @@ impl Progress {
             delivered: counts.iter().map(|&n| Mutex::new(vec![false; n])).collect(),
             delivered_count: AtomicUsize::new(0),
             latencies: Mutex::new(Vec::new()),
+            acks: Mutex::new(Vec::new()),
             expected,
             done: tokio::sync::Notify::new(),
         })
@@ -722,6 +725,7 @@ async fn run_sender(
         .collect();
     let mut next_chunk = 0;
     let mut in_flight: HashMap<u64, usize> = HashMap::new();
+    let mut acks = Vec::new();
     let mut retry: Vec<(Instant, usize)> = Vec::new();
     let mut next_id = 1u64;
     let mut out = BytesMut::new();
@@ -799,7 +803,11 @@ async fn run_sender(
                 continue;
             };
             match r.body {
-                Some(wire::response::Body::Done(_)) => {}
+                Some(wire::response::Body::Done(_)) => {
+                    let first = chunks[chunk].start;
+                    let sent = progress.submitted[who][first].load(Ordering::Relaxed);
+                    acks.push(progress.nanos().saturating_sub(sent));
+                }
                 Some(wire::response::Body::Error(e)) if e.retryable => {
                     let wait = Duration::from_millis(e.retry_after_ms.max(50));
                     retry.push((Instant::now() + wait, chunk));
@@ -808,6 +816,7 @@ async fn run_sender(
             }
         }
     }
+    progress.acks.lock().expect("lock").extend(acks);
     d
 }
 
@@ -948,6 +957,7 @@ struct Run {
     elapsed: Duration,
     cpu: Cpu,
     latencies: Vec<u64>,
+    acks: Vec<u64>,
     store: (StoreTotals, StoreTotals),
 }
 
@@ -1023,11 +1033,13 @@ fn run(
     let cpu1 = cpu();
     let (a1, b1) = (bed.store_a.totals(), bed.store_b.totals());
     let latencies = std::mem::take(&mut *progress.latencies.lock().expect("lock"));
+    let acks = std::mem::take(&mut *progress.acks.lock().expect("lock"));
     Run {
         messages: expected,
         elapsed,
         cpu: cpu1 - cpu0,
         latencies,
+        acks,
         store: (a1 - a0, b1 - b0),
     }
 }
@@ -1042,6 +1054,7 @@ fn pct(sorted: &[u64], q: f64) -> f64 {
 
 fn describe(r: &mut Run) -> String {
     r.latencies.sort_unstable();
+    r.acks.sort_unstable();
     let rate = r.messages as f64 / r.elapsed.as_secs_f64();
     let per = |s: f64| s * 1e6 / r.messages as f64;
     let store = |t: &StoreTotals| {
@@ -1055,14 +1068,16 @@ fn describe(r: &mut Run) -> String {
         )
     };
     format!(
-        "{} msgs in {:.2} s = {:.0} msg/s; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms; \
-         CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); store A: {}; store B: {}",
+        "{} msgs in {:.2} s = {:.0} msg/s; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
+         (submit to Done: p50 {:.2} ms p99 {:.2} ms); CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); store A: {}; store B: {}",
         r.messages,
         r.elapsed.as_secs_f64(),
         rate,
         pct(&r.latencies, 0.5),
         pct(&r.latencies, 0.99),
         pct(&r.latencies, 1.0),
+        pct(&r.acks, 0.5),
+        pct(&r.acks, 0.99),
         per(r.cpu.total),
         per(r.cpu.prov_a),
         per(r.cpu.prov_b),

@@ -257,7 +257,12 @@ async fn prekeys_published<S: Store + Prekeys + Send + 'static>(
 ) {
     let ok = tokio::time::timeout(WAIT, async {
         loop {
-            if server.with_provider(|p| p.store().prekeys()).await.unwrap() >= n {
+            if server
+                .with_provider(|p| p.store().lock().prekeys())
+                .await
+                .unwrap()
+                >= n
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1584,6 +1584,9 @@ impl<'w> PRun<'w> {
                 }
                 ProviderOutput::Resolve { domain } => self.resolves.push(domain),
                 ProviderOutput::Event(e) => self.on_event(e),
+                ProviderOutput::Commit(b) => {
+                    panic!("Commit of batch {} without defer_commits", b.id)
+                }
             }
         }
         panic!("poll_output did not return Timeout after {MAX_OUTPUTS} outputs");

@@ -11,6 +11,7 @@
 //!         ProviderOutput::Connect { domain }        => resolve + connect, then Connected / ConnectFailed,
 //!         ProviderOutput::Resolve { domain }        => resolve, then Resolved,
 //!         ProviderOutput::Event(e)                  => log,
+//!         ProviderOutput::Commit(batch)             => (deferred commits only) store it, then Committed,
 //!         ProviderOutput::Timeout(t)                => { call handle_timeout at t; break }
 //!     }
 //! }
@@ -19,8 +20,14 @@
 //! one batch for however many inputs came before, **before** it releases any output,
 //! so nothing is acknowledged (and no one-time prekey handed out) that the store has
 //! not made durable. Only deletions that SPEC.md 16.12 lets wait (acknowledged mailbox
-//! items and queue entries) wait for the next commit, or at most a second. If the commit fails, the provider drops the outputs, reloads its
-//! state from the store and carries on; peers retry.
+//! items and queue entries) wait for the next commit, or at most a second. If the commit
+//! fails, the provider drops the outputs, reloads its state from the store and carries on;
+//! peers retry.
+//!
+//! A driver that can run commits elsewhere calls [`Provider::defer_commits`]: batches then
+//! come out as [`ProviderOutput::Commit`] and their outputs wait for
+//! [`ProviderInput::Committed`], while the provider goes on taking input (pipelined group
+//! commit; the QUIC server runs its store on a thread of its own).
 //!
 //! Envelopes are routed by their claimed header without verifying signatures: the
 //! authenticated connection says which device or provider handed an envelope over, and
@@ -31,7 +38,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 
 use bytes::Bytes;
@@ -54,7 +61,7 @@ use crate::protocol::{
     self, Backoff, ConnectionId, ErrorCode, FrameError, ProtocolError, TokenBucket,
 };
 use crate::session::{PrekeyBundle, PrekeyKind, SignedPrekey};
-use crate::store::{Store, StoreError, StoreOp};
+use crate::store::{Store, StoreError, StoreOp, Table};
 use crate::time::UnixMillis;
 use crate::wire::{self, frame::Body};
 
@@ -209,6 +216,14 @@ pub enum ProviderInput {
         /// Its provider key, or `None` if it could not be resolved.
         key: Option<ProviderKey>,
     },
+    /// The answer to a [`ProviderOutput::Commit`]: what [`Store::commit`] returned for
+    /// batch `id`. An answer for a batch that is not outstanding is ignored.
+    Committed {
+        /// The batch.
+        id: u64,
+        /// The store's answer.
+        result: Result<(), StoreError>,
+    },
 }
 
 /// Who is on the other end of an authenticated connection.
@@ -308,11 +323,25 @@ pub enum ProviderOutput {
         /// The domain.
         domain: Domain,
     },
+    /// Only with [deferred commits](Provider::defer_commits): apply this batch to the
+    /// store ([`Store::commit`]) and answer with [`ProviderInput::Committed`]. At most one
+    /// batch is outstanding at a time.
+    Commit(CommitBatch),
     /// For the log.
     Event(ProviderEvent),
     /// Nothing more to do until this time (or the next input): call
     /// [`Provider::handle_timeout`] then.
     Timeout(Option<UnixMillis>),
+}
+
+/// Store writes for the driver to make durable (deferred commits, see
+/// [`Provider::defer_commits`]).
+#[derive(Debug)]
+pub struct CommitBatch {
+    /// Names the batch in [`ProviderInput::Committed`].
+    pub id: u64,
+    /// The writes, to apply in order, atomically and durably, as one [`Store::commit`].
+    pub ops: Vec<StoreOp>,
 }
 
 /// Counts for monitoring and for the simulator's limit checks.
@@ -471,6 +500,20 @@ pub struct Provider<S: Store, R: CryptoRng> {
     lazy_ops: Vec<StoreOp>,
     /// When the oldest of `lazy_ops` was made.
     lazy_since: Option<UnixMillis>,
+    /// `Some` once [`Provider::defer_commits`] was called.
+    deferred: Option<Deferred>,
+    /// With deferred commits: outputs released now, ahead of `out`: those that need no
+    /// commit (relays and fetches for other providers, connects) and those whose commit
+    /// completed.
+    ready: VecDeque<ProviderOutput>,
+}
+
+/// The state of deferred commits.
+#[derive(Debug, Default)]
+struct Deferred {
+    next_id: u64,
+    /// The outstanding batch and the outputs that wait for it.
+    in_flight: Option<(u64, Vec<ProviderOutput>)>,
 }
 
 impl<S: Store, R: CryptoRng> fmt::Debug for Provider<S, R> {
@@ -542,6 +585,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             commits: 0,
             lazy_ops: Vec::new(),
             lazy_since: None,
+            deferred: None,
+            ready: VecDeque::new(),
         };
         p.after_load(now);
         Ok(p)
@@ -597,6 +642,71 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         self.store
     }
 
+    /// From now on, hands commits to the driver as [`ProviderOutput::Commit`] instead of
+    /// running [`Store::commit`] inside [`poll_output`](Self::poll_output), so a driver
+    /// can run them on another thread while the provider goes on taking input (pipelined
+    /// group commit). The rules do not change: every output that depends on a batch (an
+    /// answer, a delivery, an event) waits until [`ProviderInput::Committed`] reports the
+    /// batch durable, and a failed batch rolls the provider back to what the store holds.
+    /// What waits for no commit is released at once: relays and forwarded fetches for
+    /// other providers (SPEC.md 16.5 allows a relay before its queue entry is durable)
+    /// and connection attempts. Outputs keep their order otherwise.
+    ///
+    /// The driver runs one batch at a time, in the order given, on the store this
+    /// provider was made with (which it must therefore share, as
+    /// [`SharedStore`](crate::store::SharedStore) does), and may only call
+    /// [`Store::load`] meanwhile through the provider.
+    pub fn defer_commits(&mut self) {
+        if self.deferred.is_none() {
+            self.deferred = Some(Deferred::default());
+        }
+    }
+
+    /// Whether a [`ProviderOutput::Commit`] awaits its [`ProviderInput::Committed`].
+    pub fn commit_outstanding(&self) -> bool {
+        self.deferred
+            .as_ref()
+            .is_some_and(|d| d.in_flight.is_some())
+    }
+
+    /// Turns the store into another, keeping all else (a driver that wrapped the store
+    /// gives it back unwrapped); if `f` fails, the provider is dropped.
+    pub fn try_map_store<T: Store, E>(
+        self,
+        f: impl FnOnce(S) -> Result<T, E>,
+    ) -> Result<Provider<T, R>, E> {
+        Ok(Provider {
+            domain: self.domain,
+            key: self.key,
+            open_registration: self.open_registration,
+            limits: self.limits,
+            backoff: self.backoff,
+            store: f(self.store)?,
+            rng: self.rng,
+            durable: self.durable,
+            ops: self.ops,
+            out: self.out,
+            conns: self.conns,
+            online: self.online,
+            remotes: self.remotes,
+            forwards: self.forwards,
+            next_request: self.next_request,
+            keys: self.keys,
+            resolving: self.resolving,
+            buckets: self.buckets,
+            timers: self.timers,
+            dirty: self.dirty,
+            dirty_remotes: self.dirty_remotes,
+            now: self.now,
+            to_refuse: self.to_refuse,
+            commits: self.commits,
+            lazy_ops: self.lazy_ops,
+            lazy_since: self.lazy_since,
+            deferred: self.deferred,
+            ready: self.ready,
+        })
+    }
+
     /// Counts for monitoring.
     pub fn stats(&self) -> ProviderStats {
         let mut s = ProviderStats {
@@ -639,6 +749,15 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     fn send(&mut self, conn: ConnectionId, bytes: Bytes) {
         self.out.push_back(ProviderOutput::Transmit { conn, bytes });
+    }
+
+    /// An output that depends on no commit: with deferred commits it leaves at once.
+    fn send_early(&mut self, o: ProviderOutput) {
+        if self.deferred.is_some() {
+            self.ready.push_back(o);
+        } else {
+            self.out.push_back(o);
+        }
     }
 
     fn refuse(&mut self, conn: ConnectionId, error: ProtocolError) {
@@ -756,6 +875,27 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             ProviderInput::Closed { conn } => self.forget_conn(conn),
             ProviderInput::ConnectFailed { domain } => self.connect_failed(now, &domain),
             ProviderInput::Resolved { domain, key } => self.on_resolved(now, &domain, key),
+            ProviderInput::Committed { id, result } => self.on_committed(now, id, result),
+        }
+    }
+
+    /// The driver ran batch `id`.
+    fn on_committed(&mut self, now: UnixMillis, id: u64, result: Result<(), StoreError>) {
+        let Some(d) = self.deferred.as_mut() else {
+            return;
+        };
+        if d.in_flight.as_ref().is_none_or(|(i, _)| *i != id) {
+            return;
+        }
+        let Some((_, held)) = d.in_flight.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.commits += 1;
+                self.ready.extend(held);
+            }
+            Err(e) => self.rollback(now, e),
         }
     }
 
@@ -1948,7 +2088,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             if has_work && !r.connecting {
                 if r.next_connect <= now {
                     r.connecting = true;
-                    self.out.push_back(ProviderOutput::Connect {
+                    self.send_early(ProviderOutput::Connect {
                         domain: domain.clone(),
                     });
                 } else {
@@ -1968,17 +2108,19 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         // Forwarded fetches.
         let fetches: Vec<u64> = std::mem::take(&mut r.fetches).into_iter().collect();
         for id in fetches {
-            if let Some(f) = self.forwards.get_mut(&id) {
-                f.sent_at = Some(now);
-                let bytes = protocol::encode(Body::Request(f.request.clone()));
-                self.out.push_back(ProviderOutput::Transmit { conn, bytes });
-            }
+            let Some(f) = self.forwards.get_mut(&id) else {
+                continue;
+            };
+            f.sent_at = Some(now);
+            let bytes = protocol::encode(Body::Request(f.request.clone()));
+            self.send_early(ProviderOutput::Transmit { conn, bytes });
         }
         // Relays, in batches.
         let Some(r) = self.remotes.get_mut(domain) else {
             return;
         };
         let queue = self.durable.outbound.get(domain);
+        let mut relays = Vec::new();
         while r.in_flight_items < MAX_RELAY_IN_FLIGHT && !r.ready.is_empty() {
             // Envelopes first, then group relays: the order of the results (SPEC.md 20.4).
             let mut seqs = Vec::new();
@@ -2020,13 +2162,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                     groups,
                 })),
             }));
-            self.out.push_back(ProviderOutput::Transmit { conn, bytes });
+            relays.push(ProviderOutput::Transmit { conn, bytes });
         }
         if !r.in_flight.is_empty() {
             self.timers.insert((
                 now.saturating_add(RESEND_AFTER_MS),
                 TimerKey::Remote(domain.clone()),
             ));
+        }
+        for o in relays {
+            self.send_early(o);
         }
     }
 
@@ -2231,19 +2376,39 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             || self
                 .lazy_since
                 .is_some_and(|t| t.saturating_add(LAZY_FLUSH_MS) <= now);
-        if !self.ops.is_empty() || lazy_due {
-            // The waiting deletions ride along: they concern items stored by earlier
-            // commits, so their order relative to `ops` does not matter.
-            let mut ops = std::mem::take(&mut self.lazy_ops);
-            ops.append(&mut self.ops);
-            self.lazy_since = None;
-            match self.store.commit(&ops) {
-                Ok(()) => self.commits += 1,
-                Err(e) => self.rollback(now, e),
+        let due = !self.ops.is_empty() || lazy_due;
+        if self.deferred.is_none() {
+            if due {
+                let ops = self.take_batch();
+                match self.store.commit(&ops) {
+                    Ok(()) => self.commits += 1,
+                    Err(e) => self.rollback(now, e),
+                }
             }
-        }
-        if let Some(o) = self.out.pop_front() {
-            return o;
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
+        } else {
+            if let Some(o) = self.ready.pop_front() {
+                return o;
+            }
+            if !self.commit_outstanding() {
+                if due {
+                    let ops = self.take_batch();
+                    let held: Vec<ProviderOutput> = self.out.drain(..).collect();
+                    if let Some(d) = self.deferred.as_mut() {
+                        let id = d.next_id;
+                        d.next_id = d.next_id.wrapping_add(1);
+                        d.in_flight = Some((id, held));
+                        return ProviderOutput::Commit(CommitBatch { id, ops });
+                    }
+                }
+                // Nothing staged and nothing outstanding: what is left depends on
+                // nothing that is not durable.
+                if let Some(o) = self.out.pop_front() {
+                    return o;
+                }
+            }
         }
         let flush = self.lazy_since.map(|t| t.saturating_add(LAZY_FLUSH_MS));
         let timer = self.timers.first().map(|(t, _)| *t);
@@ -2253,10 +2418,40 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         })
     }
 
+    /// The staged writes as one batch: `ops`, then the deletions that waited. A deletion
+    /// may concern an entry put in this very batch (with deferred commits a relay goes
+    /// out, and can be acknowledged, before its queue entry is committed): the put is
+    /// then left out, since put-then-delete leaves what the delete alone leaves, and the
+    /// envelope never reaches the disk.
+    fn take_batch(&mut self) -> Vec<StoreOp> {
+        let mut ops = std::mem::take(&mut self.ops);
+        let lazy = std::mem::take(&mut self.lazy_ops);
+        self.lazy_since = None;
+        if !ops.is_empty() && !lazy.is_empty() {
+            let deleted: HashSet<(Table, &Bytes)> = lazy
+                .iter()
+                .filter_map(|op| match op {
+                    StoreOp::Delete { table, key } => Some((*table, key)),
+                    StoreOp::Put { .. } => None,
+                })
+                .collect();
+            ops.retain(|op| match op {
+                StoreOp::Put { table, key, .. } => !deleted.contains(&(*table, key)),
+                StoreOp::Delete { .. } => true,
+            });
+        }
+        ops.extend(lazy);
+        ops
+    }
+
     /// A commit failed: drop everything that depended on it and reload.
     fn rollback(&mut self, now: UnixMillis, e: StoreError) {
         let closes: Vec<ConnectionId> = self.conns.keys().copied().collect();
         self.out.clear();
+        self.ready.clear();
+        if let Some(d) = self.deferred.as_mut() {
+            d.in_flight = None;
+        }
         self.ops.clear();
         self.lazy_ops.clear();
         self.lazy_since = None;

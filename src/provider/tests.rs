@@ -1184,3 +1184,232 @@ mod groups {
         }
     }
 }
+
+/// Deferred commits (`defer_commits`): the test is the driver that runs the batches.
+mod deferred {
+    use super::*;
+
+    /// Drains; returns the outputs and the batch handed over, if any.
+    fn drain_batch(p: &mut P) -> (Vec<ProviderOutput>, Option<CommitBatch>) {
+        let mut batch = None;
+        let mut outs = Vec::new();
+        for o in drain(p, NOW) {
+            match o {
+                ProviderOutput::Commit(b) => {
+                    assert!(batch.is_none(), "a second batch while one is outstanding");
+                    batch = Some(b);
+                }
+                o => outs.push(o),
+            }
+        }
+        (outs, batch)
+    }
+
+    /// Runs `b` on the provider's store and reports the result.
+    fn run(p: &mut P, b: &CommitBatch) -> Vec<ProviderOutput> {
+        let result = p.store.commit(&b.ops);
+        p.handle_input(NOW, ProviderInput::Committed { id: b.id, result });
+        let (outs, next) = drain_batch(p);
+        assert!(next.is_none(), "nothing was staged meanwhile");
+        outs
+    }
+
+    fn submit_frame(id: u64, sent: &crate::session::Sent) -> Bytes {
+        protocol::encode(Body::Request(wire::Request {
+            id,
+            body: Some(wire::request::Body::Submit(wire::Submit {
+                envelopes: sent.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+            })),
+        }))
+    }
+
+    fn receive(p: &mut P, conn: ConnectionId, bytes: Bytes) {
+        p.handle_input(NOW, ProviderInput::Received { conn, bytes });
+    }
+
+    #[test]
+    fn answers_and_deliveries_wait_for_their_batch_and_batches_do_not_overlap() {
+        let mut s = setup();
+        let first = alice_encrypts(&mut s, "one");
+        let second = alice_encrypts(&mut s, "two");
+        s.p.defer_commits();
+        let store_commits = s.p.store.commits();
+
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &first));
+        let (outs, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("the submit is handed over as a batch");
+        assert!(s.p.commit_outstanding());
+        assert!(
+            frames(&outs, ConnectionId(1)).is_empty()
+                && delivered(&outs, ConnectionId(2)).is_empty(),
+            "nothing leaves before its batch is durable: {outs:?}"
+        );
+        assert_eq!(
+            s.p.store.commits(),
+            store_commits,
+            "the provider did not commit itself"
+        );
+
+        // A second submit while the first batch runs: staged, not handed over yet.
+        receive(&mut s.p, ConnectionId(1), submit_frame(8, &second));
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "{outs:?}");
+
+        // A stale or unknown answer changes nothing.
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Committed {
+                id: batch.id.wrapping_add(5),
+                result: Ok(()),
+            },
+        );
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "{outs:?}");
+
+        // The first batch is durable: its answer and deliveries leave, the second batch
+        // is handed over.
+        let result = s.p.store.commit(&batch.ops);
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Committed {
+                id: batch.id,
+                result,
+            },
+        );
+        let (outs, second_batch) = drain_batch(&mut s.p);
+        assert!(matches!(
+            response_to(&outs, ConnectionId(1), 7),
+            wire::response::Body::Done(_)
+        ));
+        assert!(!delivered(&outs, ConnectionId(2)).is_empty());
+        assert!(
+            !frames(&outs, ConnectionId(1))
+                .iter()
+                .any(|b| matches!(b, Body::Response(r) if r.id == 8)),
+            "the second answer waits for the second batch"
+        );
+        let second_batch = second_batch.expect("the staged submit follows");
+        let outs = run(&mut s.p, &second_batch);
+        assert!(matches!(
+            response_to(&outs, ConnectionId(1), 8),
+            wire::response::Body::Done(_)
+        ));
+        assert!(!s.p.commit_outstanding());
+        assert_eq!(s.p.stats().commits, store_commits + 2);
+
+        // What the store holds is what the provider holds: a restart loses nothing.
+        let mailbox = s.p.stats().mailbox_items;
+        let restarted = Provider::new(
+            ProviderConfig::new(
+                Domain::parse("one.example").unwrap(),
+                ProviderKeyPair::from_secret_bytes(&s.p.key.secret_bytes()),
+            ),
+            s.p.store.clone(),
+            ChaCha20Rng::from_seed([1; 32]),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(restarted.stats().mailbox_items, mailbox);
+    }
+
+    #[test]
+    fn a_failed_batch_acknowledges_nothing_and_rolls_back() {
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "lost?");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.unwrap();
+        assert!(s.p.stats().mailbox_items > 0, "staged in memory");
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Committed {
+                id: batch.id,
+                result: Err(StoreError("disk full".into())),
+            },
+        );
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none());
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, ProviderOutput::Transmit { .. })),
+            "nothing is sent for a failed batch: {outs:?}"
+        );
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, ProviderOutput::Event(ProviderEvent::StorageFailed(_))))
+        );
+        assert!(closed(&outs, ConnectionId(1)));
+        assert_eq!(s.p.stats().mailbox_items, 0, "rolled back to the store");
+        assert!(!s.p.commit_outstanding());
+
+        // The device reconnects and resubmits: stored once.
+        let outs = login(&mut s.p, ConnectionId(11), &s.alice.accounts[0], None);
+        let (mut outs, batch) = {
+            let (more, batch) = drain_batch(&mut s.p);
+            (outs.into_iter().chain(more).collect::<Vec<_>>(), batch)
+        };
+        if let Some(b) = batch {
+            outs.extend(run(&mut s.p, &b));
+        }
+        assert!(welcomed(&outs, ConnectionId(11)), "{outs:?}");
+        receive(&mut s.p, ConnectionId(11), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let outs = run(&mut s.p, &batch.unwrap());
+        assert!(matches!(
+            response_to(&outs, ConnectionId(11), 7),
+            wire::response::Body::Done(_)
+        ));
+        assert_eq!(s.p.stats().mailbox_items, 2);
+    }
+
+    #[test]
+    fn a_deletion_in_the_same_batch_drops_the_put() {
+        let mut s = setup();
+        let key = Bytes::from_static(b"two.example\x00\x01");
+        let other = Bytes::from_static(b"bob\x00\x09");
+        s.p.ops = vec![
+            StoreOp::Put {
+                table: Table::Outbound,
+                key: key.clone(),
+                value: Bytes::from_static(b"envelope"),
+            },
+            StoreOp::Put {
+                table: Table::Dedup,
+                key: key.clone(),
+                value: Bytes::from_static(b"seen"),
+            },
+        ];
+        s.p.lazy_ops = vec![
+            StoreOp::Delete {
+                table: Table::Outbound,
+                key: key.clone(),
+            },
+            StoreOp::Delete {
+                table: Table::Mailbox,
+                key: other.clone(),
+            },
+        ];
+        let batch = s.p.take_batch();
+        assert_eq!(
+            batch,
+            vec![
+                StoreOp::Put {
+                    table: Table::Dedup,
+                    key: key.clone(),
+                    value: Bytes::from_static(b"seen"),
+                },
+                StoreOp::Delete {
+                    table: Table::Outbound,
+                    key,
+                },
+                StoreOp::Delete {
+                    table: Table::Mailbox,
+                    key: other,
+                },
+            ],
+            "the put of a deleted entry is left out; other writes keep their order, deletions last"
+        );
+    }
+}

@@ -1048,6 +1048,8 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             };
             let out = m.poll_output(now);
             match out {
+                // The simulator's providers commit inline (no `defer_commits`).
+                ProviderOutput::Commit(_) => {}
                 ProviderOutput::Timeout(t) => {
                     match t {
                         Some(t) => self.deadlines.insert(Node::Provider(p), t),

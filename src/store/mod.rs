@@ -24,6 +24,7 @@ mod redb;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
@@ -234,6 +235,53 @@ impl<S: Store + ?Sized> Store for &mut S {
 
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         (**self).commit(ops)
+    }
+}
+
+/// A store shared by a provider and the thread that runs its commits (a driver using
+/// [`Provider::defer_commits`](crate::provider::Provider::defer_commits)): a handle on one
+/// store behind a mutex; clones are handles on the same store.
+#[derive(Debug, Default)]
+pub struct SharedStore<S>(Arc<Mutex<S>>);
+
+impl<S> Clone for SharedStore<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<S> SharedStore<S> {
+    /// Shares `store`.
+    pub fn new(store: S) -> Self {
+        Self(Arc::new(Mutex::new(store)))
+    }
+
+    /// The store, locked (waits while a commit runs). A thread that panicked while
+    /// holding it left the store as its own error handling did: the lock is taken anyway.
+    pub fn lock(&self) -> MutexGuard<'_, S> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The store, if this is the last handle on it; otherwise the handle back.
+    pub fn into_inner(self) -> Result<S, Self> {
+        match Arc::try_unwrap(self.0) {
+            Ok(m) => Ok(m
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)),
+            Err(arc) => Err(Self(arc)),
+        }
+    }
+}
+
+impl<S: Store> Store for SharedStore<S> {
+    fn load(&mut self) -> Result<Contents, StoreError> {
+        self.lock().load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.lock().commit(ops)
     }
 }
 

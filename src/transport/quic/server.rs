@@ -20,17 +20,20 @@ use crate::address::Domain;
 use crate::identity::ProviderKey;
 use crate::protocol::ConnectionId;
 use crate::provider::{
-    Direction, PeerIdentity, Provider, ProviderConfig, ProviderEvent, ProviderInput,
+    CommitBatch, Direction, PeerIdentity, Provider, ProviderConfig, ProviderEvent, ProviderInput,
     ProviderOutput, ProviderStats,
 };
 use crate::resolve::{PeerInfo, Resolver};
-use crate::store::Store;
+use crate::store::{SharedStore, Store, StoreError};
 use crate::time::UnixMillis;
 
 /// Events handled per drain at most: a burst of frames becomes one store commit.
 const BATCH: usize = 256;
 
-type Call<S, R> = Box<dyn FnOnce(&mut Provider<S, R>) + Send>;
+type Call<S, R> = Box<dyn FnOnce(&mut Provider<SharedStore<S>, R>) + Send>;
+
+/// A batch for the store thread and where its answer goes.
+type CommitJob = (CommitBatch, oneshot::Sender<Result<(), StoreError>>);
 
 /// A connection accepted and its stream opened by the connector.
 struct Accepted {
@@ -70,16 +73,18 @@ impl<S: Store, R: CryptoRng> From<IoEvent> for Event<S, R> {
 /// A provider serving over QUIC on one UDP socket. See the [module documentation](super).
 ///
 /// It owns the [`Provider`] on one task (its event loop); per-connection tasks read and
-/// write the streams. Dropping the server stops everything at once (like a crash: what the
-/// store made durable is all that survives); [`ProviderServer::shutdown`] stops it
-/// gracefully and gives the provider back.
+/// write the streams, and a thread of its own runs the store's commits
+/// ([`Provider::defer_commits`]): while one batch is made durable the event loop goes on
+/// taking frames, which become the next batch. Dropping the server stops everything at
+/// once (like a crash: what the store made durable is all that survives);
+/// [`ProviderServer::shutdown`] stops it gracefully and gives the provider back.
 pub struct ProviderServer<S: Store, R: CryptoRng> {
     local_addr: SocketAddr,
     domain: Domain,
     public_key: ProviderKey,
     events: mpsc::Sender<Event<S, R>>,
     endpoint: quinn::Endpoint,
-    task: Option<JoinHandle<Provider<S, R>>>,
+    task: Option<JoinHandle<Provider<SharedStore<S>, R>>>,
     acceptor: JoinHandle<()>,
 }
 
@@ -137,7 +142,10 @@ where
         let local_addr = endpoint.local_addr()?;
         let domain = config.domain.clone();
         let public_key = config.key.public();
-        let provider = Provider::new(config, store, rng, now())?;
+        let store = SharedStore::new(store);
+        let mut provider = Provider::new(config, store.clone(), rng, now())?;
+        provider.defer_commits();
+        let committer = Committer::start(&domain, store)?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let connections = Arc::new(AtomicUsize::new(0));
         let handshakes = Arc::new(AtomicUsize::new(0));
@@ -162,6 +170,7 @@ where
             deadline: None,
             closing: Vec::new(),
             stopping: false,
+            committer,
         };
         let task = runtime.spawn(event_loop.run(rx));
         tracing::info!(%domain, %local_addr, key = %public_key, "provider listening");
@@ -192,11 +201,12 @@ where
     }
 
     /// Runs `f` on the provider, on its event loop (then drains its outputs): to add a
-    /// user, read its stats, and so on.
+    /// user, read its stats, and so on. The provider's store is shared with the thread
+    /// that commits (`p.store().lock()` waits for a commit that is running).
     pub async fn with_provider<T, F>(&self, f: F) -> Result<T, QuicError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Provider<S, R>) -> T + Send + 'static,
+        F: FnOnce(&mut Provider<SharedStore<S>, R>) -> T + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let call: Call<S, R> = Box::new(move |p| {
@@ -223,7 +233,10 @@ where
         let _ = self.events.send(Event::Shutdown).await;
         let provider = task.await.map_err(|_| QuicError::Stopped)?;
         self.acceptor.abort();
-        Ok(provider)
+        // The store thread has stopped: the provider holds the last handle.
+        provider
+            .try_map_store(SharedStore::into_inner)
+            .map_err(|_| QuicError::Stopped)
     }
 }
 
@@ -406,9 +419,74 @@ struct Entry {
     inbound: bool,
 }
 
+/// The thread that runs the provider's commits, one batch at a time, in order.
+struct Committer {
+    jobs: Option<std::sync::mpsc::Sender<CommitJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The batch running and where its answer arrives.
+    running: Option<(u64, oneshot::Receiver<Result<(), StoreError>>)>,
+}
+
+impl Committer {
+    fn start<S: Store + Send + 'static>(
+        domain: &Domain,
+        store: SharedStore<S>,
+    ) -> Result<Self, QuicError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<CommitJob>();
+        let thread = std::thread::Builder::new()
+            .name(format!("store {domain}"))
+            .spawn(move || {
+                for (batch, answer) in queue {
+                    let _ = answer.send(store.lock().commit(&batch.ops));
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            running: None,
+        })
+    }
+
+    /// Hands `batch` to the thread. If the thread is gone the batch fails, like a
+    /// commit that failed.
+    fn submit(&mut self, batch: CommitBatch) {
+        let (answer, receive) = oneshot::channel();
+        let id = batch.id;
+        if let Some(jobs) = &self.jobs
+            && let Err(std::sync::mpsc::SendError((_, answer))) = jobs.send((batch, answer))
+        {
+            let _ = answer.send(Err(StoreError("the store thread stopped".into())));
+        }
+        self.running = Some((id, receive));
+    }
+
+    /// The running batch's answer (never resolves while none runs).
+    async fn done(
+        running: &mut Option<(u64, oneshot::Receiver<Result<(), StoreError>>)>,
+    ) -> (u64, Result<(), StoreError>) {
+        match running {
+            Some((id, answer)) => {
+                let result = answer
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError("the store thread stopped".into())));
+                (*id, result)
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the thread once it has run what it was given.
+    async fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
 /// The event loop: owns the provider and every connection's handle.
 struct EventLoop<S: Store, R: CryptoRng, D> {
-    provider: Provider<S, R>,
+    provider: Provider<SharedStore<S>, R>,
     resolver: D,
     identity: Arc<TlsIdentity>,
     endpoint: quinn::Endpoint,
@@ -422,6 +500,7 @@ struct EventLoop<S: Store, R: CryptoRng, D> {
     /// Writers flushing before their connection closes.
     closing: Vec<JoinHandle<()>>,
     stopping: bool,
+    committer: Committer,
 }
 
 impl<S, R, D> EventLoop<S, R, D>
@@ -430,10 +509,17 @@ where
     R: CryptoRng + Send + 'static,
     D: Resolver + Send + 'static,
 {
-    async fn run(mut self, mut rx: mpsc::Receiver<Event<S, R>>) -> Provider<S, R> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event<S, R>>) -> Provider<SharedStore<S>, R> {
         self.drain();
         loop {
+            let deadline = self.deadline;
             tokio::select! {
+                biased;
+                (id, result) = Committer::done(&mut self.committer.running) => {
+                    self.committer.running = None;
+                    self.provider.handle_input(now(), ProviderInput::Committed { id, result });
+                    self.drain();
+                }
                 event = rx.recv() => {
                     let Some(event) = event else { break };
                     let mut stop = self.handle(event);
@@ -448,13 +534,14 @@ where
                         break;
                     }
                 }
-                () = sleep_until(self.deadline) => {
+                () = sleep_until(deadline) => {
                     self.provider.handle_timeout(now());
                     self.drain();
                 }
             }
         }
         self.shut_down().await;
+        self.committer.stop().await;
         self.provider
     }
 
@@ -628,6 +715,7 @@ where
                         .handle_input(now, ProviderInput::Resolved { domain, key });
                 }
                 ProviderOutput::Event(e) => self.on_event(now, e),
+                ProviderOutput::Commit(batch) => self.committer.submit(batch),
                 ProviderOutput::Timeout(t) => {
                     self.deadline = t;
                     break;
@@ -770,10 +858,24 @@ where
         self.drop_conn(now, conn, CLOSE_KEY_MISMATCH, b"tls key mismatch");
     }
 
+    /// Waits for the running commit and any the provider hands over after it.
+    async fn run_out_commits(&mut self) {
+        while self.committer.running.is_some() {
+            let (id, result) = Committer::done(&mut self.committer.running).await;
+            self.committer.running = None;
+            self.provider
+                .handle_input(now(), ProviderInput::Committed { id, result });
+            self.drain();
+        }
+    }
+
     /// Graceful stop: see [`ProviderServer::shutdown`].
     async fn shut_down(&mut self) {
         self.stopping = true;
         self.endpoint.set_server_config(None);
+        // The batch running holds answers to what was accepted: they go out before the
+        // connections close.
+        self.run_out_commits().await;
         let now = now();
         let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();
         let mut writers = std::mem::take(&mut self.closing);
@@ -786,6 +888,7 @@ where
         }
         self.provider.flush();
         self.drain();
+        self.run_out_commits().await;
         let flush = async {
             for w in writers {
                 let _ = w.await;
