@@ -38,7 +38,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 use bytes::Bytes;
@@ -2418,29 +2418,34 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         })
     }
 
-    /// The staged writes as one batch: `ops`, then the deletions that waited. A deletion
-    /// may concern an entry put in this very batch (with deferred commits a relay goes
-    /// out, and can be acknowledged, before its queue entry is committed): the put is
-    /// then left out, since put-then-delete leaves what the delete alone leaves, and the
-    /// envelope never reaches the disk.
+    /// The staged writes as one batch: `ops`, then the deletions that waited, with only
+    /// the last write of each key kept: within one atomic batch it alone decides what
+    /// the key holds. That drops the per-message rewrites of a device's or a queue's
+    /// next sequence number, and the put of an entry deleted in the same batch (with
+    /// deferred commits a relay goes out, and can be acknowledged, before its queue entry
+    /// is committed; such an envelope never reaches the disk).
     fn take_batch(&mut self) -> Vec<StoreOp> {
         let mut ops = std::mem::take(&mut self.ops);
-        let lazy = std::mem::take(&mut self.lazy_ops);
+        ops.append(&mut self.lazy_ops);
         self.lazy_since = None;
-        if !ops.is_empty() && !lazy.is_empty() {
-            let deleted: HashSet<(Table, &Bytes)> = lazy
-                .iter()
-                .filter_map(|op| match op {
-                    StoreOp::Delete { table, key } => Some((*table, key)),
-                    StoreOp::Put { .. } => None,
-                })
-                .collect();
-            ops.retain(|op| match op {
-                StoreOp::Put { table, key, .. } => !deleted.contains(&(*table, key)),
-                StoreOp::Delete { .. } => true,
-            });
+        if ops.len() < 2 {
+            return ops;
         }
-        ops.extend(lazy);
+        let keep: Vec<bool> = {
+            let mut last: HashMap<(Table, &Bytes), usize> = HashMap::with_capacity(ops.len());
+            for (i, op) in ops.iter().enumerate() {
+                last.insert(op_key(op), i);
+            }
+            if last.len() == ops.len() {
+                return ops;
+            }
+            ops.iter()
+                .enumerate()
+                .map(|(i, op)| last.get(&op_key(op)) == Some(&i))
+                .collect()
+        };
+        let mut keep = keep.into_iter();
+        ops.retain(|_| keep.next().unwrap_or(true));
         ops
     }
 
@@ -2497,6 +2502,13 @@ impl Fetch {
 impl ErrorCode {
     fn into_wire(self, message: &str) -> wire::Error {
         ProtocolError::new(self, message).to_wire()
+    }
+}
+
+/// The table and key an op writes.
+fn op_key(op: &StoreOp) -> (Table, &Bytes) {
+    match op {
+        StoreOp::Put { table, key, .. } | StoreOp::Delete { table, key } => (*table, key),
     }
 }
 

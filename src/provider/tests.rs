@@ -1365,51 +1365,57 @@ mod deferred {
     }
 
     #[test]
-    fn a_deletion_in_the_same_batch_drops_the_put() {
+    fn a_batch_keeps_only_the_last_write_of_each_key() {
         let mut s = setup();
-        let key = Bytes::from_static(b"two.example\x00\x01");
-        let other = Bytes::from_static(b"bob\x00\x09");
+        let put = |table, key: &'static [u8], value: &'static [u8]| StoreOp::Put {
+            table,
+            key: Bytes::from_static(key),
+            value: Bytes::from_static(value),
+        };
+        let delete = |table, key: &'static [u8]| StoreOp::Delete {
+            table,
+            key: Bytes::from_static(key),
+        };
         s.p.ops = vec![
-            StoreOp::Put {
-                table: Table::Outbound,
-                key: key.clone(),
-                value: Bytes::from_static(b"envelope"),
-            },
-            StoreOp::Put {
-                table: Table::Dedup,
-                key: key.clone(),
-                value: Bytes::from_static(b"seen"),
-            },
+            put(Table::Outbound, b"two.example/1", b"envelope"),
+            put(Table::Meta, b"seq", b"1"),
+            put(Table::Dedup, b"d1", b"seen"),
+            put(Table::Meta, b"seq", b"2"),
+            delete(Table::Mailbox, b"bob/3"),
+            put(Table::Mailbox, b"bob/3", b"again"),
+            // Same key, another table: a different entry.
+            put(Table::Dedup, b"seq", b"other"),
         ];
         s.p.lazy_ops = vec![
-            StoreOp::Delete {
-                table: Table::Outbound,
-                key: key.clone(),
-            },
-            StoreOp::Delete {
-                table: Table::Mailbox,
-                key: other.clone(),
-            },
+            delete(Table::Outbound, b"two.example/1"),
+            delete(Table::Mailbox, b"bob/9"),
         ];
-        let batch = s.p.take_batch();
         assert_eq!(
-            batch,
+            s.p.take_batch(),
             vec![
-                StoreOp::Put {
-                    table: Table::Dedup,
-                    key: key.clone(),
-                    value: Bytes::from_static(b"seen"),
-                },
-                StoreOp::Delete {
-                    table: Table::Outbound,
-                    key,
-                },
-                StoreOp::Delete {
-                    table: Table::Mailbox,
-                    key: other,
-                },
+                put(Table::Dedup, b"d1", b"seen"),
+                put(Table::Meta, b"seq", b"2"),
+                put(Table::Mailbox, b"bob/3", b"again"),
+                put(Table::Dedup, b"seq", b"other"),
+                delete(Table::Outbound, b"two.example/1"),
+                delete(Table::Mailbox, b"bob/9"),
             ],
-            "the put of a deleted entry is left out; other writes keep their order, deletions last"
+            "the last write of each key, in their order; deletions that waited come last"
         );
+        assert!(s.p.ops.is_empty() && s.p.lazy_ops.is_empty());
+        // Applied to a store, the kept writes leave what all of them would.
+        let mut all = MemoryStore::new();
+        let mut kept = MemoryStore::new();
+        let batch = vec![
+            put(Table::Meta, b"k", b"1"),
+            delete(Table::Meta, b"k"),
+            put(Table::Meta, b"j", b"1"),
+            put(Table::Meta, b"k", b"2"),
+            delete(Table::Meta, b"j"),
+        ];
+        all.commit(&batch).unwrap();
+        s.p.ops = batch;
+        kept.commit(&s.p.take_batch()).unwrap();
+        assert_eq!(all.load().unwrap(), kept.load().unwrap());
     }
 }
