@@ -1015,12 +1015,39 @@ fn run(
                 progress.done.notified().await;
             }
         };
-        tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
-            panic!(
-                "only {} of {expected} messages delivered",
-                progress.delivered_count.load(Ordering::Acquire)
-            )
-        });
+        // `KOGGE_RELAY_TRACE=1`: where the messages are, every 250 ms (to find the stage
+        // that bounds a run).
+        let trace = async {
+            if std::env::var_os("KOGGE_RELAY_TRACE").is_none() {
+                return std::future::pending::<()>().await;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let (Ok(a), Ok(b)) = (bed.a().stats().await, bed.b().stats().await) else {
+                    continue;
+                };
+                eprintln!(
+                    "  t {:6.2} s: delivered {:6}, A queued for B {:6}, B in mailboxes {:6}, \
+                     B dedup {:6}, connections A {} B {}",
+                    start.elapsed().as_secs_f64(),
+                    progress.delivered_count.load(Ordering::Acquire),
+                    a.outbound_items,
+                    b.mailbox_items,
+                    b.dedup_entries,
+                    a.connections,
+                    b.connections,
+                );
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(WAIT, wait) => r.unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {expected} messages delivered",
+                    progress.delivered_count.load(Ordering::Acquire)
+                )
+            }),
+            () = trace => {}
+        }
         let elapsed = start.elapsed();
         for s in senders_done {
             drop(s.await.expect("sender"));

@@ -353,7 +353,10 @@ where
                         connection,
                         send,
                         recv,
-                        self.events.clone(),
+                        io::Lanes {
+                            normal: self.events.clone(),
+                            priority: None,
+                        },
                         self.quic.max_send_queue_bytes,
                         None,
                     );

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -146,10 +146,19 @@ pub(crate) enum SendError {
     TooLarge,
 }
 
+/// Where a connection's reader hands its frames: the driver's queue, or, once the
+/// connection is [prioritised](ConnIo::prioritise), its priority queue (if it has one).
+#[derive(Debug)]
+pub(crate) struct Lanes<E> {
+    pub(crate) normal: mpsc::Sender<E>,
+    pub(crate) priority: Option<mpsc::Sender<E>>,
+}
+
 /// The driver's handle on one connection's tasks.
 #[derive(Debug)]
 pub(crate) struct ConnIo {
     connection: quinn::Connection,
+    prioritised: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<WriterMsg>,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
@@ -168,14 +177,14 @@ impl std::fmt::Debug for WriterMsg {
 
 impl ConnIo {
     /// Starts the reader and writer of a connection whose stream is open. Frames and the
-    /// end of the connection are reported on `events` under `key`; `slot` is held until
+    /// end of the connection are reported on `lanes` under `key`; `slot` is held until
     /// the reader ends.
     pub(crate) fn spawn<E>(
         key: u64,
         connection: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
-        events: mpsc::Sender<E>,
+        lanes: Lanes<E>,
         max_queued: usize,
         slot: Option<Slot>,
     ) -> Self
@@ -184,10 +193,19 @@ impl ConnIo {
     {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let reader = tokio::spawn(read_frames(key, connection.clone(), recv, events, slot));
+        let prioritised = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_frames(
+            key,
+            connection.clone(),
+            recv,
+            lanes,
+            prioritised.clone(),
+            slot,
+        ));
         let writer = tokio::spawn(write_frames(connection.clone(), send, rx, queued.clone()));
         Self {
             connection,
+            prioritised,
             tx,
             queued,
             max_queued,
@@ -229,6 +247,13 @@ impl ConnIo {
         self.writer.abort();
     }
 
+    /// From now on the reader hands frames to the priority queue (a connection with
+    /// another provider, whose answers free the relay window: they must not wait behind
+    /// every device's requests).
+    pub(crate) fn prioritise(&self) {
+        self.prioritised.store(true, Ordering::Release);
+    }
+
     /// The peer's address, for logs.
     pub(crate) fn remote(&self) -> std::net::SocketAddr {
         self.connection.remote_address()
@@ -244,9 +269,14 @@ async fn read_frames<E: From<IoEvent>>(
     key: u64,
     connection: quinn::Connection,
     mut recv: quinn::RecvStream,
-    events: mpsc::Sender<E>,
+    lanes: Lanes<E>,
+    prioritised: Arc<AtomicBool>,
     slot: Option<Slot>,
 ) {
+    let lane = || match &lanes.priority {
+        Some(p) if prioritised.load(Ordering::Acquire) => p,
+        _ => &lanes.normal,
+    };
     let mut buf = BytesMut::new();
     let why = 'read: loop {
         // Hand over every whole frame in the buffer.
@@ -266,7 +296,7 @@ async fn read_frames<E: From<IoEvent>>(
             }
             buf.advance(LENGTH_PREFIX_LEN);
             let frame = buf.split_to(len).freeze();
-            if events
+            if lane()
                 .send(IoEvent::Frame { key, frame }.into())
                 .await
                 .is_err()
@@ -293,7 +323,7 @@ async fn read_frames<E: From<IoEvent>>(
         }
     };
     drop(slot);
-    let _ = events.send(IoEvent::Closed { key, why }.into()).await;
+    let _ = lane().send(IoEvent::Closed { key, why }.into()).await;
 }
 
 /// Writes queued frames, as many per stream write as are waiting (up to
