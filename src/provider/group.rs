@@ -20,7 +20,6 @@ use crate::group::{GroupChange, GroupEnvelope, GroupError, GroupState};
 use crate::identity::DeviceId;
 use crate::limits::{
     DEDUP_RETENTION_MS, MAX_DEDUP_ENTRIES, MAX_GROUP_RECIPIENTS, MAX_SEQUENCER_GROUPS,
-    RESEND_AFTER_MS,
 };
 use crate::protocol::{ConnectionId, ErrorCode, ProtocolError};
 use crate::store::Store;
@@ -142,7 +141,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         for d in &remote {
             let depth = self.durable.outbound.get(d).map_or(0, BTreeMap::len);
             if depth + fans.len() > self.limits.max_remote_queue_depth {
-                return Err(err(ErrorCode::QueueFull, d.to_string()).retry_after(RESEND_AFTER_MS));
+                return Err(self.queue_full(d));
             }
         }
         for f in fans {

@@ -56,12 +56,13 @@ use crate::limits::{
     MAX_RELAY_ENVELOPES, MAX_RELAY_IN_FLIGHT, MAX_REMOTE_QUEUE_DEPTH, ONE_TIME_PREKEY_BURST,
     ONE_TIME_PREKEYS_PER_HOUR, PROTOCOL_VERSION, PROVIDER_PREKEY_LOW_WATERMARK,
     PROVIDER_REQUEST_BURST, PROVIDER_REQUESTS_PER_SECOND, RELAY_EXPIRY_MS, RESEND_AFTER_MS,
+    RETRY_INITIAL_MS,
 };
 use crate::protocol::{
     self, Backoff, ConnectionId, ErrorCode, FrameError, ProtocolError, TokenBucket,
 };
 use crate::session::{PrekeyBundle, PrekeyKind, SignedPrekey};
-use crate::store::{Store, StoreError, StoreOp, Table};
+use crate::store::{Store, StoreError, StoreOp};
 use crate::time::UnixMillis;
 use crate::wire::{self, frame::Body};
 
@@ -408,9 +409,49 @@ struct Conn {
 struct Online {
     conn: ConnectionId,
     /// Items sent and not acknowledged, with when they were sent.
-    in_flight: BTreeMap<u64, UnixMillis>,
+    in_flight: InFlight,
     /// The highest sequence number sent on this connection.
     pushed_up_to: u64,
+}
+
+/// Mailbox items sent to a device and not acknowledged, by sequence number and by the
+/// time they were sent (so that neither a resend nor the next deadline needs a scan).
+#[derive(Debug, Default)]
+struct InFlight {
+    sent: BTreeMap<u64, UnixMillis>,
+    by_time: BTreeSet<(UnixMillis, u64)>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn insert(&mut self, seq: u64, at: UnixMillis) {
+        if let Some(old) = self.sent.insert(seq, at) {
+            self.by_time.remove(&(old, seq));
+        }
+        self.by_time.insert((at, seq));
+    }
+
+    fn remove(&mut self, seq: u64) {
+        if let Some(at) = self.sent.remove(&seq) {
+            self.by_time.remove(&(at, seq));
+        }
+    }
+
+    /// Items sent at or before `at`, oldest first.
+    fn sent_by(&self, at: UnixMillis) -> Vec<u64> {
+        self.by_time
+            .range(..=(at, u64::MAX))
+            .map(|(_, seq)| *seq)
+            .collect()
+    }
+
+    /// When the oldest was sent.
+    fn oldest(&self) -> Option<UnixMillis> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
 }
 
 /// Federation progress towards one remote provider (volatile: rebuilt after restart).
@@ -1195,7 +1236,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                             key.clone(),
                             Online {
                                 conn,
-                                in_flight: BTreeMap::new(),
+                                in_flight: InFlight::default(),
                                 pushed_up_to: 0,
                             },
                         );
@@ -1612,7 +1653,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         for (d, n) in &remote_counts {
             let depth = self.durable.outbound.get(d).map_or(0, BTreeMap::len);
             if depth + n > self.limits.max_remote_queue_depth {
-                return Err(err(ErrorCode::QueueFull, d.to_string()).retry_after(RESEND_AFTER_MS));
+                return Err(self.queue_full(d));
             }
         }
         let expiry = now.saturating_add(DEDUP_RETENTION_MS);
@@ -1625,6 +1666,23 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
         }
         Ok(())
+    }
+
+    /// The answer to a request that would overfill the queue towards `domain`: try again
+    /// soon if that provider is connected (its queue is moving), later if not.
+    fn queue_full(&self, domain: &Domain) -> ProtocolError {
+        let moving = self
+            .remotes
+            .get(domain)
+            .and_then(|r| r.conn)
+            .and_then(|c| self.conns.get(&c))
+            .is_some_and(|c| matches!(c.state, ConnState::PeerOut(_)));
+        let wait = if moving {
+            RETRY_INITIAL_MS
+        } else {
+            RESEND_AFTER_MS
+        };
+        err(ErrorCode::QueueFull, domain.to_string()).retry_after(wait)
     }
 
     /// Queues an item for a remote provider, durably, and marks it ready to send.
@@ -1670,7 +1728,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .remove_mail(&key.0, key.1, *seq, &mut self.lazy_ops)
                 && let Some(o) = self.online.get_mut(&key)
             {
-                o.in_flight.remove(seq);
+                o.in_flight.remove(*seq);
             }
         }
         self.dirty.insert(key);
@@ -2213,15 +2271,18 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let Some(st) = self.durable.device(&key.0, key.1) else {
             return;
         };
-        // Resend what went unacknowledged too long, then what is new.
-        let mut seqs: Vec<u64> = o
-            .in_flight
-            .iter()
-            .filter(|(_, at)| at.saturating_add(RESEND_AFTER_MS) <= now)
-            .map(|(s, _)| *s)
-            .filter(|s| st.mailbox.contains_key(s))
-            .collect();
-        o.in_flight.retain(|s, _| st.mailbox.contains_key(s));
+        // Resend what went unacknowledged too long (an item no longer in the mailbox is
+        // forgotten), then what is new.
+        let mut seqs = Vec::new();
+        if let Some(due) = now.0.checked_sub(RESEND_AFTER_MS) {
+            for seq in o.in_flight.sent_by(UnixMillis(due)) {
+                if st.mailbox.contains_key(&seq) {
+                    seqs.push(seq);
+                } else {
+                    o.in_flight.remove(seq);
+                }
+            }
+        }
         let room = MAX_DELIVER_IN_FLIGHT.saturating_sub(o.in_flight.len());
         seqs.extend(
             st.mailbox
@@ -2252,7 +2313,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if !items.is_empty() {
             frames.push(items);
         }
-        let next = o.in_flight.values().min().copied();
+        let next = o.in_flight.oldest();
         for items in frames {
             let bytes = protocol::encode(Body::Deliver(wire::Deliver { items }));
             self.out.push_back(ProviderOutput::Transmit { conn, bytes });
@@ -2418,34 +2479,15 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         })
     }
 
-    /// The staged writes as one batch: `ops`, then the deletions that waited, with only
-    /// the last write of each key kept: within one atomic batch it alone decides what
-    /// the key holds. That drops the per-message rewrites of a device's or a queue's
-    /// next sequence number, and the put of an entry deleted in the same batch (with
+    /// The staged writes as one batch: `ops`, then the deletions that waited (with
     /// deferred commits a relay goes out, and can be acknowledged, before its queue entry
-    /// is committed; such an envelope never reaches the disk).
+    /// is committed: the deletion must follow the put), then the sequence numbers the
+    /// batch advanced, once each.
     fn take_batch(&mut self) -> Vec<StoreOp> {
         let mut ops = std::mem::take(&mut self.ops);
         ops.append(&mut self.lazy_ops);
         self.lazy_since = None;
-        if ops.len() < 2 {
-            return ops;
-        }
-        let keep: Vec<bool> = {
-            let mut last: HashMap<(Table, &Bytes), usize> = HashMap::with_capacity(ops.len());
-            for (i, op) in ops.iter().enumerate() {
-                last.insert(op_key(op), i);
-            }
-            if last.len() == ops.len() {
-                return ops;
-            }
-            ops.iter()
-                .enumerate()
-                .map(|(i, op)| last.get(&op_key(op)) == Some(&i))
-                .collect()
-        };
-        let mut keep = keep.into_iter();
-        ops.retain(|_| keep.next().unwrap_or(true));
+        self.durable.store_seqs(&mut ops);
         ops
     }
 
@@ -2502,13 +2544,6 @@ impl Fetch {
 impl ErrorCode {
     fn into_wire(self, message: &str) -> wire::Error {
         ProtocolError::new(self, message).to_wire()
-    }
-}
-
-/// The table and key an op writes.
-fn op_key(op: &StoreOp) -> (Table, &Bytes) {
-    match op {
-        StoreOp::Put { table, key, .. } | StoreOp::Delete { table, key } => (*table, key),
     }
 }
 

@@ -249,6 +249,8 @@ pub(super) struct DeviceState {
     pub(super) one_time_floor: u32,
     /// Notices in the mailbox (they do not count towards `MAX_MAILBOX_DEPTH`).
     pub(super) notices: usize,
+    /// Whether `next_seq` changed since it was last written.
+    seq_dirty: bool,
 }
 
 impl DeviceState {
@@ -263,6 +265,7 @@ impl DeviceState {
             low_notified: false,
             one_time_floor: 0,
             notices: 0,
+            seq_dirty: false,
         }
     }
 
@@ -293,6 +296,10 @@ pub(super) struct Durable {
     pub(super) users: HashMap<Address, User>,
     pub(super) outbound: BTreeMap<Domain, BTreeMap<u64, OutItem>>,
     pub(super) next_out_seq: u64,
+    /// Whether `next_out_seq` changed since it was last written (see [`Durable::store_seqs`]).
+    out_seq_dirty: bool,
+    /// Devices whose `next_seq` changed since it was last written.
+    seq_dirty: Vec<(Address, DeviceId)>,
     pub(super) dedup: HashMap<[u8; 16], UnixMillis>,
     pub(super) dedup_by_expiry: BTreeSet<(UnixMillis, [u8; 16])>,
     /// The groups this provider is the sequencer of.
@@ -697,12 +704,10 @@ impl Durable {
             key: key_mail(address, device, seq),
             value: item.encode(),
         });
-        ops.push(StoreOp::Put {
-            table: Table::Meta,
-            key: key_seq(address, device),
-            value: Bytes::copy_from_slice(&st.next_seq.to_be_bytes()),
-        });
         st.mailbox.insert(seq, item);
+        if !std::mem::replace(&mut st.seq_dirty, true) {
+            self.seq_dirty.push((address.clone(), device));
+        }
         Some(seq)
     }
 
@@ -746,16 +751,37 @@ impl Durable {
             key: key_out(domain, seq),
             value: Bytes::from(item.to_stored().encode_to_vec()),
         });
-        ops.push(StoreOp::Put {
-            table: Table::Meta,
-            key: Bytes::from_static(KEY_OUT_SEQ),
-            value: Bytes::copy_from_slice(&self.next_out_seq.to_be_bytes()),
-        });
+        self.out_seq_dirty = true;
         self.outbound
             .entry(domain.clone())
             .or_default()
             .insert(seq, item);
         seq
+    }
+
+    /// The writes of the sequence numbers advanced since the last call: one per device
+    /// and one for the queues, however many items a batch added. The caller puts them in
+    /// the batch that holds those items (they are what keeps a restart from reusing a
+    /// `seq` whose items were all deleted, SPEC.md 16.12 rule 4).
+    pub(super) fn store_seqs(&mut self, ops: &mut Vec<StoreOp>) {
+        for (address, device) in std::mem::take(&mut self.seq_dirty) {
+            if let Some(st) = self.device_mut(&address, device) {
+                st.seq_dirty = false;
+                let next = st.next_seq;
+                ops.push(StoreOp::Put {
+                    table: Table::Meta,
+                    key: key_seq(&address, device),
+                    value: Bytes::copy_from_slice(&next.to_be_bytes()),
+                });
+            }
+        }
+        if std::mem::take(&mut self.out_seq_dirty) {
+            ops.push(StoreOp::Put {
+                table: Table::Meta,
+                key: Bytes::from_static(KEY_OUT_SEQ),
+                value: Bytes::copy_from_slice(&self.next_out_seq.to_be_bytes()),
+            });
+        }
     }
 
     pub(super) fn remove_out(
