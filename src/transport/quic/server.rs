@@ -30,13 +30,6 @@ use crate::time::UnixMillis;
 /// Events handled per drain at most: a burst of frames becomes one store commit.
 const BATCH: usize = 256;
 
-/// A batch of at most this many writes is committed on the event loop itself, after the
-/// frames that need no commit (relays) have been handed to their connections: at low
-/// load that saves the two thread switches of the store thread (about 0.1–0.2 ms of
-/// latency here), and the loop has nothing else to do meanwhile. Larger batches go to
-/// the store thread, so a burst keeps being read while it is made durable.
-const INLINE_COMMIT_OPS: usize = 64;
-
 type Call<S, R> = Box<dyn FnOnce(&mut Provider<SharedStore<S>, R>) + Send>;
 
 /// A batch for the store thread and where its answer goes.
@@ -80,10 +73,9 @@ impl<S: Store, R: CryptoRng> From<IoEvent> for Event<S, R> {
 /// A provider serving over QUIC on one UDP socket. See the [module documentation](super).
 ///
 /// It owns the [`Provider`] on one task (its event loop); per-connection tasks read and
-/// write the streams, and a thread of its own runs the store's larger commits
+/// write the streams, and a thread of its own runs the store's commits
 /// ([`Provider::defer_commits`]): while one batch is made durable the event loop goes on
-/// taking frames, which become the next batch (a small batch, at low load, is committed
-/// on the loop itself, saving two thread switches). Frames from other providers'
+/// taking frames, which become the next batch. Frames from other providers'
 /// connections have a queue of their own, served first but never alone: a relay's answer
 /// frees the relay window and must not wait behind every device's requests. Dropping the server stops everything at
 /// once (like a crash: what the store made durable is all that survives);
@@ -432,19 +424,19 @@ struct Entry {
 }
 
 /// The thread that runs the provider's commits, one batch at a time, in order.
-struct Committer<S> {
-    /// For the small batches committed on the event loop.
-    store: SharedStore<S>,
+struct Committer {
     jobs: Option<std::sync::mpsc::Sender<CommitJob>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The batch running and where its answer arrives.
     running: Option<(u64, oneshot::Receiver<Result<(), StoreError>>)>,
 }
 
-impl<S: Store + Send + 'static> Committer<S> {
-    fn start(domain: &Domain, store: SharedStore<S>) -> Result<Self, QuicError> {
+impl Committer {
+    fn start<S: Store + Send + 'static>(
+        domain: &Domain,
+        store: SharedStore<S>,
+    ) -> Result<Self, QuicError> {
         let (jobs, queue) = std::sync::mpsc::channel::<CommitJob>();
-        let own = store.clone();
         let thread = std::thread::Builder::new()
             .name(format!("store {domain}"))
             .spawn(move || {
@@ -453,7 +445,6 @@ impl<S: Store + Send + 'static> Committer<S> {
                 }
             })?;
         Ok(Self {
-            store: own,
             jobs: Some(jobs),
             thread: Some(thread),
             running: None,
@@ -516,7 +507,7 @@ struct EventLoop<S: Store, R: CryptoRng, D> {
     /// Writers flushing before their connection closes.
     closing: Vec<JoinHandle<()>>,
     stopping: bool,
-    committer: Committer<S>,
+    committer: Committer,
 }
 
 impl<S, R, D> EventLoop<S, R, D>
@@ -535,7 +526,7 @@ where
             let deadline = self.deadline;
             tokio::select! {
                 biased;
-                (id, result) = Committer::<S>::done(&mut self.committer.running) => {
+                (id, result) = Committer::done(&mut self.committer.running) => {
                     self.committer.running = None;
                     self.provider.handle_input(now(), ProviderInput::Committed { id, result });
                     self.drain();
@@ -765,19 +756,6 @@ where
                         .handle_input(now, ProviderInput::Resolved { domain, key });
                 }
                 ProviderOutput::Event(e) => self.on_event(now, e),
-                ProviderOutput::Commit(batch) if batch.ops.len() <= INLINE_COMMIT_OPS => {
-                    // Everything before a batch was released already (events included), so
-                    // the frames collected may leave now, ahead of the commit.
-                    self.flush_wire(wire);
-                    let result = self.committer.store.lock().commit(&batch.ops);
-                    self.provider.handle_input(
-                        now,
-                        ProviderInput::Committed {
-                            id: batch.id,
-                            result,
-                        },
-                    );
-                }
                 ProviderOutput::Commit(batch) => self.committer.submit(batch),
                 ProviderOutput::Timeout(t) => {
                     self.deadline = t;
@@ -925,7 +903,7 @@ where
     /// Waits for the running commit and any the provider hands over after it.
     async fn run_out_commits(&mut self) {
         while self.committer.running.is_some() {
-            let (id, result) = Committer::<S>::done(&mut self.committer.running).await;
+            let (id, result) = Committer::done(&mut self.committer.running).await;
             self.committer.running = None;
             self.provider
                 .handle_input(now(), ProviderInput::Committed { id, result });
