@@ -7,7 +7,8 @@
 //! `cargo bench --bench relay` (features `quic` and `redb`, both default) runs the criterion
 //! group, then a report of its own (`-- summary-only`, a filter matching no group, runs only
 //! the report; `KOGGE_BENCH_NO_SUMMARY=1` skips it; `KOGGE_RELAY_PARTS=saturation,paced`
-//! picks parts of it and `KOGGE_RELAY_RUNS=n` sets the number of saturation runs):
+//! picks parts of it, `KOGGE_RELAY_RUNS=n` sets the number of saturation runs and
+//! `KOGGE_RELAY_TRACE=1` prints every 250 ms where the messages are):
 //!
 //! * **saturation**: 200,000 messages as fast as the providers take them: messages/s from
 //!   the first submit to the last delivery acknowledged, the latency distribution under that
