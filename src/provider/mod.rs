@@ -872,10 +872,28 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 binding,
             } => self.on_connected(now, conn, direction, binding),
             ProviderInput::Received { conn, bytes } => self.on_frame(now, conn, &bytes),
-            ProviderInput::Closed { conn } => self.forget_conn(conn),
+            ProviderInput::Closed { conn } => {
+                self.forget_conn(conn);
+                self.drop_outputs_for(conn);
+            }
             ProviderInput::ConnectFailed { domain } => self.connect_failed(now, &domain),
             ProviderInput::Resolved { domain, key } => self.on_resolved(now, &domain, key),
             ProviderInput::Committed { id, result } => self.on_committed(now, id, result),
+        }
+    }
+
+    /// The driver closed `conn`: frames and a `Close` for it that still wait (with
+    /// deferred commits, for a batch) can go nowhere, and must not reach a later
+    /// connection the driver gives the same id.
+    fn drop_outputs_for(&mut self, conn: ConnectionId) {
+        let keep = |o: &ProviderOutput| {
+            !matches!(o, ProviderOutput::Transmit { conn: c, .. } | ProviderOutput::Close { conn: c }
+                if *c == conn)
+        };
+        self.out.retain(keep);
+        self.ready.retain(keep);
+        if let Some((_, held)) = self.deferred.as_mut().and_then(|d| d.in_flight.as_mut()) {
+            held.retain(keep);
         }
     }
 

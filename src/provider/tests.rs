@@ -1365,6 +1365,48 @@ mod deferred {
     }
 
     #[test]
+    fn nothing_waiting_for_a_batch_goes_to_a_connection_the_driver_closed() {
+        // Found by the provider_input fuzz harness in deferred mode (corpus file
+        // 569aff09…, an old input whose flags byte now selects deferred commits): a
+        // `Close` (for a connection made with a binding too long) waited for the
+        // outstanding batch, the driver reported the connection closed meanwhile, and the
+        // `Close` still came out when the batch was durable. A driver that reuses ids would have closed (or sent
+        // a held answer on) another connection.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "held");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("a batch");
+        let misused = ConnectionId(40);
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: misused,
+                direction: Direction::Inbound,
+                binding: Bytes::from(vec![0; 65]),
+            },
+        );
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "held: {outs:?}");
+        // Alice's connection goes too, with her `Done` held.
+        for conn in [misused, ConnectionId(1)] {
+            s.p.handle_input(NOW, ProviderInput::Closed { conn });
+        }
+        let outs = run(&mut s.p, &batch);
+        assert!(
+            frames(&outs, ConnectionId(1)).is_empty()
+                && !closed(&outs, ConnectionId(1))
+                && !closed(&outs, misused),
+            "outputs for closed connections: {outs:?}"
+        );
+        assert!(
+            !delivered(&outs, ConnectionId(2)).is_empty(),
+            "the rest is released: {outs:?}"
+        );
+    }
+
+    #[test]
     fn a_deletion_in_the_same_batch_drops_the_put() {
         let mut s = setup();
         let key = Bytes::from_static(b"two.example\x00\x01");
