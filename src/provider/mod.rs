@@ -2464,12 +2464,28 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     /// A commit failed: drop everything that depended on it and reload.
     fn rollback(&mut self, now: UnixMillis, e: StoreError) {
-        let closes: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        // Every connection is closed, in order (the same outputs for the same inputs),
+        // those let go already whose `Close` waited with what is dropped included (the
+        // driver would keep them open otherwise).
+        let held = self
+            .deferred
+            .as_mut()
+            .and_then(|d| d.in_flight.take())
+            .map(|(_, held)| held)
+            .unwrap_or_default();
+        let mut closes: BTreeSet<ConnectionId> = self.conns.keys().copied().collect();
+        closes.extend(
+            self.out
+                .iter()
+                .chain(&self.ready)
+                .chain(&held)
+                .filter_map(|o| match o {
+                    ProviderOutput::Close { conn } => Some(*conn),
+                    _ => None,
+                }),
+        );
         self.out.clear();
         self.ready.clear();
-        if let Some(d) = self.deferred.as_mut() {
-            d.in_flight = None;
-        }
         self.ops.clear();
         self.lazy_ops.clear();
         self.lazy_since = None;
@@ -2482,7 +2498,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         }
         // Connections may have seen state that is now gone: start them afresh.
         for conn in closes {
-            self.close(conn);
+            if self.conns.contains_key(&conn) {
+                self.close(conn);
+            } else {
+                self.out.push_back(ProviderOutput::Close { conn });
+            }
         }
         self.online.clear();
         self.timers.clear();

@@ -1407,6 +1407,65 @@ mod deferred {
     }
 
     #[test]
+    fn a_failed_batch_closes_every_connection_in_order_the_ones_let_go_included() {
+        // Found while giving the provider_input fuzz harness its deferred mode (its
+        // check that a failed batch closes every connection; the seed
+        // `deferred-failure-refused`): a connection refused while a batch was outstanding
+        // (its goodbye and `Close` waiting for the batch) was never closed when the batch
+        // failed: the rollback dropped the `Close` and closed only the connections it
+        // still knew. It also closed those in hash order, which would make the
+        // simulator's runs with failed batches irreproducible.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "lost");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("a batch");
+        let refused = ConnectionId(40);
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: refused,
+                direction: Direction::Inbound,
+                binding: Bytes::new(),
+            },
+        );
+        receive(
+            &mut s.p,
+            refused,
+            Bytes::from_static(b"\xff\xff not a frame"),
+        );
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "held: {outs:?}");
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Committed {
+                id: batch.id,
+                result: Err(StoreError("disk full".into())),
+            },
+        );
+        let (outs, _) = drain_batch(&mut s.p);
+        let closed: Vec<ConnectionId> = outs
+            .iter()
+            .filter_map(|o| match o {
+                ProviderOutput::Close { conn } => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            closed,
+            [1, 2, 3, 40].map(ConnectionId),
+            "every connection closed once, in order: {outs:?}"
+        );
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, ProviderOutput::Transmit { .. })),
+            "{outs:?}"
+        );
+    }
+
+    #[test]
     fn a_deletion_in_the_same_batch_drops_the_put() {
         let mut s = setup();
         let key = Bytes::from_static(b"two.example\x00\x01");
