@@ -905,14 +905,15 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if d.in_flight.as_ref().is_none_or(|(i, _)| *i != id) {
             return;
         }
-        let Some((_, held)) = d.in_flight.take() else {
-            return;
-        };
         match result {
             Ok(()) => {
-                self.commits += 1;
-                self.ready.extend(held);
+                if let Some((_, held)) = d.in_flight.take() {
+                    self.commits += 1;
+                    self.ready.extend(held);
+                }
             }
+            // The rollback drops what the batch held (and closes the connections it was
+            // to close).
             Err(e) => self.rollback(now, e),
         }
     }

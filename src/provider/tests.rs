@@ -1410,31 +1410,35 @@ mod deferred {
     fn a_failed_batch_closes_every_connection_in_order_the_ones_let_go_included() {
         // Found while giving the provider_input fuzz harness its deferred mode (its
         // check that a failed batch closes every connection; the seed
-        // `deferred-failure-refused`): a connection refused while a batch was outstanding
-        // (its goodbye and `Close` waiting for the batch) was never closed when the batch
-        // failed: the rollback dropped the `Close` and closed only the connections it
-        // still knew. It also closed those in hash order, which would make the
+        // `deferred-failure-refused`; for a `Close` held with the failed batch itself, a
+        // crash the fuzzer found, connections refused for an authentication timeout in
+        // the run of timers that staged the batch): a connection refused while a batch
+        // was outstanding (its goodbye and `Close` waiting) was never closed when the
+        // batch failed: the rollback dropped the `Close` and closed only the connections
+        // it still knew. It also closed those in hash order, which would make the
         // simulator's runs with failed batches irreproducible.
         let mut s = setup();
         let sent = alice_encrypts(&mut s, "lost");
         s.p.defer_commits();
+        let refuse = |p: &mut P, conn: ConnectionId| {
+            p.handle_input(
+                NOW,
+                ProviderInput::Connected {
+                    conn,
+                    direction: Direction::Inbound,
+                    binding: Bytes::new(),
+                },
+            );
+            receive(p, conn, Bytes::from_static(b"\xff\xff not a frame"));
+        };
+        // Connection 40 is refused with the submit's writes staged: its `Close` is held
+        // with the batch; 41 is refused while the batch is out: its `Close` waits behind.
         receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
-        let (_, batch) = drain_batch(&mut s.p);
+        refuse(&mut s.p, ConnectionId(40));
+        let (outs, batch) = drain_batch(&mut s.p);
         let batch = batch.expect("a batch");
-        let refused = ConnectionId(40);
-        s.p.handle_input(
-            NOW,
-            ProviderInput::Connected {
-                conn: refused,
-                direction: Direction::Inbound,
-                binding: Bytes::new(),
-            },
-        );
-        receive(
-            &mut s.p,
-            refused,
-            Bytes::from_static(b"\xff\xff not a frame"),
-        );
+        assert!(outs.is_empty(), "held: {outs:?}");
+        refuse(&mut s.p, ConnectionId(41));
         let (outs, none) = drain_batch(&mut s.p);
         assert!(none.is_none() && outs.is_empty(), "held: {outs:?}");
         s.p.handle_input(
@@ -1454,7 +1458,7 @@ mod deferred {
             .collect();
         assert_eq!(
             closed,
-            [1, 2, 3, 40].map(ConnectionId),
+            [1, 2, 3, 40, 41].map(ConnectionId),
             "every connection closed once, in order: {outs:?}"
         );
         assert!(
