@@ -2429,7 +2429,13 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 }
             }
         }
-        let flush = self.lazy_since.map(|t| t.saturating_add(LAZY_FLUSH_MS));
+        // While a batch is out the waiting deletions cannot leave before its answer (an
+        // input, after which the driver polls again): no wake-up for them, or a deadline
+        // already past would make the driver spin until the answer comes.
+        let flush = self
+            .lazy_since
+            .filter(|_| !self.commit_outstanding())
+            .map(|t| t.saturating_add(LAZY_FLUSH_MS));
         let timer = self.timers.first().map(|(t, _)| *t);
         ProviderOutput::Timeout(match (timer, flush) {
             (Some(a), Some(b)) => Some(a.min(b)),

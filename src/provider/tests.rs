@@ -1470,6 +1470,59 @@ mod deferred {
     }
 
     #[test]
+    fn no_deadline_in_the_past_while_a_batch_is_out() {
+        // Found by fuzzing provider_input in deferred mode: an acknowledgement's deletion
+        // waited (lazily) while a batch was out; once its flush time had passed,
+        // `poll_output` still asked to be woken then, so after `handle_timeout(now)` the
+        // deadline was before `now` and a driver would spin until the batch's answer.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "ack me");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("a batch");
+        // A deletion that may wait, staged while the batch is out.
+        let key = Bytes::from_static(b"bob\x00\x09");
+        s.p.lazy_ops.push(StoreOp::Delete {
+            table: Table::Mailbox,
+            key: key.clone(),
+        });
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "{outs:?}");
+        let later = NOW.saturating_add(super::LAZY_FLUSH_MS + 5_000);
+        s.p.handle_timeout(later);
+        match s.p.poll_output(later) {
+            ProviderOutput::Timeout(t) => {
+                assert!(t.is_none_or(|t| t > later), "deadline {t:?} at {later:?}")
+            }
+            o => panic!("{o:?}"),
+        }
+        // The answer comes: the deletion, due, leaves as the next batch at once.
+        let result = s.p.store.commit(&batch.ops);
+        s.p.handle_input(
+            later,
+            ProviderInput::Committed {
+                id: batch.id,
+                result,
+            },
+        );
+        let next = drain(&mut s.p, later)
+            .into_iter()
+            .find_map(|o| match o {
+                ProviderOutput::Commit(b) => Some(b),
+                _ => None,
+            })
+            .expect("the waiting deletion is committed next");
+        assert_eq!(
+            next.ops,
+            vec![StoreOp::Delete {
+                table: Table::Mailbox,
+                key
+            }]
+        );
+    }
+
+    #[test]
     fn a_deletion_in_the_same_batch_drops_the_put() {
         let mut s = setup();
         let key = Bytes::from_static(b"two.example\x00\x01");
