@@ -650,7 +650,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// batch durable, and a failed batch rolls the provider back to what the store holds.
     /// What waits for no commit is released at once: relays and forwarded fetches for
     /// other providers (SPEC.md 16.5 allows a relay before its queue entry is durable)
-    /// and connection attempts. Outputs keep their order otherwise.
+    /// and connection attempts with their handshakes (`hello`, `auth`). Outputs keep
+    /// their order otherwise.
     ///
     /// The driver runs one batch at a time, in the order given, on the store this
     /// provider was made with (which it must therefore share, as
@@ -960,7 +961,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                     role: wire::Role::Provider as i32,
                     acceptor: domain.as_str().to_owned(),
                 }));
-                self.send(conn, hello);
+                // The handshake of a connection to a provider depends on no write, and
+                // must not fall behind the relays that leave early on it.
+                self.send_early(ProviderOutput::Transmit { conn, bytes: hello });
                 let r = self.remotes.entry(domain.clone()).or_default();
                 r.conn = Some(conn);
                 r.connecting = false;
@@ -1184,7 +1187,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::AwaitWelcome { domain };
         }
-        self.send(conn, bytes);
+        // Early, like the hello: a relay may follow it as soon as a welcome comes.
+        self.send_early(ProviderOutput::Transmit { conn, bytes });
     }
 
     fn on_auth(&mut self, now: UnixMillis, conn: ConnectionId, a: wire::Auth) {

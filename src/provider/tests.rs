@@ -1523,6 +1523,77 @@ mod deferred {
     }
 
     #[test]
+    fn the_handshake_with_another_provider_does_not_wait_for_a_batch() {
+        // Found by fuzzing provider_input in deferred mode: the hello and the auth of a
+        // connection to another provider waited for the outstanding batch while relays
+        // leave at once, so after a welcome sent early (a peer's misbehaviour) a relay
+        // went out on the connection before the auth.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "held");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        assert!(batch.is_some() && s.p.commit_outstanding());
+
+        let mut two = provider(&mut s.rng, "two.example", false);
+        let (out, inbound) = (ConnectionId(50), ConnectionId(60));
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: out,
+                direction: Direction::Outbound {
+                    domain: two.domain().clone(),
+                    key: two.public_key(),
+                },
+                binding: Bytes::new(),
+            },
+        );
+        let to = |outs: &[ProviderOutput], conn: ConnectionId| -> Vec<Bytes> {
+            outs.iter()
+                .filter_map(|o| match o {
+                    ProviderOutput::Transmit { conn: c, bytes } if *c == conn => {
+                        Some(bytes.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let (outs, _) = drain_batch(&mut s.p);
+        assert!(
+            matches!(frames(&outs, out).as_slice(), [Body::Hello(_)]),
+            "the hello leaves at once: {outs:?}"
+        );
+        two.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: inbound,
+                direction: Direction::Inbound,
+                binding: Bytes::new(),
+            },
+        );
+        for bytes in to(&outs, out) {
+            two.handle_input(
+                NOW,
+                ProviderInput::Received {
+                    conn: inbound,
+                    bytes,
+                },
+            );
+        }
+        let challenge = to(&drain(&mut two, NOW), inbound);
+        assert_eq!(challenge.len(), 1);
+        for bytes in challenge {
+            receive(&mut s.p, out, bytes);
+        }
+        let (outs, _) = drain_batch(&mut s.p);
+        assert!(
+            matches!(frames(&outs, out).as_slice(), [Body::Auth(_)]),
+            "the auth leaves at once: {outs:?}"
+        );
+        assert!(s.p.commit_outstanding(), "the batch is still out");
+    }
+
+    #[test]
     fn a_deletion_in_the_same_batch_drops_the_put() {
         let mut s = setup();
         let key = Bytes::from_static(b"two.example\x00\x01");
