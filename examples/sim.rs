@@ -6,7 +6,11 @@
 //! cargo run --release --example sim -- --seeds 0..2000       # many seeds (CI's sweep)
 //! cargo run --release --example sim -- --seed 3 --attack drop
 //! cargo run --release --example sim -- --soak 1000000        # the long soak
+//! cargo run --release --example sim -- --seeds 0..200 --deferred 1000000
 //! ```
+//! `--deferred PPM` sets the chance that a provider runs with deferred commits (by
+//! default the odd seeds of a sweep have most providers defer, the even ones and the soak
+//! none).
 //! Exits 1 if any run broke an invariant, printing the seed and what broke.
 
 use std::process::ExitCode;
@@ -30,7 +34,8 @@ fn parse_attack(s: &str) -> Option<Attack> {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim [--seed N | --seeds A..B | --soak MESSAGES] [--attack NAME] [--threads N]\n\
+        "usage: sim [--seed N | --seeds A..B | --soak MESSAGES] [--attack NAME] [--threads N] \
+         [--deferred PPM]\n\
          attacks: replay drop reorder forge-sender swap-bundles swap-identity add-device"
     );
     ExitCode::from(2)
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
     let mut seeds = 0..200u64;
     let mut soak: Option<usize> = None;
     let mut attack = None;
+    let mut deferred: Option<u32> = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut verbose = false;
     let mut trace = false;
@@ -78,6 +84,12 @@ fn main() -> ExitCode {
                 i += 1;
                 continue;
             }
+            "--deferred" => {
+                let Ok(ppm) = value.parse() else {
+                    return usage();
+                };
+                deferred = Some(ppm);
+            }
             "--threads" => {
                 let Ok(n) = value.parse() else { return usage() };
                 threads = n;
@@ -98,6 +110,9 @@ fn main() -> ExitCode {
                     s.spawn(move || {
                         let mut config = SimConfig::soak(seed, per);
                         config.attack = attack;
+                        if let Some(ppm) = deferred {
+                            config.deferred_commits_ppm = ppm;
+                        }
                         config.trace = trace;
                         Sim::<ChaCha20Rng>::new(config).run()
                     })
@@ -136,45 +151,57 @@ fn main() -> ExitCode {
     }
     let all: Vec<u64> = seeds.clone().collect();
     let chunk = all.len().div_ceil(threads.max(1)).max(1);
-    let failures: Vec<SimReport> = std::thread::scope(|s| {
+    // Per thread: the reports to print, and how many seeds ran deferred commits.
+    let results: Vec<(Vec<SimReport>, usize)> = std::thread::scope(|s| {
         let handles: Vec<_> = all
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    part.iter()
+                    let mut deferred_seeds = 0;
+                    let reports = part
+                        .iter()
                         .map(|&seed| {
                             let mut config = SimConfig::faulty(seed);
                             config.attack = attack;
                             config.trace = trace;
+                            if let Some(ppm) = deferred {
+                                config.deferred_commits_ppm = ppm;
+                            }
                             Sim::<ChaCha20Rng>::new(config).run()
                         })
+                        .inspect(|r| deferred_seeds += usize::from(r.deferred_providers > 0))
                         .filter(|r| verbose || !r.violations.is_empty())
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (reports, deferred_seeds)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .map(|h| h.join().unwrap_or_default())
             .collect()
     });
+    let deferred_seeds: usize = results.iter().map(|(_, n)| n).sum();
+    let failures: Vec<SimReport> = results.into_iter().flat_map(|(r, _)| r).collect();
     for r in &failures {
         println!("{r}");
     }
     let failed = failures.iter().filter(|r| !r.violations.is_empty()).count();
     println!(
-        "{} seeds ({}..{}), {} failed, {:.1} s",
+        "{} seeds ({}..{}; {} with deferred commits), {} failed, {:.1} s",
         all.len(),
         seeds.start,
         seeds.end,
+        deferred_seeds,
         failed,
         started.elapsed().as_secs_f64()
     );
     for r in failures.iter().filter(|r| !r.violations.is_empty()) {
         println!(
-            "reproduce: cargo run --release --example sim -- --seed {}{}",
+            "reproduce: cargo run --release --example sim -- --seed {}{}{}",
             r.seed,
-            attack.map_or(String::new(), |a| format!(" --attack {a:?}"))
+            attack.map_or(String::new(), |a| format!(" --attack {a:?}")),
+            deferred.map_or(String::new(), |ppm| format!(" --deferred {ppm}"))
         );
     }
     if failed == 0 {

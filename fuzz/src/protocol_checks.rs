@@ -61,7 +61,7 @@ use kogge::limits::{
 };
 use kogge::protocol::{self, ConnectionId, ErrorCode};
 use kogge::provider::{
-    Direction, PeerIdentity, Provider, ProviderConfig, ProviderEvent, ProviderInput,
+    CommitBatch, Direction, PeerIdentity, Provider, ProviderConfig, ProviderEvent, ProviderInput,
     ProviderLimits, ProviderOutput,
 };
 use kogge::resolve::{ResolveError, Resolver, StaticDirectory};
@@ -171,6 +171,11 @@ fn edited(base: &[u8], cur: &mut Cursor<'_>) -> Bytes {
     let n = usize::from(cur.u8() % 5);
     let edits = cur.take(4 * n);
     Bytes::from(apply_edits(base, edits))
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle does).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Whether to print what the state machines do (`KOGGE_FUZZ_TRACE=1`, for writing seeds
@@ -1441,6 +1446,7 @@ const KNOWN_UNCHECKED_STORED_MAIL: bool = false;
 const P_OPEN_REGISTRATION: u8 = 1;
 const P_TINY_LIMITS: u8 = 2;
 const P_EMPTY_STORE: u8 = 4;
+const P_DEFERRED: u8 = 8;
 
 /// One provider under test and everything the harness knows about it.
 ///
@@ -1461,6 +1467,14 @@ const P_EMPTY_STORE: u8 = 4;
 /// * `stats()` within `limits.rs` and the configured limits, and no more connections than
 ///   are open;
 /// * after `handle_timeout(now)`, the next deadline is later than `now`;
+/// * a `deliver` carries only mailbox items the store made durable (SPEC.md 16.12 rule
+///   5): each is in the store's mailbox table, or was when it was delivered before;
+/// * with deferred commits ([`P_DEFERRED`]): at most one `Commit` outstanding, each batch
+///   with a new id; while one is outstanding no response, delivery, `welcome` or event
+///   leaves (any may acknowledge a write of the batch: only relays, forwarded requests
+///   and connects may); after a failed batch nothing more is sent on a connection opened
+///   before it (what it held is dropped, the connections are closed); an answer for a
+///   batch that is not outstanding changes nothing;
 /// * at the end, a provider restarted from the store reports no corrupt record and the
 ///   same users, mailboxes, queues and dedup entries (nothing in memory that is not
 ///   durable, nothing durable that is not in memory).
@@ -1490,6 +1504,15 @@ struct PRun<'w> {
     responses: Vec<(u64, u64, u32)>,
     /// Group items devices submitted (a relayed item may be submitted too: not checked).
     submitted: HashSet<(u32, Vec<u8>, Vec<u8>)>,
+    /// Mailbox items (the bytes of the `MailboxItem` oneof) delivered while durable.
+    durable_delivered: HashSet<Vec<u8>>,
+    /// The provider defers its commits to the harness.
+    deferred: bool,
+    /// Deferred: the batch handed out and not yet answered, and every id handed out.
+    batch: Option<CommitBatch>,
+    batch_ids: HashSet<u64>,
+    /// While draining after a failed batch: the connections opened before it.
+    failed_before: Option<u64>,
 }
 
 fn tiny_limits() -> ProviderLimits {
@@ -1520,8 +1543,12 @@ impl<'w> PRun<'w> {
         config.open_registration = open_registration;
         config.limits = limits;
         let store = Rc::new(RefCell::new(store));
-        let p = Provider::new(config, SharedStore(store.clone()), seeded(0x60), NOW)
+        let mut p = Provider::new(config, SharedStore(store.clone()), seeded(0x60), NOW)
             .expect("a MemoryStore loads");
+        let deferred = flags & P_DEFERRED != 0;
+        if deferred {
+            p.defer_commits();
+        }
         let mut run = Self {
             w,
             p,
@@ -1541,6 +1568,11 @@ impl<'w> PRun<'w> {
             relayed: HashMap::new(),
             responses: Vec::new(),
             submitted: HashSet::new(),
+            durable_delivered: HashSet::new(),
+            deferred,
+            batch: None,
+            batch_ids: HashSet::new(),
+            failed_before: None,
         };
         run.drain();
         run
@@ -1564,6 +1596,9 @@ impl<'w> PRun<'w> {
                 ProviderOutput::Timeout(_) => {}
                 other => trace!("  provider: {other:?}"),
             }
+            if let (Some(b), ProviderOutput::Event(e)) = (&self.batch, &o) {
+                panic!("event {e:?} while batch {} is outstanding", b.id);
+            }
             match o {
                 ProviderOutput::Timeout(t) => {
                     self.check_stats();
@@ -1585,7 +1620,17 @@ impl<'w> PRun<'w> {
                 ProviderOutput::Resolve { domain } => self.resolves.push(domain),
                 ProviderOutput::Event(e) => self.on_event(e),
                 ProviderOutput::Commit(b) => {
-                    panic!("Commit of batch {} without defer_commits", b.id)
+                    assert!(
+                        self.deferred,
+                        "Commit of batch {} without defer_commits",
+                        b.id
+                    );
+                    if let Some(old) = &self.batch {
+                        panic!("batch {} handed out while {} is outstanding", b.id, old.id);
+                    }
+                    assert!(self.p.commit_outstanding());
+                    assert!(self.batch_ids.insert(b.id), "batch id {} reused", b.id);
+                    self.batch = Some(b);
                 }
             }
         }
@@ -1682,7 +1727,20 @@ impl<'w> PRun<'w> {
             .get_mut(conn.0 as usize)
             .unwrap_or_else(|| panic!("{kind} on {conn}, never opened"));
         assert!(c.open, "{kind} on {conn} after it was closed");
+        if let Some(n) = self.failed_before {
+            assert!(
+                conn.0 >= n,
+                "{kind} on {conn} after a failed batch (the connection is older)"
+            );
+        }
         let (field, body) = pb::frame_body(&bytes).expect("own frames parse");
+        if let Some(b) = &self.batch {
+            assert!(
+                !matches!(field, F_RESPONSE | F_DELIVER | F_WELCOME),
+                "{kind} on {conn} while batch {} is outstanding",
+                b.id
+            );
+        }
         let f = body_fields(&body);
         match (&c.outbound, field) {
             (None, F_CHALLENGE) => {
@@ -1740,9 +1798,33 @@ impl<'w> PRun<'w> {
                     .device
                     .unwrap_or_else(|| panic!("a delivery on {conn}, where no device signed in"));
                 let dev = &self.w.devs[k].device;
+                let mut mailbox: Option<Vec<Bytes>> = None;
                 for item in pb::all_bytes(&f, 1) {
                     let i = body_fields(item);
                     c.delivered.push(pb::last_varint(&i, 1));
+                    // Durable: in the store's mailbox table, or delivered while it was.
+                    let payload = i
+                        .iter()
+                        .rev()
+                        .find_map(|(n, v)| match v {
+                            pb::Val::Bytes(b) if (2..=4).contains(n) => Some(b.to_vec()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    if !self.durable_delivered.contains(&payload) {
+                        let rows = mailbox.get_or_insert_with(|| {
+                            let contents = self.store.borrow_mut().load().expect("loads");
+                            contents
+                                .get(&Table::Mailbox)
+                                .map(|t| t.values().cloned().collect())
+                                .unwrap_or_default()
+                        });
+                        assert!(
+                            rows.iter().any(|r| contains(r, &payload)),
+                            "a mailbox item delivered on {conn} that the store does not hold"
+                        );
+                        self.durable_delivered.insert(payload);
+                    }
                     // What a foreign store holds is delivered as it is (recipients
                     // verify end to end); what this provider accepted must be routed.
                     // A relayed group item goes only to users a relay of it named.
@@ -2602,6 +2684,10 @@ impl<'w> PRun<'w> {
                 let f = self.request(cur);
                 self.send(conn, f);
             }
+            7 if self.deferred => {
+                let how = cur.u8();
+                self.complete(how);
+            }
             7 => {
                 let n = u32::from(cur.u8() % 3) + 1;
                 self.injected += n;
@@ -2733,6 +2819,103 @@ impl<'w> PRun<'w> {
         }
     }
 
+    /// Deferred commits: answers the outstanding batch as `how % 4` says: 0 applied to
+    /// the store, `Ok`; 1 not applied, `Err`; 2 applied, `Err` (a disk whose final flush
+    /// failed cannot say whether the batch landed: the provider must reload); 3 an answer
+    /// for another id (the next, the previous, `u64::MAX`: `how / 4 % 3`), `Err` if
+    /// `how & 0x40`, which changes nothing. Without an outstanding batch every `how` is
+    /// such a stale answer.
+    fn complete(&mut self, how: u8) {
+        let Some(batch) = self.batch.take() else {
+            let last = self.batch_ids.iter().copied().max().unwrap_or(0);
+            self.stale_answer(last.wrapping_add(u64::from(how / 4 % 3)), how);
+            return;
+        };
+        if how % 4 == 3 {
+            let id = match how / 4 % 3 {
+                0 => batch.id.wrapping_add(1),
+                1 => batch.id.wrapping_sub(1),
+                _ => u64::MAX,
+            };
+            let id = if id == batch.id {
+                id.wrapping_add(1)
+            } else {
+                id
+            };
+            self.batch = Some(batch);
+            self.stale_answer(id, how);
+            return;
+        }
+        if how % 4 != 1 {
+            self.store
+                .borrow_mut()
+                .commit(&batch.ops)
+                .expect("the harness's MemoryStore commits");
+        }
+        if how % 4 == 0 {
+            self.input(ProviderInput::Committed {
+                id: batch.id,
+                result: Ok(()),
+            });
+            return;
+        }
+        self.injected += 1;
+        let n = self.conns.len() as u64;
+        self.failed_before = Some(n);
+        let failures = self.storage_failures;
+        self.input(ProviderInput::Committed {
+            id: batch.id,
+            result: Err(StoreError("failed by the harness".into())),
+        });
+        self.failed_before = None;
+        assert_eq!(
+            self.storage_failures,
+            failures + 1,
+            "a failed batch was not reported"
+        );
+        // The provider starts afresh: every connection it had is closed, those it had
+        // let go already (their `Close` waiting with the batch) included.
+        if let Some(i) = self.conns.iter().position(|c| c.open) {
+            assert!(
+                i as u64 >= n,
+                "conn#{i} still open after a failed batch closed all connections"
+            );
+        }
+    }
+
+    /// An answer for batch `id`, which is not outstanding: nothing may change.
+    fn stale_answer(&mut self, id: u64, how: u8) {
+        let (stats, outstanding) = (self.p.stats(), self.p.commit_outstanding());
+        let result = if how & 0x40 != 0 {
+            Err(StoreError("stale".into()))
+        } else {
+            Ok(())
+        };
+        trace!("input: Committed {{ id: {id}, result: {result:?} }} (not outstanding)");
+        self.p
+            .handle_input(self.now, ProviderInput::Committed { id, result });
+        match self.p.poll_output(self.now) {
+            ProviderOutput::Timeout(_) => {}
+            other => panic!("an answer for batch {id}, not outstanding, made {other:?}"),
+        }
+        assert_eq!(
+            (self.p.stats(), self.p.commit_outstanding()),
+            (stats, outstanding),
+            "an answer for batch {id}, not outstanding, changed the provider"
+        );
+    }
+
+    /// Deferred commits: applies and answers batches until none is outstanding.
+    fn settle(&mut self) {
+        for _ in 0..MAX_OUTPUTS {
+            if self.batch.is_none() {
+                return;
+            }
+            self.complete(0);
+        }
+        panic!("batches kept coming");
+    }
+
     /// A provider restarted from what is durable agrees with this one. Deletions that may
     /// wait (acknowledged mailbox items, queue entries the next hop acknowledged; SPEC.md
     /// 16.12 rule 4) are not durable until the next commit, so a provider restarted before
@@ -2764,8 +2947,20 @@ impl<'w> PRun<'w> {
         );
         self.p.flush();
         for _ in 0..MAX_OUTPUTS {
-            if matches!(self.p.poll_output(self.now), ProviderOutput::Timeout(_)) {
-                break;
+            match self.p.poll_output(self.now) {
+                ProviderOutput::Timeout(_) => break,
+                ProviderOutput::Commit(b) => {
+                    self.store
+                        .borrow_mut()
+                        .commit(&b.ops)
+                        .expect("the harness's MemoryStore commits");
+                    let done = ProviderInput::Committed {
+                        id: b.id,
+                        result: Ok(()),
+                    };
+                    self.p.handle_input(self.now, done);
+                }
+                _ => {}
             }
         }
         assert_eq!(
@@ -2900,13 +3095,16 @@ fn base_store() -> &'static MemoryStore {
 
 /// `provider_input`: a provider (`one.example`) driven by a program. The first byte is
 /// flags: 1 open registration, 2 tiny limits (mailbox and queue depth 2, small rate
-/// buckets), 4 start from an empty store instead of [`base_store`]. Then up to
+/// buckets), 4 start from an empty store instead of [`base_store`], 8 deferred commits
+/// (`Provider::defer_commits`: the harness holds the batch until an operation 7 answers
+/// it, and answers what is left at the end). Then up to
 /// [`MAX_OPS`] operations, opcode `% 19`:
 ///
 /// 0 connect inbound `[binding]`; 1 close `[conn]`; 2 raw frame `[conn, len u16, bytes]`;
 /// 3 hello `[conn, role, variant]`; 4 auth as a device `[conn, device, variant]`; 5 new
 /// connection signed in as a device `[device, flags]`; 6 request `[conn, id, kind, ..]`;
-/// 7 fail the next commits `[n]`; 8 advance time and run timers `[step]`; 9 deliver ack
+/// 7 fail the next commits `[n]` (deferred: answer the batch `[how]`, see
+/// [`PRun::complete`]); 8 advance time and run timers `[step]`; 9 deliver ack
 /// `[conn, mode, ..]`; 10 answer a `Connect` `[variant, which]`; 11 answer a `Resolve`
 /// `[variant, which]`; 12 sign in as a provider `[conn, domain, variant]`; 13 the remote
 /// side of an outbound connection `[conn, step, ..]`; 14 resend an earlier frame with
@@ -2944,6 +3142,7 @@ pub fn provider_input(data: &[u8]) {
         run.op(&mut cur);
         ops += 1;
     }
+    run.settle();
     run.check_restart();
 }
 
@@ -4678,6 +4877,91 @@ pub fn seeds() -> Vec<Seed> {
         "provider_input",
         "group-forwarded-order-in",
         prog(0, &[&[17, 1, 1, 2, 3, 0, 0, 0]]),
+    );
+    // Deferred commits (op 7 answers the batch): alice1's submit is held until its batch
+    // is durable; bob1 signs in and gets the envelope. (A handshake waits for an
+    // outstanding batch too: the seeds sign in while none is.)
+    // (envelopes 13 and 15: alice to bob and to rita, not in the base store)
+    let submit: &[u8] = &[6, 0, 1, 4, 1, 13, 0, 15, 0, 0];
+    add(
+        "provider_input",
+        "deferred-submit",
+        prog(
+            P_DEFERRED,
+            &[&[5, 0, 0], submit, &[7, 0], &[5, BOB1 as u8, 0]],
+        ),
+    );
+    // Pipelined: alice1 submits again (to bob) while the first batch is out; a stale
+    // answer, then both batches answered, each releasing its answer and delivery.
+    add(
+        "provider_input",
+        "deferred-pipelined",
+        prog(
+            P_DEFERRED,
+            &[
+                &[5, BOB1 as u8, 0],
+                &[5, 0, 0],
+                submit,
+                &[6, 0, 2, 4, 0, 14, 0, 0],
+                &[7, 3],
+                &[7, 0],
+                &[7, 0],
+            ],
+        ),
+    );
+    // A batch fails (nothing sent that depended on it), then one that landed but was
+    // answered with an error (the provider reloads it; bob1 gets the envelope).
+    add(
+        "provider_input",
+        "deferred-failure",
+        prog(
+            P_DEFERRED,
+            &[
+                &[5, 0, 0],
+                submit,
+                &[7, 1],
+                &[5, 0, 0],
+                submit,
+                &[7, 2],
+                &[5, BOB1 as u8, 0],
+            ],
+        ),
+    );
+    // A connection refused (a frame that does not decode) while a batch is out: when
+    // the batch fails, it is closed with all the others (its `Close` was once dropped).
+    add(
+        "provider_input",
+        "deferred-failure-refused",
+        prog(
+            P_DEFERRED,
+            &[
+                &[5, 0, 0],
+                submit,
+                &[0, 0],
+                &[2, 0, 0, 2, 0xff, 0xff],
+                &[7, 1],
+            ],
+        ),
+    );
+    // Signed in at two.example (G1's queued creation relayed and acknowledged), alice1's
+    // envelope to rita is relayed before the batch queuing it is durable and
+    // acknowledged before the batch is answered.
+    add(
+        "provider_input",
+        "deferred-federation",
+        prog(
+            P_DEFERRED,
+            &[
+                &[10, 0, 1],
+                &[13, 0, 0, 0],
+                &[13, 0, 3],
+                &[13, 0, 4, 0],
+                &[5, 0, 0],
+                submit,
+                &[13, 0, 4, 0],
+                &[7, 0],
+            ],
+        ),
     );
 
     // client_input: programs (see the opcodes on `client_input`).

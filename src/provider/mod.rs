@@ -691,7 +691,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// batch durable, and a failed batch rolls the provider back to what the store holds.
     /// What waits for no commit is released at once: relays and forwarded fetches for
     /// other providers (SPEC.md 16.5 allows a relay before its queue entry is durable)
-    /// and connection attempts. Outputs keep their order otherwise.
+    /// and connection attempts with their handshakes (`hello`, `auth`). Outputs keep
+    /// their order otherwise.
     ///
     /// The driver runs one batch at a time, in the order given, on the store this
     /// provider was made with (which it must therefore share, as
@@ -913,10 +914,28 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 binding,
             } => self.on_connected(now, conn, direction, binding),
             ProviderInput::Received { conn, bytes } => self.on_frame(now, conn, &bytes),
-            ProviderInput::Closed { conn } => self.forget_conn(conn),
+            ProviderInput::Closed { conn } => {
+                self.forget_conn(conn);
+                self.drop_outputs_for(conn);
+            }
             ProviderInput::ConnectFailed { domain } => self.connect_failed(now, &domain),
             ProviderInput::Resolved { domain, key } => self.on_resolved(now, &domain, key),
             ProviderInput::Committed { id, result } => self.on_committed(now, id, result),
+        }
+    }
+
+    /// The driver closed `conn`: frames and a `Close` for it that still wait (with
+    /// deferred commits, for a batch) can go nowhere, and must not reach a later
+    /// connection the driver gives the same id.
+    fn drop_outputs_for(&mut self, conn: ConnectionId) {
+        let keep = |o: &ProviderOutput| {
+            !matches!(o, ProviderOutput::Transmit { conn: c, .. } | ProviderOutput::Close { conn: c }
+                if *c == conn)
+        };
+        self.out.retain(keep);
+        self.ready.retain(keep);
+        if let Some((_, held)) = self.deferred.as_mut().and_then(|d| d.in_flight.as_mut()) {
+            held.retain(keep);
         }
     }
 
@@ -928,14 +947,15 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if d.in_flight.as_ref().is_none_or(|(i, _)| *i != id) {
             return;
         }
-        let Some((_, held)) = d.in_flight.take() else {
-            return;
-        };
         match result {
             Ok(()) => {
-                self.commits += 1;
-                self.ready.extend(held);
+                if let Some((_, held)) = d.in_flight.take() {
+                    self.commits += 1;
+                    self.ready.extend(held);
+                }
             }
+            // The rollback drops what the batch held (and closes the connections it was
+            // to close).
             Err(e) => self.rollback(now, e),
         }
     }
@@ -982,7 +1002,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                     role: wire::Role::Provider as i32,
                     acceptor: domain.as_str().to_owned(),
                 }));
-                self.send(conn, hello);
+                // The handshake of a connection to a provider depends on no write, and
+                // must not fall behind the relays that leave early on it.
+                self.send_early(ProviderOutput::Transmit { conn, bytes: hello });
                 let r = self.remotes.entry(domain.clone()).or_default();
                 r.conn = Some(conn);
                 r.connecting = false;
@@ -1206,7 +1228,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::AwaitWelcome { domain };
         }
-        self.send(conn, bytes);
+        // Early, like the hello: a relay may follow it as soon as a welcome comes.
+        self.send_early(ProviderOutput::Transmit { conn, bytes });
     }
 
     fn on_auth(&mut self, now: UnixMillis, conn: ConnectionId, a: wire::Auth) {
@@ -2471,7 +2494,13 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 }
             }
         }
-        let flush = self.lazy_since.map(|t| t.saturating_add(LAZY_FLUSH_MS));
+        // While a batch is out the waiting deletions cannot leave before its answer (an
+        // input, after which the driver polls again): no wake-up for them, or a deadline
+        // already past would make the driver spin until the answer comes.
+        let flush = self
+            .lazy_since
+            .filter(|_| !self.commit_outstanding())
+            .map(|t| t.saturating_add(LAZY_FLUSH_MS));
         let timer = self.timers.first().map(|(t, _)| *t);
         ProviderOutput::Timeout(match (timer, flush) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -2493,12 +2522,28 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     /// A commit failed: drop everything that depended on it and reload.
     fn rollback(&mut self, now: UnixMillis, e: StoreError) {
-        let closes: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        // Every connection is closed, in order (the same outputs for the same inputs),
+        // those let go already whose `Close` waited with what is dropped included (the
+        // driver would keep them open otherwise).
+        let held = self
+            .deferred
+            .as_mut()
+            .and_then(|d| d.in_flight.take())
+            .map(|(_, held)| held)
+            .unwrap_or_default();
+        let mut closes: BTreeSet<ConnectionId> = self.conns.keys().copied().collect();
+        closes.extend(
+            self.out
+                .iter()
+                .chain(&self.ready)
+                .chain(&held)
+                .filter_map(|o| match o {
+                    ProviderOutput::Close { conn } => Some(*conn),
+                    _ => None,
+                }),
+        );
         self.out.clear();
         self.ready.clear();
-        if let Some(d) = self.deferred.as_mut() {
-            d.in_flight = None;
-        }
         self.ops.clear();
         self.lazy_ops.clear();
         self.lazy_since = None;
@@ -2511,7 +2556,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         }
         // Connections may have seen state that is now gone: start them afresh.
         for conn in closes {
-            self.close(conn);
+            if self.conns.contains_key(&conn) {
+                self.close(conn);
+            } else {
+                self.out.push_back(ProviderOutput::Close { conn });
+            }
         }
         self.online.clear();
         self.timers.clear();

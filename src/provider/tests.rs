@@ -1365,6 +1365,235 @@ mod deferred {
     }
 
     #[test]
+    fn nothing_waiting_for_a_batch_goes_to_a_connection_the_driver_closed() {
+        // Found by the provider_input fuzz harness in deferred mode (corpus file
+        // 569aff09…, an old input whose flags byte now selects deferred commits): a
+        // `Close` (for a connection made with a binding too long) waited for the
+        // outstanding batch, the driver reported the connection closed meanwhile, and the
+        // `Close` still came out when the batch was durable. A driver that reuses ids would have closed (or sent
+        // a held answer on) another connection.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "held");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("a batch");
+        let misused = ConnectionId(40);
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: misused,
+                direction: Direction::Inbound,
+                binding: Bytes::from(vec![0; 65]),
+            },
+        );
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "held: {outs:?}");
+        // Alice's connection goes too, with her `Done` held.
+        for conn in [misused, ConnectionId(1)] {
+            s.p.handle_input(NOW, ProviderInput::Closed { conn });
+        }
+        let outs = run(&mut s.p, &batch);
+        assert!(
+            frames(&outs, ConnectionId(1)).is_empty()
+                && !closed(&outs, ConnectionId(1))
+                && !closed(&outs, misused),
+            "outputs for closed connections: {outs:?}"
+        );
+        assert!(
+            !delivered(&outs, ConnectionId(2)).is_empty(),
+            "the rest is released: {outs:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_closes_every_connection_in_order_the_ones_let_go_included() {
+        // Found while giving the provider_input fuzz harness its deferred mode (its
+        // check that a failed batch closes every connection; the seed
+        // `deferred-failure-refused`; for a `Close` held with the failed batch itself, a
+        // crash the fuzzer found, connections refused for an authentication timeout in
+        // the run of timers that staged the batch): a connection refused while a batch
+        // was outstanding (its goodbye and `Close` waiting) was never closed when the
+        // batch failed: the rollback dropped the `Close` and closed only the connections
+        // it still knew. It also closed those in hash order, which would make the
+        // simulator's runs with failed batches irreproducible.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "lost");
+        s.p.defer_commits();
+        let refuse = |p: &mut P, conn: ConnectionId| {
+            p.handle_input(
+                NOW,
+                ProviderInput::Connected {
+                    conn,
+                    direction: Direction::Inbound,
+                    binding: Bytes::new(),
+                },
+            );
+            receive(p, conn, Bytes::from_static(b"\xff\xff not a frame"));
+        };
+        // Connection 40 is refused with the submit's writes staged: its `Close` is held
+        // with the batch; 41 is refused while the batch is out: its `Close` waits behind.
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        refuse(&mut s.p, ConnectionId(40));
+        let (outs, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("a batch");
+        assert!(outs.is_empty(), "held: {outs:?}");
+        refuse(&mut s.p, ConnectionId(41));
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "held: {outs:?}");
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Committed {
+                id: batch.id,
+                result: Err(StoreError("disk full".into())),
+            },
+        );
+        let (outs, _) = drain_batch(&mut s.p);
+        let closed: Vec<ConnectionId> = outs
+            .iter()
+            .filter_map(|o| match o {
+                ProviderOutput::Close { conn } => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            closed,
+            [1, 2, 3, 40, 41].map(ConnectionId),
+            "every connection closed once, in order: {outs:?}"
+        );
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, ProviderOutput::Transmit { .. })),
+            "{outs:?}"
+        );
+    }
+
+    #[test]
+    fn no_deadline_in_the_past_while_a_batch_is_out() {
+        // Found by fuzzing provider_input in deferred mode: an acknowledgement's deletion
+        // waited (lazily) while a batch was out; once its flush time had passed,
+        // `poll_output` still asked to be woken then, so after `handle_timeout(now)` the
+        // deadline was before `now` and a driver would spin until the batch's answer.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "ack me");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.expect("a batch");
+        // A deletion that may wait, staged while the batch is out.
+        let key = Bytes::from_static(b"bob\x00\x09");
+        s.p.lazy_ops.push(StoreOp::Delete {
+            table: Table::Mailbox,
+            key: key.clone(),
+        });
+        let (outs, none) = drain_batch(&mut s.p);
+        assert!(none.is_none() && outs.is_empty(), "{outs:?}");
+        let later = NOW.saturating_add(super::LAZY_FLUSH_MS + 5_000);
+        s.p.handle_timeout(later);
+        match s.p.poll_output(later) {
+            ProviderOutput::Timeout(t) => {
+                assert!(t.is_none_or(|t| t > later), "deadline {t:?} at {later:?}")
+            }
+            o => panic!("{o:?}"),
+        }
+        // The answer comes: the deletion, due, leaves as the next batch at once.
+        let result = s.p.store.commit(&batch.ops);
+        s.p.handle_input(
+            later,
+            ProviderInput::Committed {
+                id: batch.id,
+                result,
+            },
+        );
+        let next = drain(&mut s.p, later)
+            .into_iter()
+            .find_map(|o| match o {
+                ProviderOutput::Commit(b) => Some(b),
+                _ => None,
+            })
+            .expect("the waiting deletion is committed next");
+        assert_eq!(
+            next.ops,
+            vec![StoreOp::Delete {
+                table: Table::Mailbox,
+                key
+            }]
+        );
+    }
+
+    #[test]
+    fn the_handshake_with_another_provider_does_not_wait_for_a_batch() {
+        // Found by fuzzing provider_input in deferred mode: the hello and the auth of a
+        // connection to another provider waited for the outstanding batch while relays
+        // leave at once, so after a welcome sent early (a peer's misbehaviour) a relay
+        // went out on the connection before the auth.
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "held");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        assert!(batch.is_some() && s.p.commit_outstanding());
+
+        let mut two = provider(&mut s.rng, "two.example", false);
+        let (out, inbound) = (ConnectionId(50), ConnectionId(60));
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: out,
+                direction: Direction::Outbound {
+                    domain: two.domain().clone(),
+                    key: two.public_key(),
+                },
+                binding: Bytes::new(),
+            },
+        );
+        let to = |outs: &[ProviderOutput], conn: ConnectionId| -> Vec<Bytes> {
+            outs.iter()
+                .filter_map(|o| match o {
+                    ProviderOutput::Transmit { conn: c, bytes } if *c == conn => {
+                        Some(bytes.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let (outs, _) = drain_batch(&mut s.p);
+        assert!(
+            matches!(frames(&outs, out).as_slice(), [Body::Hello(_)]),
+            "the hello leaves at once: {outs:?}"
+        );
+        two.handle_input(
+            NOW,
+            ProviderInput::Connected {
+                conn: inbound,
+                direction: Direction::Inbound,
+                binding: Bytes::new(),
+            },
+        );
+        for bytes in to(&outs, out) {
+            two.handle_input(
+                NOW,
+                ProviderInput::Received {
+                    conn: inbound,
+                    bytes,
+                },
+            );
+        }
+        let challenge = to(&drain(&mut two, NOW), inbound);
+        assert_eq!(challenge.len(), 1);
+        for bytes in challenge {
+            receive(&mut s.p, out, bytes);
+        }
+        let (outs, _) = drain_batch(&mut s.p);
+        assert!(
+            matches!(frames(&outs, out).as_slice(), [Body::Auth(_)]),
+            "the auth leaves at once: {outs:?}"
+        );
+        assert!(s.p.commit_outstanding(), "the batch is still out");
+    }
+
+    #[test]
     fn a_batch_writes_each_advanced_sequence_number_once_after_its_deletions() {
         let mut s = setup();
         let first = alice_encrypts(&mut s, "one");

@@ -3,7 +3,10 @@
 //!
 //! The network loses, duplicates, delays (and so reorders) frames, cuts client
 //! connections, partitions providers from each other, and crashes providers, which
-//! restart from what their [`MemoryStore`] made durable and nothing else. A
+//! restart from what their [`MemoryStore`] made durable and nothing else. Some providers
+//! run with [deferred commits](Provider::defer_commits): the simulator makes their
+//! batches durable after a simulated delay, sometimes fails them, and crashes providers
+//! while a batch is under way (before or after it reached the store). A
 //! malicious-provider mode ([`Attack`]) makes one provider tamper with what it sends
 //! its users. After the faults stop, the network heals and the run continues until
 //! everything is delivered (or a time bound passes); then the run ([`Sim::run`]) checks:
@@ -40,9 +43,11 @@ use crate::identity::{
     Device, DeviceId, DeviceKeyPair, DeviceList, IdentityKeyPair, ProviderKey, ProviderKeyPair,
 };
 use crate::protocol::{self, ConnectionId};
-use crate::provider::{Direction, Provider, ProviderConfig, ProviderInput, ProviderOutput};
+use crate::provider::{
+    CommitBatch, Direction, Provider, ProviderConfig, ProviderInput, ProviderOutput,
+};
 use crate::session::Account;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, SharedStore, Store, StoreError};
 use crate::time::UnixMillis;
 use crate::wire;
 
@@ -85,6 +90,13 @@ pub struct SimConfig {
     /// Group messages sent in total, in one group of every user that the first client
     /// creates (0: no group).
     pub group_messages: usize,
+    /// Chance that a provider runs with [deferred commits](Provider::defer_commits)
+    /// (drawn once per provider from a stream of its own, so 0 leaves the rest of a run
+    /// as it was). Their batches become durable 1–20 ms after they are handed out.
+    pub deferred_commits_ppm: u32,
+    /// Chance, during the fault window, that a deferred batch fails (the store refuses
+    /// it; the provider rolls back to what is durable).
+    pub commit_failure_ppm: u32,
     /// Print every app event and provider event to stderr (for debugging a seed).
     pub trace: bool,
 }
@@ -109,6 +121,9 @@ impl SimConfig {
             attack: None,
             heal_limit_ms: 6 * 3_600_000,
             group_messages: 8,
+            // Odd seeds: most providers defer their commits (even seeds run as before).
+            deferred_commits_ppm: if seed % 2 == 1 { 750_000 } else { 0 },
+            commit_failure_ppm: 20_000,
             trace: false,
         }
     }
@@ -132,6 +147,8 @@ impl SimConfig {
             attack: None,
             heal_limit_ms: 24 * 3_600_000,
             group_messages: messages / 10,
+            deferred_commits_ppm: 0,
+            commit_failure_ppm: 0,
             trace: false,
         }
     }
@@ -167,6 +184,12 @@ pub struct SimReport {
     pub crashes: usize,
     /// Partitions.
     pub partitions: usize,
+    /// Providers that ran with deferred commits.
+    pub deferred_providers: usize,
+    /// Deferred batches the simulated store refused.
+    pub commit_failures: usize,
+    /// Crashes while a deferred batch was under way.
+    pub commit_crashes: usize,
     /// Client connections cut.
     pub cuts: u64,
     /// Envelopes apps rejected (forged, tampered, replayed out of window …).
@@ -212,6 +235,13 @@ impl fmt::Display for SimReport {
             self.attacks,
             self.virtual_ms / 1000,
         )?;
+        if self.deferred_providers > 0 {
+            write!(
+                f,
+                " | deferred commits: {} providers, {} failed, {} crashes mid-commit",
+                self.deferred_providers, self.commit_failures, self.commit_crashes
+            )?;
+        }
         for v in &self.violations {
             write!(f, "\n  VIOLATION: {v}")?;
         }
@@ -266,16 +296,38 @@ enum Event {
         a: usize,
         b: usize,
     },
+    /// A deferred batch reaches the provider's store (or fails to).
+    CommitApply {
+        provider: usize,
+        incarnation: u64,
+        batch: CommitBatch,
+    },
+    /// The provider learns how its batch went.
+    Committed {
+        provider: usize,
+        incarnation: u64,
+        id: u64,
+        result: Result<(), StoreError>,
+    },
 }
 
 struct ProviderNode<R: CryptoRng> {
     domain: Domain,
     key_seed: crate::crypto::Secret<32>,
     public: ProviderKey,
-    machine: Option<Provider<MemoryStore, R>>,
-    store: Option<MemoryStore>,
+    machine: Option<Provider<SharedStore<MemoryStore>, R>>,
+    /// What is durable: the store the running machine shares, kept across crashes (a
+    /// deferred batch reaches it through this handle, as a store thread's would).
+    store: SharedStore<MemoryStore>,
     /// Connections by id (either direction).
     conns: BTreeSet<u64>,
+    /// Runs with deferred commits.
+    deferred: bool,
+    /// Starts so far: a batch's events carry the incarnation that handed it out and are
+    /// dropped once that one crashed.
+    incarnation: u64,
+    /// A crash that waits for the provider's next batch (to crash mid-commit).
+    crash_at_commit: bool,
 }
 
 struct ClientNode<R: CryptoRng> {
@@ -315,6 +367,9 @@ pub struct Sim<R: CryptoRng + SeedableRng> {
     report: SimReport,
     attacker: Option<attack::Attacker<R>>,
     rng_counter: u64,
+    /// Commit delays, failures and mid-commit crashes: a stream of their own, so runs
+    /// without deferred providers draw exactly as before.
+    commit_rng: R,
     /// Clients whose app was told of tampering (rejections, identity changes, gaps).
     detected: HashSet<usize>,
     /// Nodes that got input since they were last drained.
@@ -338,6 +393,9 @@ impl<R: CryptoRng + SeedableRng> fmt::Debug for Sim<R> {
 }
 
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
+/// RNG streams of a seed beyond the counted ones of `child_rng`.
+const DEFERRAL_STREAM: u64 = u64::MAX;
+const COMMIT_STREAM: u64 = u64::MAX - 1;
 const YEAR_MS: u64 = 365 * 24 * 3_600_000;
 
 fn seed_bytes(seed: u64, stream: u64) -> [u8; 32] {
@@ -372,6 +430,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             },
             attacker: None,
             rng_counter: 2,
+            commit_rng: R::from_seed(seed_bytes(config.seed, COMMIT_STREAM)),
             detected: HashSet::new(),
             touched: BTreeSet::new(),
             deadlines: BTreeMap::new(),
@@ -379,18 +438,27 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             #[cfg(test)]
             strict: false,
         };
+        let mut deferral = R::from_seed(seed_bytes(config.seed, DEFERRAL_STREAM));
         for i in 0..config.providers {
             let key = ProviderKeyPair::generate(&mut rng);
             let Ok(domain) = Domain::parse(&format!("p{i}.example")) else {
                 continue;
             };
+            let deferred = config.deferred_commits_ppm > 0
+                && deferral.next_u32() % 1_000_000 < config.deferred_commits_ppm;
+            if deferred {
+                sim.report.deferred_providers += 1;
+            }
             sim.providers.push(ProviderNode {
                 domain,
                 public: key.public(),
                 key_seed: key.secret_bytes(),
                 machine: None,
-                store: Some(MemoryStore::new()),
+                store: SharedStore::new(MemoryStore::new()),
                 conns: BTreeSet::new(),
+                deferred,
+                incarnation: 0,
+                crash_at_commit: false,
             });
             sim.start_provider(i);
         }
@@ -487,16 +555,20 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
         self.touched.insert(Node::Provider(i));
         let rng = self.child_rng();
         let node = &mut self.providers[i];
-        let Some(store) = node.store.take() else {
-            return;
-        };
         let mut config = ProviderConfig::new(
             node.domain.clone(),
             ProviderKeyPair::from_secret_bytes(&node.key_seed),
         );
         config.open_registration = true;
-        match Provider::new(config, store, rng, self.now) {
-            Ok(p) => node.machine = Some(p),
+        node.incarnation += 1;
+        node.crash_at_commit = false;
+        match Provider::new(config, node.store.clone(), rng, self.now) {
+            Ok(mut p) => {
+                if node.deferred {
+                    p.defer_commits();
+                }
+                node.machine = Some(p);
+            }
             Err(e) => self
                 .report
                 .violations
@@ -559,6 +631,8 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 | Event::Restart(_)
                 | Event::CreateGroup
                 | Event::SendGroup { .. }
+                | Event::CommitApply { .. }
+                | Event::Committed { .. }
         )
     }
 
@@ -662,17 +736,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
 
     /// Everything delivered, acknowledged and quiet.
     fn quiescent(&self) -> bool {
-        let frames_in_flight = self.events.values().any(|e| {
-            matches!(
-                e,
-                Event::Frame { .. }
-                    | Event::Send { .. }
-                    | Event::Restart(_)
-                    | Event::CreateGroup
-                    | Event::SendGroup { .. }
-            )
-        });
-        if frames_in_flight {
+        if self.events.values().any(Self::is_busy) {
             return false;
         }
         let providers_idle = self.providers.iter().all(|p| {
@@ -719,14 +783,56 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             Event::CreateGroup => self.create_group(),
             Event::SendGroup { client, body } => self.send_group(client, body),
             Event::Crash(p) => {
-                if self.config.trace {
-                    eprintln!("{:>8} CRASH provider {p}", self.now.0 - T0.0);
+                let node = &self.providers[p];
+                let idle = node
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| !m.commit_outstanding());
+                if node.deferred && idle && self.commit_rng.next_u32() % 2 == 0 {
+                    // Crash at the provider's next batch instead (or at the restart).
+                    if self.config.trace {
+                        eprintln!(
+                            "{:>8} CRASH provider {p} at its next batch",
+                            self.now.0 - T0.0
+                        );
+                    }
+                    self.providers[p].crash_at_commit = true;
+                } else {
+                    if self.config.trace {
+                        eprintln!("{:>8} CRASH provider {p}", self.now.0 - T0.0);
+                    }
+                    self.crash(p);
                 }
-                self.crash(p)
             }
             Event::Restart(p) => {
+                if self.providers[p].crash_at_commit {
+                    // No batch came while it was to crash: it crashes now and restarts.
+                    if self.config.trace {
+                        eprintln!("{:>8} CRASH provider {p}", self.now.0 - T0.0);
+                    }
+                    self.crash(p);
+                }
                 if self.providers[p].machine.is_none() {
                     self.start_provider(p);
+                }
+            }
+            Event::CommitApply {
+                provider,
+                incarnation,
+                batch,
+            } => self.apply_batch(provider, incarnation, batch),
+            Event::Committed {
+                provider,
+                incarnation,
+                id,
+                result,
+            } => {
+                let node = &mut self.providers[provider];
+                if node.incarnation == incarnation
+                    && let Some(m) = &mut node.machine
+                {
+                    m.handle_input(self.now, ProviderInput::Committed { id, result });
+                    self.touched.insert(Node::Provider(provider));
                 }
             }
             Event::Partition { a, b } => {
@@ -822,13 +928,17 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     }
 
     fn crash(&mut self, p: usize) {
+        self.providers[p].crash_at_commit = false;
         let Some(machine) = self.providers[p].machine.take() else {
             return;
         };
         self.report.crashes += 1;
+        if machine.commit_outstanding() {
+            self.report.commit_crashes += 1;
+        }
         self.deadlines.remove(&Node::Provider(p));
-        // Only what the store made durable survives.
-        self.providers[p].store = Some(machine.into_store());
+        // Only what the store made durable survives (the node keeps its handle); the
+        // events of a batch this incarnation handed out are dropped when they come.
         let conns: Vec<u64> = self.providers[p].conns.iter().copied().collect();
         for c in conns {
             self.cut(c);
@@ -1048,8 +1158,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             };
             let out = m.poll_output(now);
             match out {
-                // The simulator's providers commit inline (no `defer_commits`).
-                ProviderOutput::Commit(_) => {}
+                ProviderOutput::Commit(batch) => self.on_commit(p, batch),
                 ProviderOutput::Timeout(t) => {
                     match t {
                         Some(t) => self.deadlines.insert(Node::Provider(p), t),
@@ -1139,6 +1248,73 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 }
             }
         }
+    }
+
+    /// A deferred provider handed out a batch: it reaches the store after a simulated
+    /// delay, or, if the provider is to crash mid-commit, the provider crashes now with
+    /// the batch either durable or lost.
+    fn on_commit(&mut self, p: usize, batch: CommitBatch) {
+        let node = &self.providers[p];
+        if node.crash_at_commit {
+            let durable = self.commit_rng.next_u32() % 2 == 0;
+            if self.config.trace {
+                eprintln!(
+                    "{:>8} CRASH provider {p} during batch {} ({})",
+                    self.now.0 - T0.0,
+                    batch.id,
+                    if durable { "durable" } else { "lost" }
+                );
+            }
+            if durable {
+                let _ = node.store.lock().commit(&batch.ops);
+            }
+            self.crash(p);
+            return;
+        }
+        let delay = 1 + self.commit_rng.next_u64() % 20;
+        let incarnation = node.incarnation;
+        self.schedule(
+            self.now.saturating_add(delay),
+            Event::CommitApply {
+                provider: p,
+                incarnation,
+                batch,
+            },
+        );
+    }
+
+    /// A batch reaches the store (unless the provider that handed it out crashed), and
+    /// its answer goes back to the provider a moment later (a crash in between loses
+    /// the answer, not the batch).
+    fn apply_batch(&mut self, p: usize, incarnation: u64, batch: CommitBatch) {
+        let node = &self.providers[p];
+        if node.incarnation != incarnation || node.machine.is_none() {
+            return;
+        }
+        let fail = self.faulty() && {
+            let ppm = self.config.commit_failure_ppm;
+            ppm > 0 && self.commit_rng.next_u32() % 1_000_000 < ppm
+        };
+        let result = {
+            let mut store = self.providers[p].store.lock();
+            if fail {
+                store.fail_next_commits(1);
+            }
+            store.commit(&batch.ops)
+        };
+        if result.is_err() {
+            self.report.commit_failures += 1;
+        }
+        let delay = 1 + self.commit_rng.next_u64() % 3;
+        self.schedule(
+            self.now.saturating_add(delay),
+            Event::Committed {
+                provider: p,
+                incarnation,
+                id: batch.id,
+                result,
+            },
+        );
     }
 
     fn drain_client(&mut self, c: usize) {
@@ -1356,10 +1532,12 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 v.push(format!("provider {i} down at the end"));
                 continue;
             };
-            for value in m.store().values() {
-                if contains(value, PLAINTEXT_CANARY) {
-                    v.push(format!("plaintext in provider {i}'s store"));
-                }
+            if m.store()
+                .lock()
+                .values()
+                .any(|value| contains(value, PLAINTEXT_CANARY))
+            {
+                v.push(format!("plaintext in provider {i}'s store"));
             }
             let s = m.stats();
             if s.max_mailbox_depth > crate::limits::MAX_MAILBOX_DEPTH

@@ -55,6 +55,55 @@ fn same_seed_same_run() {
     assert_eq!(a, b);
 }
 
+fn deferred(config: SimConfig) -> SimConfig {
+    SimConfig {
+        deferred_commits_ppm: 1_000_000,
+        ..config
+    }
+}
+
+#[test]
+fn deferred_commits_on_a_clean_network_deliver_everything_once() {
+    let r = run(deferred(clean(1)));
+    assert!(r.violations.is_empty(), "{r}");
+    assert_eq!(r.deferred_providers, 3, "{r}");
+    assert_eq!(r.accepted, r.sent, "{r}");
+    assert!(r.deliveries >= r.sent, "{r}");
+}
+
+#[test]
+fn deferred_commits_keep_the_invariants_under_faults() {
+    // Every provider defers its commits; some batches fail, and providers crash while a
+    // batch is under way (with it durable or lost). Every message still reaches every
+    // device once or is reported undeliverable (the checker fails the run otherwise).
+    let (mut failed, mut mid_commit) = (0, 0);
+    for seed in 0..8 {
+        let r = run(SimConfig {
+            commit_failure_ppm: 50_000,
+            ..deferred(SimConfig::faulty(seed))
+        });
+        assert!(r.violations.is_empty(), "{r}");
+        assert_eq!(r.deferred_providers, 3, "{r}");
+        assert!(r.dropped > 0 && r.duplicated > 0 && r.crashes > 0, "{r}");
+        failed += r.commit_failures;
+        mid_commit += r.commit_crashes;
+    }
+    assert!(failed > 0, "no batch failed");
+    assert!(mid_commit > 0, "no crash while a batch was under way");
+}
+
+#[test]
+fn deferred_runs_are_reproducible() {
+    // Failed batches included (they close connections; see the provider's rollback).
+    let config = SimConfig {
+        commit_failure_ppm: 50_000,
+        ..deferred(SimConfig::faulty(43))
+    };
+    let a = run(config.clone());
+    assert!(a.commit_failures > 0, "{a}");
+    assert_eq!(a, run(config));
+}
+
 #[test]
 fn the_checker_catches_lost_messages() {
     // The dropping provider loses messages for good; unless excused, that is a broken
