@@ -2852,7 +2852,7 @@ impl<'w> PRun<'w> {
                 .commit(&batch.ops)
                 .expect("the harness's MemoryStore commits");
         }
-        if how % 4 == 0 {
+        if how.is_multiple_of(4) {
             self.input(ProviderInput::Committed {
                 id: batch.id,
                 result: Ok(()),

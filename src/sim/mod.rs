@@ -788,7 +788,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                     .machine
                     .as_ref()
                     .is_some_and(|m| !m.commit_outstanding());
-                if node.deferred && idle && self.commit_rng.next_u32() % 2 == 0 {
+                if node.deferred && idle && self.commit_rng.next_u32().is_multiple_of(2) {
                     // Crash at the provider's next batch instead (or at the restart).
                     if self.config.trace {
                         eprintln!(
@@ -1256,7 +1256,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
     fn on_commit(&mut self, p: usize, batch: CommitBatch) {
         let node = &self.providers[p];
         if node.crash_at_commit {
-            let durable = self.commit_rng.next_u32() % 2 == 0;
+            let durable = self.commit_rng.next_u32().is_multiple_of(2);
             if self.config.trace {
                 eprintln!(
                     "{:>8} CRASH provider {p} during batch {} ({})",
