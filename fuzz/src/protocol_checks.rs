@@ -1471,8 +1471,9 @@ const P_DEFERRED: u8 = 8;
 ///   5): each is in the store's mailbox table, or was when it was delivered before;
 /// * with deferred commits ([`P_DEFERRED`]): at most one `Commit` outstanding, each batch
 ///   with a new id; while one is outstanding no response, delivery, `welcome` or event
-///   leaves (any may acknowledge a write of the batch: only relays, forwarded requests
-///   and connects may); after a failed batch nothing more is sent on a connection opened
+///   leaves (each may acknowledge a write of the batch; what needs no write may leave:
+///   relays, forwarded requests, connects and the handshakes of connections to other
+///   providers); after a failed batch nothing more is sent on a connection opened
 ///   before it (what it held is dropped, the connections are closed); an answer for a
 ///   batch that is not outstanding changes nothing;
 /// * at the end, a provider restarted from the store reports no corrupt record and the
