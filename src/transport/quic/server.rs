@@ -527,9 +527,7 @@ where
             tokio::select! {
                 biased;
                 (id, result) = Committer::done(&mut self.committer.running) => {
-                    self.committer.running = None;
-                    self.provider.handle_input(now(), ProviderInput::Committed { id, result });
-                    self.drain();
+                    self.committed(id, result);
                 }
                 Some(event) = peers.recv() => {
                     if self.handle_batch(event, &mut peers, &mut rx) {
@@ -904,11 +902,16 @@ where
     async fn run_out_commits(&mut self) {
         while self.committer.running.is_some() {
             let (id, result) = Committer::done(&mut self.committer.running).await;
-            self.committer.running = None;
-            self.provider
-                .handle_input(now(), ProviderInput::Committed { id, result });
-            self.drain();
+            self.committed(id, result);
         }
+    }
+
+    /// The store thread answered batch `id`: tell the provider, act on what it releases.
+    fn committed(&mut self, id: u64, result: Result<(), StoreError>) {
+        self.committer.running = None;
+        self.provider
+            .handle_input(now(), ProviderInput::Committed { id, result });
+        self.drain();
     }
 
     /// Graceful stop: see [`ProviderServer::shutdown`].
