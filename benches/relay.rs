@@ -2,7 +2,10 @@
 //! store (every batch fsynced before anything it holds is acknowledged), 256-byte text
 //! messages from devices at `one.example` to devices at `two.example`. The store is redb
 //! (`RedbStore`) unless `KOGGE_RELAY_STORE=log` picks the append-only `LogStore`, so the
-//! same bench compares the two.
+//! same bench compares the two; `KOGGE_RELAY_STORE=memory` (`MemoryStore`, nothing written
+//! to disk) shows what the network path alone costs. The process uses the allocator of the
+//! `kogge-provider` binary (mimalloc, `src/bin/kogge-provider/alloc.rs`), and
+//! `KOGGE_RELAY_WORKERS=n` sets the worker threads of each runtime (default 2).
 //!
 //! `cargo bench --bench relay` (features `quic` and `redb`, both default) runs the criterion
 //! group, then a report of its own (`-- summary-only`, a filter matching no group, runs only
@@ -81,7 +84,7 @@ use kogge::identity::{
 use kogge::provider::{ProviderConfig, ProviderStats};
 use kogge::resolve::{PeerInfo, ResolveError, Resolver, StaticDirectory};
 use kogge::session::Account;
-use kogge::store::{Contents, LogStore, RedbStore, Store, StoreError, StoreOp};
+use kogge::store::{Contents, LogStore, MemoryStore, RedbStore, Store, StoreError, StoreOp};
 use kogge::transport::quic::{self, ProviderServer, QuicConfig};
 use prost::Message;
 use rand_chacha::ChaCha20Rng;
@@ -99,6 +102,10 @@ use tokio::runtime::Runtime;
 mod wire {
     include!(concat!(env!("OUT_DIR"), "/kogge.v1.rs"));
 }
+
+/// The provider binary's allocator: the providers are measured as the binary runs them.
+#[path = "../src/bin/kogge-provider/alloc.rs"]
+mod alloc;
 
 type Rng20 = ChaCha20Rng;
 type Server = ProviderServer<Timed, Rng20>;
@@ -331,8 +338,9 @@ fn thread_cpu_ns() -> u64 {
 fn engine() -> &'static str {
     match std::env::var("KOGGE_RELAY_STORE").as_deref() {
         Ok("log") => "log",
+        Ok("memory") => "memory",
         Ok("redb") | Err(_) => "redb",
-        Ok(other) => panic!("KOGGE_RELAY_STORE={other}: expected redb or log"),
+        Ok(other) => panic!("KOGGE_RELAY_STORE={other}: expected redb, log or memory"),
     }
 }
 
@@ -340,6 +348,7 @@ fn engine() -> &'static str {
 fn open_store(path: &Path) -> Box<dyn Store + Send> {
     match engine() {
         "log" => Box::new(LogStore::open(path).expect("log store")),
+        "memory" => Box::new(MemoryStore::default()),
         _ => Box::new(RedbStore::open(path).expect("redb")),
     }
 }
@@ -380,8 +389,12 @@ impl Resolver for Directory {
 }
 
 fn runtime(name: &str) -> Runtime {
+    let workers = std::env::var("KOGGE_RELAY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .thread_name(name)
         .enable_all()
         .build()
@@ -1146,7 +1159,7 @@ fn part(name: &str) -> bool {
 fn report(pairs: &[Arc<Pair>]) {
     let per_pair = SATURATION_MESSAGES / PAIRS;
     println!(
-        "\n== relay report, {} stores (load average at start: {}) ==",
+        "\n== relay report, {} stores, mimalloc (load average at start: {}) ==",
         engine(),
         load_average()
     );

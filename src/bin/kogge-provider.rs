@@ -36,6 +36,8 @@
 //! echo = true                       # open registration and the echo bot echo@<domain>
 //! ```
 
+#[path = "kogge-provider/alloc.rs"]
+mod alloc;
 #[path = "kogge-provider/echo.rs"]
 mod echo;
 
