@@ -19,24 +19,35 @@ use std::time::Instant;
 use kogge::sim::{Attack, Sim, SimConfig, SimReport};
 use rand_chacha::ChaCha20Rng;
 
+/// The attacks by the names the command line uses for them.
+const ATTACKS: &[(&str, Attack)] = &[
+    ("replay", Attack::Replay),
+    ("drop", Attack::Drop),
+    ("reorder", Attack::Reorder),
+    ("forge-sender", Attack::ForgeSender),
+    ("swap-bundles", Attack::SwapBundles),
+    ("swap-identity", Attack::SwapIdentity),
+    ("add-device", Attack::AddDevice),
+];
+
 fn parse_attack(s: &str) -> Option<Attack> {
-    Some(match s {
-        "replay" => Attack::Replay,
-        "drop" => Attack::Drop,
-        "reorder" => Attack::Reorder,
-        "forge-sender" => Attack::ForgeSender,
-        "swap-bundles" => Attack::SwapBundles,
-        "swap-identity" => Attack::SwapIdentity,
-        "add-device" => Attack::AddDevice,
-        _ => return None,
-    })
+    ATTACKS.iter().find(|(name, _)| *name == s).map(|&(_, a)| a)
+}
+
+/// The command-line name of `attack` (what `--attack` takes back).
+fn attack_name(attack: Attack) -> &'static str {
+    ATTACKS
+        .iter()
+        .find(|&&(_, a)| a == attack)
+        .map_or("unnamed", |&(name, _)| name)
 }
 
 fn usage() -> ExitCode {
+    let names: Vec<&str> = ATTACKS.iter().map(|&(name, _)| name).collect();
     eprintln!(
         "usage: sim [--seed N | --seeds A..B | --soak MESSAGES] [--attack NAME] [--threads N] \
-         [--deferred PPM]\n\
-         attacks: replay drop reorder forge-sender swap-bundles swap-identity add-device"
+         [--deferred PPM]\nattacks: {}",
+        names.join(" ")
     );
     ExitCode::from(2)
 }
@@ -200,7 +211,7 @@ fn main() -> ExitCode {
         println!(
             "reproduce: cargo run --release --example sim -- --seed {}{}{}",
             r.seed,
-            attack.map_or(String::new(), |a| format!(" --attack {a:?}")),
+            attack.map_or(String::new(), |a| format!(" --attack {}", attack_name(a))),
             deferred.map_or(String::new(), |ppm| format!(" --deferred {ppm}"))
         );
     }
@@ -208,5 +219,20 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The "reproduce:" line must print an `--attack` value the parser takes back.
+    #[test]
+    fn every_attack_has_a_name_that_parses_back() {
+        for &attack in Attack::ALL {
+            let name = attack_name(attack);
+            assert_eq!(parse_attack(name), Some(attack), "{name}");
+        }
+        assert_eq!(ATTACKS.len(), Attack::ALL.len());
     }
 }
