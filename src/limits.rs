@@ -266,6 +266,14 @@ pub const RELAY_EXPIRY_MS: u64 = 3 * 24 * 60 * 60 * 1000;
 /// How long an unacknowledged request, relay or delivery waits before it is sent again.
 pub const RESEND_AFTER_MS: u64 = 2_000;
 
+/// Longest wait before a mailbox item that a device keeps unacknowledged on one connection
+/// is sent again: each resend waits twice as long as the one before, from
+/// [`RESEND_AFTER_MS`] up to this (SPEC.md 16.7). A device may hold an item it cannot
+/// process yet for hours (a group envelope whose sender key has not come); resending it
+/// every two seconds would cost its battery and the provider's bandwidth for nothing, and
+/// QUIC does not lose frames on a live connection.
+pub const DELIVER_RESEND_MAX_MS: u64 = 300_000;
+
 /// How long a connection may take to authenticate before it is closed.
 pub const AUTH_TIMEOUT_MS: u64 = 10_000;
 

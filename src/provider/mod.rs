@@ -50,8 +50,8 @@ use crate::envelope::{MessageId, UnverifiedEnvelope};
 use crate::identity::{DeviceCertificate, DeviceId, DeviceList, ProviderKey, ProviderKeyPair};
 use crate::limits::{
     AUTH_NONCE_LEN, AUTH_TIMEOUT_MS, CLIENT_REQUEST_BURST, CLIENT_REQUESTS_PER_SECOND,
-    DEDUP_RETENTION_MS, FETCH_BURST, FETCHES_PER_MINUTE, FORWARD_TIMEOUT_MS, MAX_DEDUP_ENTRIES,
-    MAX_DELIVER_IN_FLIGHT, MAX_DELIVER_ITEMS, MAX_FRAME_LEN, MAX_MAILBOX_DEPTH,
+    DEDUP_RETENTION_MS, DELIVER_RESEND_MAX_MS, FETCH_BURST, FETCHES_PER_MINUTE, FORWARD_TIMEOUT_MS,
+    MAX_DEDUP_ENTRIES, MAX_DELIVER_IN_FLIGHT, MAX_DELIVER_ITEMS, MAX_FRAME_LEN, MAX_MAILBOX_DEPTH,
     MAX_PENDING_REMOTE_FETCHES, MAX_PROVIDER_ONE_TIME_PREKEYS, MAX_RATE_BUCKETS,
     MAX_RELAY_ENVELOPES, MAX_RELAY_IN_FLIGHT, MAX_REMOTE_QUEUE_DEPTH, ONE_TIME_PREKEY_BURST,
     ONE_TIME_PREKEYS_PER_HOUR, PROTOCOL_VERSION, PROVIDER_PREKEY_LOW_WATERMARK,
@@ -415,11 +415,13 @@ struct Online {
 }
 
 /// Mailbox items sent to a device and not acknowledged, by sequence number and by the
-/// time they were sent (so that neither a resend nor the next deadline needs a scan).
+/// time they are due to be sent again (so that neither a resend nor the next deadline
+/// needs a scan).
 #[derive(Debug, Default)]
 struct InFlight {
-    sent: BTreeMap<u64, UnixMillis>,
-    by_time: BTreeSet<(UnixMillis, u64)>,
+    /// seq -> (due again at, times sent on this connection).
+    sent: BTreeMap<u64, (UnixMillis, u32)>,
+    by_due: BTreeSet<(UnixMillis, u64)>,
 }
 
 impl InFlight {
@@ -427,30 +429,43 @@ impl InFlight {
         self.sent.len()
     }
 
-    fn insert(&mut self, seq: u64, at: UnixMillis) {
-        if let Some(old) = self.sent.insert(seq, at) {
-            self.by_time.remove(&(old, seq));
-        }
-        self.by_time.insert((at, seq));
+    /// Records that `seq` was sent at `now`; it is due again after [`RESEND_AFTER_MS`],
+    /// doubled for each earlier send on this connection, at most
+    /// [`DELIVER_RESEND_MAX_MS`] (SPEC.md 16.7).
+    fn insert(&mut self, seq: u64, now: UnixMillis) {
+        let sends = match self.sent.get(&seq) {
+            Some(&(due, sends)) => {
+                self.by_due.remove(&(due, seq));
+                sends.saturating_add(1)
+            }
+            None => 1,
+        };
+        let wait = RESEND_AFTER_MS
+            .checked_shl(sends - 1)
+            .unwrap_or(u64::MAX)
+            .min(DELIVER_RESEND_MAX_MS);
+        let due = now.saturating_add(wait);
+        self.sent.insert(seq, (due, sends));
+        self.by_due.insert((due, seq));
     }
 
     fn remove(&mut self, seq: u64) {
-        if let Some(at) = self.sent.remove(&seq) {
-            self.by_time.remove(&(at, seq));
+        if let Some((due, _)) = self.sent.remove(&seq) {
+            self.by_due.remove(&(due, seq));
         }
     }
 
-    /// Items sent at or before `at`, oldest first.
-    fn sent_by(&self, at: UnixMillis) -> Vec<u64> {
-        self.by_time
-            .range(..=(at, u64::MAX))
+    /// Items due to be sent again at `now`, the longest due first.
+    fn due_by(&self, now: UnixMillis) -> Vec<u64> {
+        self.by_due
+            .range(..=(now, u64::MAX))
             .map(|(_, seq)| *seq)
             .collect()
     }
 
-    /// When the oldest was sent.
-    fn oldest(&self) -> Option<UnixMillis> {
-        self.by_time.first().map(|(at, _)| *at)
+    /// When the next item is due.
+    fn next_due(&self) -> Option<UnixMillis> {
+        self.by_due.first().map(|(due, _)| *due)
     }
 }
 
@@ -2297,13 +2312,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         // Resend what went unacknowledged too long (an item no longer in the mailbox is
         // forgotten), then what is new.
         let mut seqs = Vec::new();
-        if let Some(due) = now.0.checked_sub(RESEND_AFTER_MS) {
-            for seq in o.in_flight.sent_by(UnixMillis(due)) {
-                if st.mailbox.contains_key(&seq) {
-                    seqs.push(seq);
-                } else {
-                    o.in_flight.remove(seq);
-                }
+        for seq in o.in_flight.due_by(now) {
+            if st.mailbox.contains_key(&seq) {
+                seqs.push(seq);
+            } else {
+                o.in_flight.remove(seq);
             }
         }
         let room = MAX_DELIVER_IN_FLIGHT.saturating_sub(o.in_flight.len());
@@ -2336,16 +2349,13 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if !items.is_empty() {
             frames.push(items);
         }
-        let next = o.in_flight.oldest();
+        let next = o.in_flight.next_due();
         for items in frames {
             let bytes = protocol::encode(Body::Deliver(wire::Deliver { items }));
             self.out.push_back(ProviderOutput::Transmit { conn, bytes });
         }
         if let Some(t) = next {
-            self.timers.insert((
-                t.saturating_add(RESEND_AFTER_MS),
-                TimerKey::Push(key.clone()),
-            ));
+            self.timers.insert((t, TimerKey::Push(key.clone())));
         }
     }
 

@@ -441,6 +441,67 @@ fn auth_signature_must_cover_this_connection() {
     assert_eq!(p.stats().users, 0, "a refused auth registers no one");
 }
 
+/// An item a device keeps unacknowledged on one connection is sent again after
+/// RESEND_AFTER_MS, then after twice as long each time, never waiting more than
+/// DELIVER_RESEND_MAX_MS (SPEC.md 16.7).
+#[test]
+fn held_items_are_resent_with_backoff() {
+    let mut s = setup();
+    let sent = alice_encrypts(&mut s, "held");
+    let outs = request(
+        &mut s.p,
+        ConnectionId(1),
+        70,
+        wire::request::Body::Submit(wire::Submit {
+            envelopes: sent.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+        }),
+    );
+    let first = delivered(&outs, ConnectionId(3));
+    assert_eq!(first.len(), 1);
+    // Device 2 acknowledges; device 3 holds its copy.
+    let items2 = delivered(&outs, ConnectionId(2));
+    let _ = send(
+        &mut s.p,
+        ConnectionId(2),
+        Body::DeliverAck(wire::DeliverAck {
+            seqs: vec![items2[0].seq],
+        }),
+    );
+    let mut at = NOW;
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let wait = RESEND_AFTER_MS
+            .saturating_mul(1 << waits.len())
+            .min(DELIVER_RESEND_MAX_MS);
+        let early = at.saturating_add(wait - 1);
+        s.p.handle_timeout(early);
+        assert!(
+            delivered(&drain(&mut s.p, early), ConnectionId(3)).is_empty(),
+            "resent before {wait} ms"
+        );
+        at = at.saturating_add(wait);
+        s.p.handle_timeout(at);
+        let again = delivered(&drain(&mut s.p, at), ConnectionId(3));
+        assert_eq!(again.len(), 1, "not resent after {wait} ms");
+        assert_eq!(again[0].seq, first[0].seq);
+        waits.push(wait);
+    }
+    assert_eq!(&waits[..4], &[2_000, 4_000, 8_000, 16_000]);
+    assert_eq!(waits.last(), Some(&DELIVER_RESEND_MAX_MS));
+    // Acknowledged at last: nothing more is sent.
+    let _ = send(
+        &mut s.p,
+        ConnectionId(3),
+        Body::DeliverAck(wire::DeliverAck {
+            seqs: vec![first[0].seq],
+        }),
+    );
+    let later = at.saturating_add(DELIVER_RESEND_MAX_MS);
+    s.p.handle_timeout(later);
+    assert!(delivered(&drain(&mut s.p, later), ConnectionId(3)).is_empty());
+    assert_eq!(s.p.stats().mailbox_items, 0);
+}
+
 #[test]
 fn submit_store_deliver_ack() {
     let mut s = setup();
