@@ -440,9 +440,10 @@ impl InFlight {
             }
             None => 1,
         };
+        // 2^(sends - 1), saturating: a shift alone would drop the high bits.
+        let factor = 1u64.checked_shl(sends - 1).unwrap_or(u64::MAX);
         let wait = RESEND_AFTER_MS
-            .checked_shl(sends - 1)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(factor)
             .min(DELIVER_RESEND_MAX_MS);
         let due = now.saturating_add(wait);
         self.sent.insert(seq, (due, sends));

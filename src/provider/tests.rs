@@ -469,9 +469,10 @@ fn held_items_are_resent_with_backoff() {
     );
     let mut at = NOW;
     let mut waits = Vec::new();
-    for _ in 0..12 {
+    // Seventy sends: the doubling must stay at the cap long after it would overflow.
+    for _ in 0..70 {
         let wait = RESEND_AFTER_MS
-            .saturating_mul(1 << waits.len())
+            .saturating_mul(1u64.checked_shl(waits.len() as u32).unwrap_or(u64::MAX))
             .min(DELIVER_RESEND_MAX_MS);
         let early = at.saturating_add(wait - 1);
         s.p.handle_timeout(early);
