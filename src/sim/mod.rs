@@ -839,7 +839,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                 self.report.partitions += 1;
                 self.partitioned.insert((a.min(b), a.max(b)));
                 // Connections between them time out.
-                let cut: Vec<u64> = self
+                let mut cut: Vec<u64> = self
                     .links
                     .iter()
                     .filter(|(_, l)| {
@@ -852,6 +852,9 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                     })
                     .map(|(c, _)| *c)
                     .collect();
+                // In connection order: `links` is a HashMap, and the order of the cuts
+                // decides the order in which the providers draw their backoff jitter.
+                cut.sort_unstable();
                 for c in cut {
                     self.cut(c);
                 }
