@@ -42,6 +42,42 @@ fn attack_name(attack: Attack) -> &'static str {
         .map_or("unnamed", |&(name, _)| name)
 }
 
+/// What one thread's seeds came to.
+#[derive(Default)]
+struct Tally {
+    /// The reports to print (failures, or all of them with `--verbose`).
+    reports: Vec<SimReport>,
+    /// Seeds in which a provider deferred its commits.
+    deferred_seeds: usize,
+    /// Seeds that ended with mailbox items held unacknowledged, those items, and how
+    /// many of them are group envelopes.
+    held_seeds: usize,
+    held_items: usize,
+    held_group: usize,
+}
+
+impl Tally {
+    fn add(&mut self, r: SimReport, verbose: bool) {
+        self.deferred_seeds += usize::from(r.deferred_providers > 0);
+        if r.held_at_end > 0 {
+            self.held_seeds += 1;
+            self.held_items += r.held_at_end;
+            self.held_group += r.held_group_envelopes_at_end;
+        }
+        if verbose || !r.violations.is_empty() {
+            self.reports.push(r);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.reports.extend(other.reports);
+        self.deferred_seeds += other.deferred_seeds;
+        self.held_seeds += other.held_seeds;
+        self.held_items += other.held_items;
+        self.held_group += other.held_group;
+    }
+}
+
 fn usage() -> ExitCode {
     let names: Vec<&str> = ATTACKS.iter().map(|&(name, _)| name).collect();
     eprintln!(
@@ -162,28 +198,22 @@ fn main() -> ExitCode {
     }
     let all: Vec<u64> = seeds.clone().collect();
     let chunk = all.len().div_ceil(threads.max(1)).max(1);
-    // Per thread: the reports to print, and how many seeds ran deferred commits.
-    let results: Vec<(Vec<SimReport>, usize)> = std::thread::scope(|s| {
+    let results: Vec<Tally> = std::thread::scope(|s| {
         let handles: Vec<_> = all
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    let mut deferred_seeds = 0;
-                    let reports = part
-                        .iter()
-                        .map(|&seed| {
-                            let mut config = SimConfig::faulty(seed);
-                            config.attack = attack;
-                            config.trace = trace;
-                            if let Some(ppm) = deferred {
-                                config.deferred_commits_ppm = ppm;
-                            }
-                            Sim::<ChaCha20Rng>::new(config).run()
-                        })
-                        .inspect(|r| deferred_seeds += usize::from(r.deferred_providers > 0))
-                        .filter(|r| verbose || !r.violations.is_empty())
-                        .collect::<Vec<_>>();
-                    (reports, deferred_seeds)
+                    let mut tally = Tally::default();
+                    for &seed in part {
+                        let mut config = SimConfig::faulty(seed);
+                        config.attack = attack;
+                        config.trace = trace;
+                        if let Some(ppm) = deferred {
+                            config.deferred_commits_ppm = ppm;
+                        }
+                        tally.add(Sim::<ChaCha20Rng>::new(config).run(), verbose);
+                    }
+                    tally
                 })
             })
             .collect();
@@ -192,8 +222,17 @@ fn main() -> ExitCode {
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let deferred_seeds: usize = results.iter().map(|(_, n)| n).sum();
-    let failures: Vec<SimReport> = results.into_iter().flat_map(|(r, _)| r).collect();
+    let mut total = Tally::default();
+    for t in results {
+        total.merge(t);
+    }
+    let Tally {
+        reports: failures,
+        deferred_seeds,
+        held_seeds,
+        held_items,
+        held_group,
+    } = total;
     for r in &failures {
         println!("{r}");
     }
@@ -207,6 +246,14 @@ fn main() -> ExitCode {
         failed,
         started.elapsed().as_secs_f64()
     );
+    if held_seeds > 0 {
+        // Not a failure: SPEC.md 20.7 says so. Printed so that the gap stays in sight.
+        println!(
+            "{held_seeds} seeds ended with {held_items} mailbox items held unacknowledged, \
+             {held_group} of them group envelopes (waiting for a sender chain that never \
+             reached the device; SPEC.md 20.7)"
+        );
+    }
     for r in failures.iter().filter(|r| !r.violations.is_empty()) {
         println!(
             "reproduce: cargo run --release --example sim -- --seed {}{}{}",

@@ -204,6 +204,14 @@ pub struct SimReport {
     pub attacks: u64,
     /// Virtual time at the end.
     pub virtual_ms: u64,
+    /// Mailbox items the providers still held at the end, with every device online: items
+    /// their devices keep unacknowledged because they cannot process them yet. So far
+    /// these are group envelopes whose sender chain never reached the device (it had no
+    /// session when the chain was handed out, and nothing hands it again unless the
+    /// sender sends again; SPEC.md 19.2, 20.7).
+    pub held_at_end: usize,
+    /// Of those, group envelopes.
+    pub held_group_envelopes_at_end: usize,
     /// Broken invariants (empty when the run passed).
     pub violations: Vec<String>,
 }
@@ -235,6 +243,13 @@ impl fmt::Display for SimReport {
             self.attacks,
             self.virtual_ms / 1000,
         )?;
+        if self.held_at_end > 0 {
+            write!(
+                f,
+                " | held unacknowledged at the end: {} ({} group envelopes)",
+                self.held_at_end, self.held_group_envelopes_at_end
+            )?;
+        }
         if self.deferred_providers > 0 {
             write!(
                 f,
@@ -702,6 +717,24 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             self.drain_all();
         }
         self.report.virtual_ms = self.now.0.saturating_sub(T0.0);
+        for m in self.providers.iter().filter_map(|p| p.machine.as_ref()) {
+            self.report.held_at_end += m.stats().mailbox_items;
+            // What kind: the provider's store (in memory here) holds the items.
+            let Ok(contents) = m.store().lock().load() else {
+                continue;
+            };
+            let mailbox = contents.get(&crate::store::Table::Mailbox);
+            for value in mailbox.into_iter().flat_map(|t| t.values()) {
+                let item = <crate::wire::StoredMailItem as prost::Message>::decode(value.clone())
+                    .ok()
+                    .and_then(|w| w.item);
+                if let Some(crate::wire::stored_mail_item::Item::Group(g)) = item
+                    && matches!(g.body, Some(crate::wire::group_item::Body::Envelope(_)))
+                {
+                    self.report.held_group_envelopes_at_end += 1;
+                }
+            }
+        }
         self.report.attacks = self.attacker.as_ref().map_or(0, |a| a.acted);
         self.check();
         self.report
