@@ -45,7 +45,7 @@ fn attack_name(attack: Attack) -> &'static str {
 /// What one thread's seeds came to.
 #[derive(Default)]
 struct Tally {
-    /// The reports to print (failures, or all of them with `--verbose`).
+    /// The reports to print (failures, or every report for a single `--seed`).
     reports: Vec<SimReport>,
     /// Seeds in which a provider deferred its commits.
     deferred_seeds: usize,
