@@ -49,6 +49,11 @@ struct Tally {
     reports: Vec<SimReport>,
     /// Seeds in which a provider deferred its commits.
     deferred_seeds: usize,
+    /// `Deliver` frames sent ahead of a batch, and the crashes and failed batches of
+    /// deferring providers.
+    early_deliveries: u64,
+    commit_crashes: usize,
+    commit_failures: usize,
     /// Seeds that ended with mailbox items held unacknowledged, those items, and how
     /// many of them are group envelopes.
     held_seeds: usize,
@@ -59,6 +64,9 @@ struct Tally {
 impl Tally {
     fn add(&mut self, r: SimReport, verbose: bool) {
         self.deferred_seeds += usize::from(r.deferred_providers > 0);
+        self.early_deliveries += r.early_deliveries;
+        self.commit_crashes += r.commit_crashes;
+        self.commit_failures += r.commit_failures;
         if r.held_at_end > 0 {
             self.held_seeds += 1;
             self.held_items += r.held_at_end;
@@ -72,6 +80,9 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.reports.extend(other.reports);
         self.deferred_seeds += other.deferred_seeds;
+        self.early_deliveries += other.early_deliveries;
+        self.commit_crashes += other.commit_crashes;
+        self.commit_failures += other.commit_failures;
         self.held_seeds += other.held_seeds;
         self.held_items += other.held_items;
         self.held_group += other.held_group;
@@ -229,6 +240,9 @@ fn main() -> ExitCode {
     let Tally {
         reports: failures,
         deferred_seeds,
+        early_deliveries,
+        commit_crashes,
+        commit_failures,
         held_seeds,
         held_items,
         held_group,
@@ -246,6 +260,12 @@ fn main() -> ExitCode {
         failed,
         started.elapsed().as_secs_f64()
     );
+    if deferred_seeds > 0 {
+        println!(
+            "deferred commits: {early_deliveries} deliveries ahead of a batch, \
+             {commit_crashes} crashes mid-commit, {commit_failures} failed batches"
+        );
+    }
     if held_seeds > 0 {
         // Not a failure: SPEC.md 20.7 says so. Printed so that the gap stays in sight.
         println!(

@@ -115,6 +115,13 @@ pub const LOG_COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
 /// snapshot of its live entries (and than [`LOG_COMPACT_MIN_BYTES`]).
 pub const LOG_COMPACT_RATIO: u64 = 2;
 
+/// Bits of a mailbox `seq` below the provider's sequence epoch (SPEC.md 16.12 rule 5; the
+/// reference's choice, not the protocol's): a provider that delivers items before their
+/// writes are durable hands out numbers from `epoch << SEQ_EPOCH_SHIFT` on after each
+/// start or failed write, so that no number a device may have seen is given to another
+/// item. 2^40 numbers per mailbox per run, and 2^24 runs.
+pub const SEQ_EPOCH_SHIFT: u32 = 40;
+
 /// Members of one group.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
 

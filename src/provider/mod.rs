@@ -27,7 +27,10 @@
 //! A driver that can run commits elsewhere calls [`Provider::defer_commits`]: batches then
 //! come out as [`ProviderOutput::Commit`] and their outputs wait for
 //! [`ProviderInput::Committed`], while the provider goes on taking input (pipelined group
-//! commit; the QUIC server runs its store on a thread of its own).
+//! commit; the QUIC server runs its store on a thread of its own). What acknowledges
+//! nothing leaves at once: relays, and deliveries of envelopes to devices once the run's
+//! mailbox sequence epoch is durable (SPEC.md 16.12 rule 5), so that a message does not
+//! wait for its recipient's provider's `fsync`.
 //!
 //! Envelopes are routed by their claimed header without verifying signatures: the
 //! authenticated connection says which device or provider handed an envelope over, and
@@ -366,6 +369,9 @@ pub struct ProviderStats {
     pub connections: usize,
     /// Successful commits.
     pub commits: u64,
+    /// `Deliver` frames sent ahead of the write that stored their items (with deferred
+    /// commits, SPEC.md 16.12 rule 5).
+    pub early_deliveries: u64,
 }
 
 type DeviceKey = (Address, DeviceId);
@@ -412,6 +418,10 @@ struct Online {
     in_flight: InFlight,
     /// The highest sequence number sent on this connection.
     pushed_up_to: u64,
+    /// With deferred commits: the batch count after which this connection's `Welcome`
+    /// has left, so that mailbox items may overtake held answers on it (see
+    /// [`Provider::early_delivery`]).
+    welcomed_after: u64,
 }
 
 /// Mailbox items sent to a device and not acknowledged, by sequence number and by the
@@ -548,6 +558,8 @@ pub struct Provider<S: Store, R: CryptoRng> {
     to_refuse: Vec<ConnectionId>,
     /// Successful commits, for [`ProviderStats::commits`].
     commits: u64,
+    /// For [`ProviderStats::early_deliveries`].
+    early_deliveries: u64,
     /// Deletions whose durability nothing waits for (SPEC.md 16.12 rule 4): mailbox items
     /// the device acknowledged and queue entries the next hop acknowledged. They go to the
     /// store with the next commit of `ops`, or on their own after [`LAZY_FLUSH_MS`] or
@@ -569,6 +581,14 @@ pub struct Provider<S: Store, R: CryptoRng> {
 #[derive(Debug, Default)]
 struct Deferred {
     next_id: u64,
+    /// Every batch with a lower id is durable.
+    durable_below: u64,
+    /// Items whose writes are not durable yet may be delivered once `durable_below`
+    /// reaches this: the batch that makes the current sequence epoch durable (`u64::MAX`
+    /// while no batch holds it).
+    epoch_durable_at: u64,
+    /// Whether a batch holds the current sequence epoch's write; if not, the next does.
+    epoch_staged: bool,
     /// The outstanding batch and the outputs that wait for it.
     in_flight: Option<(u64, Vec<ProviderOutput>)>,
 }
@@ -640,6 +660,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             now,
             to_refuse: Vec::new(),
             commits: 0,
+            early_deliveries: 0,
             lazy_ops: Vec::new(),
             lazy_since: None,
             deferred: None,
@@ -702,13 +723,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// From now on, hands commits to the driver as [`ProviderOutput::Commit`] instead of
     /// running [`Store::commit`] inside [`poll_output`](Self::poll_output), so a driver
     /// can run them on another thread while the provider goes on taking input (pipelined
-    /// group commit). The rules do not change: every output that depends on a batch (an
-    /// answer, a delivery, an event) waits until [`ProviderInput::Committed`] reports the
-    /// batch durable, and a failed batch rolls the provider back to what the store holds.
-    /// What waits for no commit is released at once: relays and forwarded fetches for
-    /// other providers (SPEC.md 16.5 allows a relay before its queue entry is durable)
-    /// and connection attempts with their handshakes (`hello`, `auth`). Outputs keep
-    /// their order otherwise.
+    /// group commit). The rules do not change: every output that acknowledges a batch's
+    /// writes (an answer, a notice, an event) waits until [`ProviderInput::Committed`]
+    /// reports the batch durable, and a failed batch rolls the provider back to what the
+    /// store holds. What acknowledges nothing is released at once: relays and forwarded
+    /// fetches for other providers (SPEC.md 16.5 allows a relay before its queue entry is
+    /// durable), connection attempts with their handshakes (`hello`, `auth`), and
+    /// deliveries of envelopes and group envelopes to devices (SPEC.md 16.12 rule 5) once
+    /// the first batch, which starts a new mailbox sequence epoch, is durable, and on a
+    /// connection authenticated later once a batch made after its `Welcome` is. Outputs
+    /// keep their order otherwise.
     ///
     /// The driver runs one batch at a time, in the order given, on the store this
     /// provider was made with (which it must therefore share, as
@@ -716,8 +740,22 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// [`Store::load`] meanwhile through the provider.
     pub fn defer_commits(&mut self) {
         if self.deferred.is_none() {
-            self.deferred = Some(Deferred::default());
+            self.deferred = Some(Deferred {
+                epoch_durable_at: u64::MAX,
+                ..Deferred::default()
+            });
         }
+    }
+
+    /// Whether a mailbox item may go to a device whose `Welcome` left after batch
+    /// `welcomed_after` before the write that stored the item is durable (SPEC.md 16.12
+    /// rule 5): only with deferred commits, once the sequence epoch is durable (a crash
+    /// can then not give the item's `seq` to another item), and once the `Welcome` has left
+    /// (a delivery must not overtake it).
+    fn early_delivery(&self, welcomed_after: u64) -> bool {
+        self.deferred
+            .as_ref()
+            .is_some_and(|d| d.durable_below >= d.epoch_durable_at.max(welcomed_after))
     }
 
     /// Whether a [`ProviderOutput::Commit`] awaits its [`ProviderInput::Committed`].
@@ -758,6 +796,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             now: self.now,
             to_refuse: self.to_refuse,
             commits: self.commits,
+            early_deliveries: self.early_deliveries,
             lazy_ops: self.lazy_ops,
             lazy_since: self.lazy_since,
             deferred: self.deferred,
@@ -773,6 +812,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             pending_fetches: self.forwards.len(),
             connections: self.conns.len(),
             commits: self.commits,
+            early_deliveries: self.early_deliveries,
             ..ProviderStats::default()
         };
         for u in self.durable.users.values() {
@@ -966,6 +1006,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         match result {
             Ok(()) => {
                 if let Some((_, held)) = d.in_flight.take() {
+                    d.durable_below = id.saturating_add(1);
                     self.commits += 1;
                     self.ready.extend(held);
                 }
@@ -1271,12 +1312,19 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                         if let Some(old) = self.online.remove(&key) {
                             self.close(old.conn);
                         }
+                        // The `Welcome` below is held with the next batch (or leaves before
+                        // it, if there is none).
+                        let welcomed_after = self
+                            .deferred
+                            .as_ref()
+                            .map_or(0, |d| d.next_id.saturating_add(1));
                         self.online.insert(
                             key.clone(),
                             Online {
                                 conn,
                                 in_flight: InFlight::default(),
                                 pushed_up_to: 0,
+                                welcomed_after,
                             },
                         );
                         self.dirty.insert(key.clone());
@@ -2304,6 +2352,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     // Mailbox delivery
 
     fn pump_device(&mut self, now: UnixMillis, key: &DeviceKey) {
+        let early = self
+            .online
+            .get(key)
+            .is_some_and(|o| self.early_delivery(o.welcomed_after));
         let Some(o) = self.online.get_mut(key) else {
             return;
         };
@@ -2328,9 +2380,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .take(room),
         );
         let conn = o.conn;
+        // Frames, each with whether it may leave before the batch being written.
         let mut frames = Vec::new();
         let mut items = Vec::new();
         let mut size = 0;
+        let mut frame_early = early;
         for seq in seqs {
             let Some(item) = st.mailbox.get(&seq) else {
                 continue;
@@ -2338,22 +2392,30 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             o.in_flight.insert(seq, now);
             o.pushed_up_to = o.pushed_up_to.max(seq);
             size += item.size();
+            frame_early &= item.may_leave_early();
             items.push(wire::MailboxItem {
                 seq,
                 item: Some(item.to_wire()),
             });
             if items.len() >= MAX_DELIVER_ITEMS || size >= FRAME_FILL {
-                frames.push(std::mem::take(&mut items));
+                frames.push((std::mem::take(&mut items), frame_early));
                 size = 0;
+                frame_early = early;
             }
         }
         if !items.is_empty() {
-            frames.push(items);
+            frames.push((items, frame_early));
         }
         let next = o.in_flight.next_due();
-        for items in frames {
+        for (items, early) in frames {
             let bytes = protocol::encode(Body::Deliver(wire::Deliver { items }));
-            self.out.push_back(ProviderOutput::Transmit { conn, bytes });
+            let o = ProviderOutput::Transmit { conn, bytes };
+            if early {
+                self.early_deliveries += 1;
+                self.ready.push_back(o);
+            } else {
+                self.out.push_back(o);
+            }
         }
         if let Some(t) = next {
             self.timers.insert((t, TimerKey::Push(key.clone())));
@@ -2489,12 +2551,20 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             }
             if !self.commit_outstanding() {
                 if due {
-                    let ops = self.take_batch();
+                    let mut ops = self.take_batch();
                     let held: Vec<ProviderOutput> = self.out.drain(..).collect();
                     if let Some(d) = self.deferred.as_mut() {
                         let id = d.next_id;
                         d.next_id = d.next_id.wrapping_add(1);
                         d.in_flight = Some((id, held));
+                        // A new mailbox sequence epoch rides with the first batch after
+                        // a start or a failed batch; items are delivered ahead of their
+                        // own writes once it is durable (SPEC.md 16.12 rule 5).
+                        if !d.epoch_staged {
+                            self.durable.begin_seq_epoch(&mut ops);
+                            d.epoch_staged = true;
+                            d.epoch_durable_at = id.saturating_add(1);
+                        }
                         return ProviderOutput::Commit(CommitBatch { id, ops });
                     }
                 }
@@ -2564,6 +2634,12 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         match self.store.load() {
             Ok(contents) => self.durable = Durable::load(&contents),
             Err(e2) => self.event(ProviderEvent::StorageFailed(e2)),
+        }
+        // Devices may have seen items of the failed batch: nothing goes ahead of its
+        // write again until a new sequence epoch is durable.
+        if let Some(d) = self.deferred.as_mut() {
+            d.epoch_staged = false;
+            d.epoch_durable_at = u64::MAX;
         }
         // Connections may have seen state that is now gone: start them afresh.
         for conn in closes {

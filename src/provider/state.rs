@@ -12,6 +12,7 @@ use crate::address::{Address, Domain};
 use crate::envelope::{EnvelopeHeader, MessageId, UnverifiedEnvelope};
 use crate::group::{GroupChange, GroupEnvelope, GroupId, GroupState};
 use crate::identity::{DeviceCertificate, DeviceId, DeviceList};
+use crate::limits::SEQ_EPOCH_SHIFT;
 use crate::session::SignedPrekey;
 use crate::store::{Contents, StoreOp, Table};
 use crate::time::UnixMillis;
@@ -32,6 +33,18 @@ pub(super) enum MailBody {
 }
 
 impl MailItem {
+    /// Whether the item may be delivered before the write that stored it is durable
+    /// (SPEC.md 16.12 rule 5): envelopes and group envelopes, whose repeats a device
+    /// recognises end to end. Notices and group changes wait: a device cannot tell a
+    /// notice or a change the provider then lost from a new one.
+    pub(super) fn may_leave_early(&self) -> bool {
+        match &self.body {
+            MailBody::Envelope(_) => true,
+            MailBody::Group(g) => matches!(g.body, Some(wire::group_item::Body::Envelope(_))),
+            MailBody::Notice(_) => false,
+        }
+    }
+
     pub(super) fn size(&self) -> usize {
         match &self.body {
             MailBody::Envelope(e) => e.len() + 16,
@@ -309,6 +322,12 @@ pub(super) struct Durable {
     legacy_dedup: HashSet<[u8; 16]>,
     /// Records in the store that did not decode (reported, then ignored).
     pub(super) corrupt: usize,
+    /// The stored mailbox sequence epoch (SPEC.md 16.12 rule 5): raised, and made durable,
+    /// before a provider delivers items whose writes are not yet durable.
+    seq_epoch: u64,
+    /// No mailbox hands out a `seq` below this: `seq_epoch << SEQ_EPOCH_SHIFT`, above
+    /// every number a run under an earlier epoch can have shown a device.
+    seq_floor: u64,
 }
 
 fn key_device(address: &Address, device: DeviceId) -> BytesMut {
@@ -371,6 +390,7 @@ fn key_dedup(expiry: UnixMillis, key: &[u8; 16]) -> Bytes {
 }
 
 const KEY_OUT_SEQ: &[u8] = b"out_seq";
+const KEY_SEQ_EPOCH: &[u8] = b"seq_epoch";
 
 /// Splits `u16 len ‖ text ‖ rest`.
 fn split_text(key: &[u8]) -> Option<(&str, &[u8])> {
@@ -385,6 +405,14 @@ fn split_device(key: &[u8]) -> Option<(Address, DeviceId, &[u8])> {
     let address = Address::parse_canonical(addr).ok()?;
     let device = DeviceId::from_slice(rest.get(..16)?)?;
     Some((address, device, rest.get(16..)?))
+}
+
+/// The lowest mailbox `seq` under `epoch` (SPEC.md 16.12 rule 5).
+fn epoch_floor(epoch: u64) -> u64 {
+    epoch
+        .checked_shl(SEQ_EPOCH_SHIFT)
+        .filter(|f| f >> SEQ_EPOCH_SHIFT == epoch)
+        .unwrap_or(u64::MAX)
 }
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {
@@ -531,6 +559,11 @@ impl Durable {
                 if let Some(n) = be_u64(v) {
                     d.next_out_seq = d.next_out_seq.max(n);
                 }
+            } else if k.as_ref() == KEY_SEQ_EPOCH {
+                match be_u64(v) {
+                    Some(n) => d.seq_epoch = d.seq_epoch.max(n),
+                    None => d.corrupt += 1,
+                }
             } else if let Some(rest) = k.strip_prefix(b"otk/") {
                 let ok = split_device(rest)
                     .zip(v.as_ref().try_into().ok().map(u32::from_be_bytes))
@@ -551,7 +584,26 @@ impl Durable {
                 d.corrupt += 1;
             }
         }
+        d.seq_floor = epoch_floor(d.seq_epoch);
+        let floor = d.seq_floor;
+        for st in d.users.values_mut().flat_map(|u| u.devices.values_mut()) {
+            st.next_seq = st.next_seq.max(floor);
+        }
         d
+    }
+
+    /// Starts the next mailbox sequence epoch: the returned write must be durable before
+    /// any item whose own write is not is delivered (SPEC.md 16.12 rule 5). The floor does
+    /// not move now: every number below it is already above those of earlier epochs, and
+    /// the numbers handed out from here on stay below the floor a later load computes
+    /// from the new epoch.
+    pub(super) fn begin_seq_epoch(&mut self, ops: &mut Vec<StoreOp>) {
+        self.seq_epoch = self.seq_epoch.saturating_add(1);
+        ops.push(StoreOp::Put {
+            table: Table::Meta,
+            key: Bytes::from_static(KEY_SEQ_EPOCH),
+            value: Bytes::copy_from_slice(&self.seq_epoch.to_be_bytes()),
+        });
     }
 
     pub(super) fn device(&self, address: &Address, device: DeviceId) -> Option<&DeviceState> {
@@ -609,8 +661,9 @@ impl Durable {
             match user.devices.get_mut(&cert.device_id()) {
                 Some(st) => st.cert = cert.clone(),
                 None => {
-                    user.devices
-                        .insert(cert.device_id(), DeviceState::new(cert.clone()));
+                    let mut st = DeviceState::new(cert.clone());
+                    st.next_seq = st.next_seq.max(self.seq_floor);
+                    user.devices.insert(cert.device_id(), st);
                 }
             }
         }

@@ -1250,6 +1250,7 @@ mod groups {
 /// Deferred commits (`defer_commits`): the test is the driver that runs the batches.
 mod deferred {
     use super::*;
+    use crate::limits::SEQ_EPOCH_SHIFT;
 
     /// Drains; returns the outputs and the batch handed over, if any.
     fn drain_batch(p: &mut P) -> (Vec<ProviderOutput>, Option<CommitBatch>) {
@@ -1372,6 +1373,187 @@ mod deferred {
         )
         .unwrap();
         assert_eq!(restarted.stats().mailbox_items, mailbox);
+    }
+
+    fn seqs(items: &[wire::MailboxItem]) -> Vec<u64> {
+        items.iter().map(|i| i.seq).collect()
+    }
+
+    fn has_epoch(b: &CommitBatch) -> bool {
+        b.ops.iter().any(|o| {
+            matches!(o, StoreOp::Put { table: Table::Meta, key, .. } if key.as_ref() == b"seq_epoch")
+        })
+    }
+
+    #[test]
+    fn envelopes_go_ahead_of_their_batch_once_the_sequence_epoch_is_durable() {
+        let mut s = setup();
+        let sent: Vec<_> = ["one", "two", "three"]
+            .iter()
+            .map(|t| alice_encrypts(&mut s, t))
+            .collect();
+        s.p.defer_commits();
+
+        // The first batch carries the new sequence epoch: until it is durable, deliveries
+        // wait for their batch as before.
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent[0]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        let batch = batch.unwrap();
+        assert!(has_epoch(&batch), "{:?}", batch.ops);
+        assert!(delivered(&outs, ConnectionId(2)).is_empty(), "{outs:?}");
+        let outs = run(&mut s.p, &batch);
+        let first = seqs(&delivered(&outs, ConnectionId(2)));
+        assert_eq!(first.len(), 1);
+
+        // From now on an envelope is delivered while its batch is still being written;
+        // the answer to its sender still waits for the batch.
+        receive(&mut s.p, ConnectionId(1), submit_frame(8, &sent[1]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        let batch = batch.unwrap();
+        assert!(!has_epoch(&batch), "one epoch per run");
+        let second = seqs(&delivered(&outs, ConnectionId(2)));
+        assert_eq!(second.len(), 1, "delivered before durable: {outs:?}");
+        assert!(!delivered(&outs, ConnectionId(3)).is_empty());
+        assert!(frames(&outs, ConnectionId(1)).is_empty(), "{outs:?}");
+        assert!(s.p.commit_outstanding());
+
+        // Bob's first device acknowledges both before the batch is durable: the deletion
+        // follows the write it deletes, and nothing is left behind.
+        receive(
+            &mut s.p,
+            ConnectionId(2),
+            protocol::encode(Body::DeliverAck(wire::DeliverAck {
+                seqs: vec![first[0], second[0]],
+            })),
+        );
+        let outs = run(&mut s.p, &batch);
+        assert!(matches!(
+            response_to(&outs, ConnectionId(1), 8),
+            wire::response::Body::Done(_)
+        ));
+        let later = NOW.saturating_add(LAZY_FLUSH_MS);
+        let lazy = drain(&mut s.p, later).into_iter().find_map(|o| match o {
+            ProviderOutput::Commit(b) => Some(b),
+            _ => None,
+        });
+        run(&mut s.p, &lazy.expect("the deletions"));
+        let bob0 = s.bob.accounts[0].device().id();
+        assert_eq!(
+            s.p.durable
+                .device(s.bob.list.address(), bob0)
+                .unwrap()
+                .mailbox
+                .len(),
+            0
+        );
+
+        // The third envelope is delivered, then the provider crashes before its batch is
+        // durable. After the restart the envelope comes again (its sender retries) and gets
+        // a number above every one a device can have seen (SPEC.md 16.12 rule 5).
+        receive(&mut s.p, ConnectionId(1), submit_frame(9, &sent[2]));
+        let (outs, lost) = drain_batch(&mut s.p);
+        assert!(lost.is_some());
+        let seen = seqs(&delivered(&outs, ConnectionId(2)));
+        assert_eq!(seen.len(), 1);
+        let mut restarted = Provider::new(
+            ProviderConfig::new(
+                Domain::parse("one.example").unwrap(),
+                ProviderKeyPair::from_secret_bytes(&s.p.key.secret_bytes()),
+            ),
+            s.p.store.clone(),
+            ChaCha20Rng::from_seed([2; 32]),
+            NOW,
+        )
+        .unwrap();
+        let held = |p: &P| {
+            p.durable
+                .device(s.bob.list.address(), bob0)
+                .unwrap()
+                .mailbox
+                .len()
+        };
+        assert_eq!(held(&restarted), 0, "the third write was lost");
+        login(&mut restarted, ConnectionId(1), &s.alice.accounts[0], None);
+        login(&mut restarted, ConnectionId(2), &s.bob.accounts[0], None);
+        receive(&mut restarted, ConnectionId(1), submit_frame(9, &sent[2]));
+        let outs = drain(&mut restarted, NOW);
+        let again = seqs(&delivered(&outs, ConnectionId(2)));
+        assert_eq!(again.len(), 1, "{outs:?}");
+        assert!(again[0] > seen[0], "{again:?} after {seen:?}");
+        assert!(again[0] >= 1 << SEQ_EPOCH_SHIFT);
+    }
+
+    #[test]
+    fn deliveries_on_a_new_connection_wait_until_its_welcome_has_left() {
+        let mut s = setup();
+        let sent: Vec<_> = ["one", "two", "three"]
+            .iter()
+            .map(|t| alice_encrypts(&mut s, t))
+            .collect();
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent[0]));
+        let (_, batch) = drain_batch(&mut s.p);
+        let outs = run(&mut s.p, &batch.unwrap());
+        assert_eq!(delivered(&outs, ConnectionId(2)).len(), 1);
+
+        // Bob's first device reconnects: the item it did not acknowledge comes after the
+        // `Welcome`. Its deliveries may go ahead of a batch only once a batch made after
+        // its `Welcome` is durable; the other device's go ahead at once.
+        let outs = login(&mut s.p, ConnectionId(9), &s.bob.accounts[0], None);
+        assert!(welcomed(&outs, ConnectionId(9)));
+        receive(&mut s.p, ConnectionId(1), submit_frame(8, &sent[1]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        assert!(delivered(&outs, ConnectionId(9)).is_empty(), "{outs:?}");
+        assert_eq!(delivered(&outs, ConnectionId(3)).len(), 1, "{outs:?}");
+        let outs = run(&mut s.p, &batch.unwrap());
+        assert_eq!(delivered(&outs, ConnectionId(9)).len(), 1);
+        receive(&mut s.p, ConnectionId(1), submit_frame(9, &sent[2]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        assert!(batch.is_some());
+        assert_eq!(delivered(&outs, ConnectionId(9)).len(), 1, "{outs:?}");
+    }
+
+    #[test]
+    fn after_a_failed_batch_nothing_goes_ahead_until_a_new_epoch_is_durable() {
+        let mut s = setup();
+        let sent: Vec<_> = ["one", "two", "three"]
+            .iter()
+            .map(|t| alice_encrypts(&mut s, t))
+            .collect();
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent[0]));
+        let (_, batch) = drain_batch(&mut s.p);
+        run(&mut s.p, &batch.unwrap());
+        receive(&mut s.p, ConnectionId(1), submit_frame(8, &sent[1]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        let seen = seqs(&delivered(&outs, ConnectionId(2)));
+        assert_eq!(seen.len(), 1, "early: {outs:?}");
+        s.p.handle_input(
+            NOW,
+            ProviderInput::Committed {
+                id: batch.unwrap().id,
+                result: Err(StoreError("disk full".into())),
+            },
+        );
+        let (_, none) = drain_batch(&mut s.p);
+        assert!(none.is_none(), "no batch for the epoch alone");
+
+        // Every connection was closed; the devices come back and alice retries.
+        login(&mut s.p, ConnectionId(11), &s.alice.accounts[0], None);
+        login(&mut s.p, ConnectionId(12), &s.bob.accounts[0], None);
+        receive(&mut s.p, ConnectionId(11), submit_frame(8, &sent[1]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        let batch = batch.unwrap();
+        assert!(has_epoch(&batch), "a new epoch rides with the next batch");
+        assert!(delivered(&outs, ConnectionId(12)).is_empty(), "{outs:?}");
+        let outs = run(&mut s.p, &batch);
+        let again = seqs(&delivered(&outs, ConnectionId(12)));
+        assert_eq!(again.len(), 1);
+        assert!(again[0] >= 1 << SEQ_EPOCH_SHIFT && again[0] > seen[0]);
+        receive(&mut s.p, ConnectionId(11), submit_frame(9, &sent[2]));
+        let (outs, batch) = drain_batch(&mut s.p);
+        assert!(batch.is_some());
+        assert_eq!(delivered(&outs, ConnectionId(12)).len(), 1, "early again");
     }
 
     #[test]
@@ -1698,8 +1880,9 @@ mod deferred {
                     o,
                     StoreOp::Put {
                         table: Table::Meta,
+                        key,
                         ..
-                    }
+                    } if key.starts_with(b"seq/")
                 )
             })
             .map(|(i, _)| i)

@@ -190,6 +190,9 @@ pub struct SimReport {
     pub commit_failures: usize,
     /// Crashes while a deferred batch was under way.
     pub commit_crashes: usize,
+    /// `Deliver` frames deferred-commit providers sent without waiting for a batch
+    /// (SPEC.md 16.12 rule 5), over all their incarnations.
+    pub early_deliveries: u64,
     /// Client connections cut.
     pub cuts: u64,
     /// Envelopes apps rejected (forged, tampered, replayed out of window …).
@@ -253,8 +256,12 @@ impl fmt::Display for SimReport {
         if self.deferred_providers > 0 {
             write!(
                 f,
-                " | deferred commits: {} providers, {} failed, {} crashes mid-commit",
-                self.deferred_providers, self.commit_failures, self.commit_crashes
+                " | deferred commits: {} providers, {} failed, {} crashes mid-commit, {} \
+                 deliveries ahead of a batch",
+                self.deferred_providers,
+                self.commit_failures,
+                self.commit_crashes,
+                self.early_deliveries
             )?;
         }
         for v in &self.violations {
@@ -379,6 +386,9 @@ pub struct Sim<R: CryptoRng + SeedableRng> {
     faults_until: UnixMillis,
     messages: HashMap<MessageId, MessageLog>,
     by_client_send: HashMap<(usize, MessageId), ()>,
+    /// What each client was sent under each mailbox `seq` (a hash of the item): a number
+    /// given to two items is a violation (SPEC.md 16.7, 16.12 rule 5).
+    seq_items: HashMap<(usize, u64), [u8; 32]>,
     report: SimReport,
     attacker: Option<attack::Attacker<R>>,
     rng_counter: u64,
@@ -439,6 +449,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             faults_until: T0.saturating_add(config.send_window_ms),
             messages: HashMap::new(),
             by_client_send: HashMap::new(),
+            seq_items: HashMap::new(),
             report: SimReport {
                 seed: config.seed,
                 ..SimReport::default()
@@ -718,6 +729,9 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
         }
         self.report.virtual_ms = self.now.0.saturating_sub(T0.0);
         for m in self.providers.iter().filter_map(|p| p.machine.as_ref()) {
+            self.report.early_deliveries += m.stats().early_deliveries;
+        }
+        for m in self.providers.iter().filter_map(|p| p.machine.as_ref()) {
             let held = m.stats().mailbox_items;
             if held == 0 {
                 continue;
@@ -976,6 +990,7 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             return;
         };
         self.report.crashes += 1;
+        self.report.early_deliveries += machine.stats().early_deliveries;
         if machine.commit_outstanding() {
             self.report.commit_crashes += 1;
         }
@@ -1081,10 +1096,33 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             }
             Node::Client(c) => {
                 if self.clients[c].conn == Some(conn) {
+                    self.check_seqs(c, &bytes);
                     self.clients[c]
                         .machine
                         .handle_input(now, ClientInput::Received(bytes));
                 }
+            }
+        }
+    }
+
+    /// Records the items of a `Deliver` frame for client `c` by `seq`, and reports a
+    /// number that came with another item before.
+    fn check_seqs(&mut self, c: usize, bytes: &[u8]) {
+        let Ok(crate::wire::frame::Body::Deliver(d)) = crate::protocol::decode(bytes) else {
+            return;
+        };
+        for item in d.items {
+            let body = crate::wire::MailboxItem {
+                seq: 0,
+                item: item.item,
+            };
+            let hash = crate::crypto::sha256(&prost::Message::encode_to_vec(&body));
+            let was = *self.seq_items.entry((c, item.seq)).or_insert(hash);
+            if was != hash {
+                self.report.violations.push(format!(
+                    "client {c} was sent two different items under seq {}",
+                    item.seq
+                ));
             }
         }
     }
