@@ -174,6 +174,24 @@ fn edited(base: &[u8], cur: &mut Cursor<'_>) -> Bytes {
 }
 
 /// Whether `needle` occurs in `haystack` (an empty needle does).
+/// Whether a `MailboxItem` (its fields) may be delivered ahead of the write that stores
+/// it (SPEC.md 16.12 rule 5): an envelope, or a group item that holds a group envelope.
+fn may_go_ahead(item: &[(u32, pb::Val<'_>)]) -> bool {
+    match item
+        .iter()
+        .rev()
+        .find(|(n, v)| (2..=4).contains(n) && matches!(v, pb::Val::Bytes(_)))
+    {
+        Some((2, _)) => true,
+        Some((n, pb::Val::Bytes(g))) if *n == MI_GROUP => body_fields(g)
+            .iter()
+            .rev()
+            .find(|(n, _)| (1..=2).contains(n))
+            .is_some_and(|(n, _)| *n == 1),
+        _ => false,
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -1468,12 +1486,16 @@ const P_DEFERRED: u8 = 8;
 ///   are open;
 /// * after `handle_timeout(now)`, the next deadline is later than `now`;
 /// * a `deliver` carries only mailbox items the store made durable (SPEC.md 16.12 rule
-///   5): each is in the store's mailbox table, or was when it was delivered before;
+///   5): each is in the store's mailbox table, or was when it was delivered before; with
+///   deferred commits, envelopes and group envelopes may also come ahead of their write
+///   once a batch holding a new sequence epoch (`seq_epoch`) was applied, and no failed
+///   batch came since;
+/// * no `seq` is given to two different items of one device (SPEC.md 16.7);
 /// * with deferred commits ([`P_DEFERRED`]): at most one `Commit` outstanding, each batch
-///   with a new id; while one is outstanding no response, delivery, `welcome` or event
-///   leaves (each may acknowledge a write of the batch; what needs no write may leave:
-///   relays, forwarded requests, connects and the handshakes of connections to other
-///   providers); after a failed batch nothing more is sent on a connection opened
+///   with a new id; while one is outstanding no response, `welcome` or event leaves, nor
+///   a delivery other than one that may go ahead as above (each may acknowledge a write
+///   of the batch; what needs no write may leave: relays, forwarded requests, connects
+///   and the handshakes of connections to other providers); after a failed batch nothing more is sent on a connection opened
 ///   before it (what it held is dropped, the connections are closed); an answer for a
 ///   batch that is not outstanding changes nothing;
 /// * at the end, a provider restarted from the store reports no corrupt record and the
@@ -1507,6 +1529,11 @@ struct PRun<'w> {
     submitted: HashSet<(u32, Vec<u8>, Vec<u8>)>,
     /// Mailbox items (the bytes of the `MailboxItem` oneof) delivered while durable.
     durable_delivered: HashSet<Vec<u8>>,
+    /// Deferred: a batch with a new sequence epoch was applied and answered `Ok`, and no
+    /// batch failed since: envelopes may be delivered ahead of their writes.
+    epoch_durable: bool,
+    /// What each device (by index into the world's devices) was sent under each `seq`.
+    seq_items: HashMap<(usize, u64), Vec<u8>>,
     /// The provider defers its commits to the harness.
     deferred: bool,
     /// Deferred: the batch handed out and not yet answered, and every id handed out.
@@ -1570,6 +1597,8 @@ impl<'w> PRun<'w> {
             responses: Vec::new(),
             submitted: HashSet::new(),
             durable_delivered: HashSet::new(),
+            epoch_durable: false,
+            seq_items: HashMap::new(),
             deferred,
             batch: None,
             batch_ids: HashSet::new(),
@@ -1736,8 +1765,13 @@ impl<'w> PRun<'w> {
         }
         let (field, body) = pb::frame_body(&bytes).expect("own frames parse");
         if let Some(b) = &self.batch {
+            let ahead = field == F_DELIVER
+                && self.epoch_durable
+                && pb::all_bytes(&body_fields(&body), 1)
+                    .into_iter()
+                    .all(|i| may_go_ahead(&body_fields(i)));
             assert!(
-                !matches!(field, F_RESPONSE | F_DELIVER | F_WELCOME),
+                !matches!(field, F_RESPONSE | F_DELIVER | F_WELCOME) || ahead,
                 "{kind} on {conn} while batch {} is outstanding",
                 b.id
             );
@@ -1802,8 +1836,10 @@ impl<'w> PRun<'w> {
                 let mut mailbox: Option<Vec<Bytes>> = None;
                 for item in pb::all_bytes(&f, 1) {
                     let i = body_fields(item);
-                    c.delivered.push(pb::last_varint(&i, 1));
-                    // Durable: in the store's mailbox table, or delivered while it was.
+                    let seq = pb::last_varint(&i, 1);
+                    c.delivered.push(seq);
+                    // Durable: in the store's mailbox table, or delivered while it was;
+                    // or an envelope sent ahead of its write once that is allowed.
                     let payload = i
                         .iter()
                         .rev()
@@ -1820,12 +1856,24 @@ impl<'w> PRun<'w> {
                                 .map(|t| t.values().cloned().collect())
                                 .unwrap_or_default()
                         });
-                        assert!(
-                            rows.iter().any(|r| contains(r, &payload)),
-                            "a mailbox item delivered on {conn} that the store does not hold"
-                        );
-                        self.durable_delivered.insert(payload);
+                        if rows.iter().any(|r| contains(r, &payload)) {
+                            self.durable_delivered.insert(payload.clone());
+                        } else {
+                            assert!(
+                                self.epoch_durable && may_go_ahead(&i),
+                                "a mailbox item delivered on {conn} that the store does not \
+                                 hold"
+                            );
+                        }
                     }
+                    let was = self
+                        .seq_items
+                        .entry((k, seq))
+                        .or_insert_with(|| payload.clone());
+                    assert!(
+                        *was == payload,
+                        "seq {seq} given to two different items of device {k}"
+                    );
                     // What a foreign store holds is delivered as it is (recipients
                     // verify end to end); what this provider accepted must be routed.
                     // A relayed group item goes only to users a relay of it named.
@@ -2854,12 +2902,17 @@ impl<'w> PRun<'w> {
                 .expect("the harness's MemoryStore commits");
         }
         if how.is_multiple_of(4) {
+            self.epoch_durable |= batch.ops.iter().any(|o| {
+                matches!(o, StoreOp::Put { table: Table::Meta, key, .. }
+                    if key.as_ref() == b"seq_epoch")
+            });
             self.input(ProviderInput::Committed {
                 id: batch.id,
                 result: Ok(()),
             });
             return;
         }
+        self.epoch_durable = false;
         self.injected += 1;
         let n = self.conns.len() as u64;
         self.failed_before = Some(n);
