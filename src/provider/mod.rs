@@ -369,8 +369,8 @@ pub struct ProviderStats {
     pub connections: usize,
     /// Successful commits.
     pub commits: u64,
-    /// `Deliver` frames sent ahead of the write that stored their items (with deferred
-    /// commits, SPEC.md 16.12 rule 5).
+    /// `Deliver` frames released without waiting for a batch, so possibly ahead of the
+    /// write that stored their items (deferred commits only, SPEC.md 16.12 rule 5).
     pub early_deliveries: u64,
 }
 
@@ -418,9 +418,9 @@ struct Online {
     in_flight: InFlight,
     /// The highest sequence number sent on this connection.
     pushed_up_to: u64,
-    /// With deferred commits: the batch count after which this connection's `Welcome`
-    /// has left, so that mailbox items may overtake held answers on it (see
-    /// [`Provider::early_delivery`]).
+    /// With deferred commits: once every batch below this id is durable, this
+    /// connection's `Welcome` has left, and mailbox items may overtake answers held on it
+    /// (see [`Provider::early_delivery`]).
     welcomed_after: u64,
 }
 
