@@ -728,7 +728,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// reports the batch durable, and a failed batch rolls the provider back to what the
     /// store holds. What acknowledges nothing is released at once: relays and forwarded
     /// fetches for other providers (SPEC.md 16.5 allows a relay before its queue entry is
-    /// durable), connection attempts with their handshakes (`hello`, `auth`), and
+    /// durable), connection attempts with their handshakes (`hello`, `auth`), the
+    /// `challenge` to a device or provider that connects, and
     /// deliveries of envelopes and group envelopes to devices (SPEC.md 16.12 rule 5) once
     /// the first batch, which starts a new mailbox sequence epoch, is durable, and on a
     /// connection authenticated later once a batch made after its `Welcome` is. Outputs
@@ -1218,7 +1219,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             provider_key: Bytes::copy_from_slice(&self.key.public().to_bytes()),
             signature: Bytes::copy_from_slice(&sig.to_bytes()),
         }));
-        self.send(conn, bytes);
+        // The challenge acknowledges no write and is the first frame on the connection:
+        // with deferred commits it need not wait for the batch under way.
+        self.send_early(ProviderOutput::Transmit { conn, bytes });
     }
 
     fn on_challenge(&mut self, conn: ConnectionId, ch: wire::Challenge) {

@@ -1484,6 +1484,21 @@ mod deferred {
     }
 
     #[test]
+    fn a_challenge_does_not_wait_for_the_batch_under_way_a_welcome_does() {
+        let mut s = setup();
+        let sent = alice_encrypts(&mut s, "one");
+        s.p.defer_commits();
+        receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent));
+        let (_, batch) = drain_batch(&mut s.p);
+        let batch = batch.unwrap();
+        // `login` panics unless the challenge comes while the batch is out.
+        let outs = login(&mut s.p, ConnectionId(20), &s.bob.accounts[0], None);
+        assert!(!welcomed(&outs, ConnectionId(20)), "{outs:?}");
+        let outs = run(&mut s.p, &batch);
+        assert!(welcomed(&outs, ConnectionId(20)), "{outs:?}");
+    }
+
+    #[test]
     fn deliveries_on_a_new_connection_wait_until_its_welcome_has_left() {
         let mut s = setup();
         let sent: Vec<_> = ["one", "two", "three"]
