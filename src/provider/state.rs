@@ -325,8 +325,8 @@ pub(super) struct Durable {
     /// The stored mailbox sequence epoch (SPEC.md 16.12 rule 5): raised, and made durable,
     /// before a provider delivers items whose writes are not yet durable.
     seq_epoch: u64,
-    /// No mailbox hands out a `seq` below this: `seq_epoch << SEQ_EPOCH_SHIFT`, above
-    /// every number a run under an earlier epoch can have shown a device.
+    /// No mailbox hands out a `seq` below this: the loaded epoch `<< SEQ_EPOCH_SHIFT`,
+    /// above every number a run that wrote an earlier epoch can have shown a device.
     seq_floor: u64,
 }
 
@@ -592,7 +592,7 @@ impl Durable {
         d
     }
 
-    /// Starts the next mailbox sequence epoch: the returned write must be durable before
+    /// Starts the next mailbox sequence epoch: the write it pushes must be durable before
     /// any item whose own write is not is delivered (SPEC.md 16.12 rule 5). The floor does
     /// not move now: every number below it is already above those of earlier epochs, and
     /// the numbers handed out from here on stay below the floor a later load computes

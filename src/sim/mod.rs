@@ -16,7 +16,9 @@
 //! 2. no app ever saw a duplicate;
 //! 3. every message sent ended as accepted or reported undeliverable (none vanished);
 //! 4. no provider ever saw plaintext (not in any frame, not in any store);
-//! 5. no provider exceeded its limits.
+//! 5. no provider exceeded its limits;
+//! 6. no provider sent a device two different mailbox items under one `seq` (checked on
+//!    every frame, across crashes and failed batches: SPEC.md 16.7, 16.12 rule 5).
 //!
 //! Everything is a function of [`SimConfig`] (including the seed), so a failing run
 //! reproduces exactly: `cargo run --release --example sim -- --seed N`.
@@ -1096,7 +1098,6 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
             }
             Node::Client(c) => {
                 if self.clients[c].conn == Some(conn) {
-                    self.check_seqs(c, &bytes);
                     self.clients[c]
                         .machine
                         .handle_input(now, ClientInput::Received(bytes));
@@ -1105,8 +1106,8 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
         }
     }
 
-    /// Records the items of a `Deliver` frame for client `c` by `seq`, and reports a
-    /// number that came with another item before.
+    /// Records the items of a `Deliver` frame a provider sends to client `c` by `seq`, and
+    /// reports a number that went out with another item before.
     fn check_seqs(&mut self, c: usize, bytes: &[u8]) {
         let Ok(crate::wire::frame::Body::Deliver(d)) = crate::protocol::decode(bytes) else {
             return;
@@ -1252,6 +1253,10 @@ impl<R: CryptoRng + SeedableRng<Seed = [u8; 32]>> Sim<R> {
                         (Node::Client(c), _) | (_, Node::Client(c)) => Some(c),
                         _ => None,
                     });
+                    // What the provider itself sends (before any attack tampers with it).
+                    if let Some(c) = to_client {
+                        self.check_seqs(c, &bytes);
+                    }
                     let bytes = match (&mut self.attacker, to_client) {
                         (Some(a), Some(c)) if p == 1 => {
                             let cert = self.clients[c].machine.account().device().certificate();
