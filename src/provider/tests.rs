@@ -1362,21 +1362,37 @@ mod deferred {
 
         // What the store holds is what the provider holds: a restart loses nothing.
         let mailbox = s.p.stats().mailbox_items;
-        let restarted = Provider::new(
-            ProviderConfig::new(
-                Domain::parse("one.example").unwrap(),
-                ProviderKeyPair::from_secret_bytes(&s.p.key.secret_bytes()),
-            ),
-            s.p.store.clone(),
-            ChaCha20Rng::from_seed([1; 32]),
-            NOW,
-        )
-        .unwrap();
+        let restarted = restart(&s.p, 1);
         assert_eq!(restarted.stats().mailbox_items, mailbox);
     }
 
     fn seqs(items: &[wire::MailboxItem]) -> Vec<u64> {
         items.iter().map(|i| i.seq).collect()
+    }
+
+    /// A provider restarted from what `p`'s store holds.
+    fn restart(p: &P, seed: u8) -> P {
+        Provider::new(
+            ProviderConfig::new(
+                Domain::parse("one.example").unwrap(),
+                ProviderKeyPair::from_secret_bytes(&p.key.secret_bytes()),
+            ),
+            p.store.clone(),
+            ChaCha20Rng::from_seed([seed; 32]),
+            NOW,
+        )
+        .unwrap()
+    }
+
+    /// The setup with three messages from alice to bob sealed, then commits deferred.
+    fn three_sealed_then_deferred() -> (Setup, Vec<crate::session::Sent>) {
+        let mut s = setup();
+        let sent = ["one", "two", "three"]
+            .iter()
+            .map(|t| alice_encrypts(&mut s, t))
+            .collect();
+        s.p.defer_commits();
+        (s, sent)
     }
 
     fn has_epoch(b: &CommitBatch) -> bool {
@@ -1387,12 +1403,7 @@ mod deferred {
 
     #[test]
     fn envelopes_go_ahead_of_their_batch_once_the_sequence_epoch_is_durable() {
-        let mut s = setup();
-        let sent: Vec<_> = ["one", "two", "three"]
-            .iter()
-            .map(|t| alice_encrypts(&mut s, t))
-            .collect();
-        s.p.defer_commits();
+        let (mut s, sent) = three_sealed_then_deferred();
 
         // The first batch carries the new sequence epoch: until it is durable, deliveries
         // wait for their batch as before.
@@ -1455,16 +1466,7 @@ mod deferred {
         assert!(lost.is_some());
         let seen = seqs(&delivered(&outs, ConnectionId(2)));
         assert_eq!(seen.len(), 1);
-        let mut restarted = Provider::new(
-            ProviderConfig::new(
-                Domain::parse("one.example").unwrap(),
-                ProviderKeyPair::from_secret_bytes(&s.p.key.secret_bytes()),
-            ),
-            s.p.store.clone(),
-            ChaCha20Rng::from_seed([2; 32]),
-            NOW,
-        )
-        .unwrap();
+        let mut restarted = restart(&s.p, 2);
         let held = |p: &P| {
             p.durable
                 .device(s.bob.list.address(), bob0)
@@ -1500,12 +1502,7 @@ mod deferred {
 
     #[test]
     fn deliveries_on_a_new_connection_wait_until_its_welcome_has_left() {
-        let mut s = setup();
-        let sent: Vec<_> = ["one", "two", "three"]
-            .iter()
-            .map(|t| alice_encrypts(&mut s, t))
-            .collect();
-        s.p.defer_commits();
+        let (mut s, sent) = three_sealed_then_deferred();
         receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent[0]));
         let (_, batch) = drain_batch(&mut s.p);
         let outs = run(&mut s.p, &batch.unwrap());
@@ -1530,12 +1527,7 @@ mod deferred {
 
     #[test]
     fn after_a_failed_batch_nothing_goes_ahead_until_a_new_epoch_is_durable() {
-        let mut s = setup();
-        let sent: Vec<_> = ["one", "two", "three"]
-            .iter()
-            .map(|t| alice_encrypts(&mut s, t))
-            .collect();
-        s.p.defer_commits();
+        let (mut s, sent) = three_sealed_then_deferred();
         receive(&mut s.p, ConnectionId(1), submit_frame(7, &sent[0]));
         let (_, batch) = drain_batch(&mut s.p);
         run(&mut s.p, &batch.unwrap());
