@@ -4963,6 +4963,47 @@ pub fn seeds() -> Vec<Seed> {
             ],
         ),
     );
+    // Ahead of the write (SPEC.md 16.12 rule 5): once the first batch, which carries the
+    // new sequence epoch, is durable, alice1's next envelope reaches bob1 while its batch
+    // is still out; then a batch fails, and after it a new epoch must be durable again
+    // before anything goes ahead, under numbers above those bob1 saw.
+    let again: &[u8] = &[6, 0, 2, 4, 0, 14, 0, 0];
+    add(
+        "provider_input",
+        "deferred-ahead",
+        prog(
+            P_DEFERRED,
+            &[
+                &[5, BOB1 as u8, 0],
+                &[5, 0, 0],
+                submit,
+                &[7, 0],
+                again,
+                &[7, 0],
+            ],
+        ),
+    );
+    add(
+        "provider_input",
+        "deferred-ahead-failure",
+        prog(
+            P_DEFERRED,
+            &[
+                &[5, BOB1 as u8, 0],
+                &[5, 0, 0],
+                submit,
+                &[7, 0],
+                again,
+                &[7, 1],
+                &[5, BOB1 as u8, 0],
+                &[5, 0, 0],
+                again,
+                &[7, 0],
+                submit,
+                &[7, 0],
+            ],
+        ),
+    );
     // A batch fails (nothing sent that depended on it), then one that landed but was
     // answered with an error (the provider reloads it; bob1 gets the envelope).
     add(
