@@ -584,11 +584,9 @@ struct Deferred {
     /// Every batch with a lower id is durable.
     durable_below: u64,
     /// Items whose writes are not durable yet may be delivered once `durable_below`
-    /// reaches this: the batch that makes the current sequence epoch durable (`u64::MAX`
-    /// while no batch holds it).
-    epoch_durable_at: u64,
-    /// Whether a batch holds the current sequence epoch's write; if not, the next does.
-    epoch_staged: bool,
+    /// reaches this: just past the batch that holds the current sequence epoch's write.
+    /// `None` while no batch holds it: then the next one does.
+    epoch_durable_at: Option<u64>,
     /// The outstanding batch and the outputs that wait for it.
     in_flight: Option<(u64, Vec<ProviderOutput>)>,
 }
@@ -741,10 +739,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// [`Store::load`] meanwhile through the provider.
     pub fn defer_commits(&mut self) {
         if self.deferred.is_none() {
-            self.deferred = Some(Deferred {
-                epoch_durable_at: u64::MAX,
-                ..Deferred::default()
-            });
+            self.deferred = Some(Deferred::default());
         }
     }
 
@@ -754,9 +749,10 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// can then not give the item's `seq` to another item), and once the `Welcome` has left
     /// (a delivery must not overtake it).
     fn early_delivery(&self, welcomed_after: u64) -> bool {
-        self.deferred
-            .as_ref()
-            .is_some_and(|d| d.durable_below >= d.epoch_durable_at.max(welcomed_after))
+        self.deferred.as_ref().is_some_and(|d| {
+            d.epoch_durable_at
+                .is_some_and(|at| d.durable_below >= at.max(welcomed_after))
+        })
     }
 
     /// Whether a [`ProviderOutput::Commit`] awaits its [`ProviderInput::Committed`].
@@ -2563,10 +2559,9 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                         // A new mailbox sequence epoch rides with the first batch after
                         // a start or a failed batch; items are delivered ahead of their
                         // own writes once it is durable (SPEC.md 16.12 rule 5).
-                        if !d.epoch_staged {
+                        if d.epoch_durable_at.is_none() {
                             self.durable.begin_seq_epoch(&mut ops);
-                            d.epoch_staged = true;
-                            d.epoch_durable_at = id.saturating_add(1);
+                            d.epoch_durable_at = Some(id.saturating_add(1));
                         }
                         return ProviderOutput::Commit(CommitBatch { id, ops });
                     }
@@ -2641,8 +2636,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         // Devices may have seen items of the failed batch: nothing goes ahead of its
         // write again until a new sequence epoch is durable.
         if let Some(d) = self.deferred.as_mut() {
-            d.epoch_staged = false;
-            d.epoch_durable_at = u64::MAX;
+            d.epoch_durable_at = None;
         }
         // Connections may have seen state that is now gone: start them afresh.
         for conn in closes {
