@@ -165,6 +165,14 @@ pub const MAX_SEQUENCER_GROUPS: usize = 100_000;
 /// acknowledged.
 pub const MAX_PENDING_GROUP_ITEMS: usize = 1000;
 
+/// Milliseconds from a sender key that could not reach a member device to the first
+/// round that hands it again without a message (SPEC.md 19.2); the wait doubles with
+/// each round that hands keys.
+pub const GROUP_KEY_RETRY_MIN_MS: u64 = 30_000;
+
+/// The longest wait between two such rounds.
+pub const GROUP_KEY_RETRY_MAX_MS: u64 = 3_600_000;
+
 // ---------------------------------------------------------------------------
 // The client-provider and provider-provider protocol (SPEC.md section 16).
 

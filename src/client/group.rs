@@ -5,9 +5,12 @@
 //! A group message is sent once: its sender key goes to every member over the pairwise
 //! sessions first (as ordinary one-to-one messages), and the group envelope is handed
 //! to the provider only once the provider has stored those, so a member's device
-//! mostly gets the key before the message. A group item that arrives before what it
-//! needs (the change that made its epoch, the sender's key, the group itself) waits,
-//! unacknowledged, and is tried again whenever a change applies or a key arrives.
+//! mostly gets the key before the message. A key that misses a member device (no
+//! session could reach it) goes again with the next message, and in rounds of its own
+//! with doubling waits until every listed member device has it. A group item that
+//! arrives before what it needs (the change that made its epoch, the sender's key, the
+//! group itself) waits, unacknowledged, and is tried again whenever a change applies or
+//! a key arrives.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -22,7 +25,9 @@ use crate::group::{
     GroupRecord, GroupRole, GroupSender, GroupState, GroupSync, SenderKey, Sequencer,
 };
 use crate::identity::{DeviceCertificate, DeviceId};
-use crate::limits::{MAX_CLIENT_PENDING, MAX_PENDING_GROUP_ITEMS};
+use crate::limits::{
+    GROUP_KEY_RETRY_MAX_MS, GROUP_KEY_RETRY_MIN_MS, MAX_CLIENT_PENDING, MAX_PENDING_GROUP_ITEMS,
+};
 use crate::protocol::ProtocolError;
 use crate::time::UnixMillis;
 use crate::wire;
@@ -65,6 +70,10 @@ pub(super) struct Groups {
     /// Something happened that a waiting item may have waited for (a change applied, a
     /// group or a sender key or a device list arrived): the waiting items are tried again.
     pub(super) unblocked: bool,
+    /// When the next round of sender keys for devices that were not reached is due.
+    pub(super) key_retry_at: Option<UnixMillis>,
+    /// Rounds in a row that handed keys (the backoff's exponent).
+    pub(super) key_retry_rounds: u32,
 }
 
 /// What became of a group item.
@@ -73,6 +82,24 @@ enum Outcome {
     Done,
     /// It needs something that has not arrived: keep it.
     Wait,
+}
+
+/// The key to hand member `a` of the group `g`: the chain's first position if `a` was a
+/// member when the chain was made (a key sent again must open every message sent on it),
+/// else the position at which the chain was first handed to `a`, which is `current` the
+/// first time (it is recorded in `late`).
+fn key_for(g: &mut GroupRecord, a: &Address, current: &SenderKey) -> SenderKey {
+    match &g.chain_start {
+        Some((first, members)) if members.contains(a) => first.clone(),
+        Some((first, _)) => match g.late.get(a) {
+            Some(&i) => first.at_iteration(i).unwrap_or_else(|| current.clone()),
+            None => {
+                g.late.insert(a.clone(), current.iteration());
+                current.clone()
+            }
+        },
+        None => current.clone(),
+    }
 }
 
 impl<R: CryptoRng> Client<R> {
@@ -198,14 +225,11 @@ impl<R: CryptoRng> Client<R> {
     ) -> Result<MessageId, ClientError> {
         content.encode_padded()?;
         let me = self.account.device().address().clone();
-        // This user's other devices get the key too (a message to one's own address
-        // reaches them); a device that could not be reached gets it with a later message.
-        let own_others = self.account.own_device_list().devices().len() > 1;
-        let account = &mut self.account;
-        let g = account
+        let g = self
+            .account
             .groups
             .records
-            .get_mut(&group)
+            .get(&group)
             .ok_or(ClientError::UnknownGroup(group))?;
         if g.state.role(&me).is_none() {
             return Err(GroupMessageError::NotMember(me).into());
@@ -214,42 +238,18 @@ impl<R: CryptoRng> Client<R> {
             .sender
             .as_ref()
             .is_none_or(|s| s.needs_new_chain(&g.state));
-        // A member whose listed devices are not all among those handed the key gets it
-        // (again): a device listed since, or one it could not reach.
-        let listed = |a: &Address| -> Option<BTreeSet<DeviceId>> {
-            let list = if a == &me {
-                Some(&account.own_list)
-            } else {
-                account.contacts.get(a)
-            };
-            list.map(|l| {
-                l.device_ids()
-                    .filter(|d| *d != account.device.id())
-                    .collect()
-            })
-        };
-        let to_key: Vec<(Address, BTreeSet<DeviceId>)> = g
-            .state
-            .members()
-            .map(|m| m.address)
-            .filter(|a| a != &me || own_others)
-            .filter_map(|a| {
-                let devices = listed(&a);
-                let handed = g.keyed.get(&a);
-                let due = rekey
-                    || match (&devices, handed) {
-                        (_, None) => true,
-                        (Some(d), Some(h)) => !d.is_subset(h),
-                        (None, Some(_)) => false,
-                    };
-                due.then(|| (a, devices.unwrap_or_default()))
-            })
-            .collect();
+        let to_key = self.keys_due(group, rekey);
         if self.requests.len() + self.outgoing.len() + to_key.len() + 1 > MAX_CLIENT_PENDING {
             return Err(ClientError::Busy {
                 max: MAX_CLIENT_PENDING,
             });
         }
+        let account = &mut self.account;
+        let g = account
+            .groups
+            .records
+            .get_mut(&group)
+            .ok_or(ClientError::UnknownGroup(group))?;
         if rekey {
             let chain_id = g
                 .sender
@@ -262,6 +262,7 @@ impl<R: CryptoRng> Client<R> {
             ));
             g.sender = Some(sender);
             g.keyed.clear();
+            g.late.clear();
         }
         let Some(sender) = g.sender.as_mut() else {
             return Err(ClientError::UnknownGroup(group));
@@ -276,13 +277,10 @@ impl<R: CryptoRng> Client<R> {
             .members()
             .map(|m| m.address.as_str().to_owned())
             .collect();
-        let keys: Vec<(Address, BTreeSet<DeviceId>, SenderKey)> = to_key
+        let keys: Vec<_> = to_key
             .into_iter()
             .map(|(a, devices)| {
-                let key = match &g.chain_start {
-                    Some((first, members)) if members.contains(&a) => first.clone(),
-                    _ => current.clone(),
-                };
+                let key = key_for(g, &a, &current);
                 (a, devices, key)
             })
             .collect();
@@ -292,6 +290,67 @@ impl<R: CryptoRng> Client<R> {
             .or_default()
             .queued
             .push_back((message_id, envelope, recipients));
+        self.hand_keys(now, group, keys)?;
+        if let Some(o) = self.groups.outboxes.get_mut(&group) {
+            for ids in o.key_msgs.values_mut() {
+                ids.push(message_id);
+            }
+        }
+        self.release_group(now, group);
+        self.flush(now);
+        Ok(message_id)
+    }
+
+    /// The members due this device's chain in `group` (with the devices listed for each
+    /// now): all of them on a new chain (`rekey`), else those with a device listed that
+    /// was not handed the key: one listed since, or one the key could not reach.
+    fn keys_due(&self, group: GroupId, rekey: bool) -> Vec<(Address, BTreeSet<DeviceId>)> {
+        let account = &self.account;
+        let Some(g) = account.groups.records.get(&group) else {
+            return Vec::new();
+        };
+        let me = account.device().address();
+        // This user's other devices get the key too (a message to one's own address
+        // reaches them).
+        let own_others = account.own_device_list().devices().len() > 1;
+        let listed = |a: &Address| -> Option<BTreeSet<DeviceId>> {
+            let list = if a == me {
+                Some(&account.own_list)
+            } else {
+                account.contacts.get(a)
+            };
+            list.map(|l| {
+                l.device_ids()
+                    .filter(|d| *d != account.device.id())
+                    .collect()
+            })
+        };
+        g.state
+            .members()
+            .map(|m| m.address)
+            .filter(|a| a != me || own_others)
+            .filter_map(|a| {
+                let devices = listed(&a);
+                let handed = g.keyed.get(&a);
+                let due = rekey
+                    || match (&devices, handed) {
+                        (_, None) => true,
+                        (Some(d), Some(h)) => !d.is_subset(h),
+                        (None, Some(_)) => false,
+                    };
+                due.then(|| (a, devices.unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// Sends each member its key (a one-to-one message) and records it as handed; the
+    /// group's messages sealed from now on wait until the provider has stored these.
+    fn hand_keys(
+        &mut self,
+        now: UnixMillis,
+        group: GroupId,
+        keys: Vec<(Address, BTreeSet<DeviceId>, SenderKey)>,
+    ) -> Result<(), ClientError> {
         for (a, devices, key) in keys {
             let local = self.next_local;
             if let Some(g) = self.account.groups.records.get_mut(&group) {
@@ -308,14 +367,81 @@ impl<R: CryptoRng> Client<R> {
                     .insert(local, Vec::new());
             }
         }
-        if let Some(o) = self.groups.outboxes.get_mut(&group) {
-            for ids in o.key_msgs.values_mut() {
-                ids.push(message_id);
-            }
+        Ok(())
+    }
+
+    /// A sender key could not reach a member device: the next round of
+    /// [`retry_group_keys`](Self::retry_group_keys) is scheduled, unless one is already,
+    /// `GROUP_KEY_RETRY_MIN_MS` after the last, doubling with each round that hands keys
+    /// to at most `GROUP_KEY_RETRY_MAX_MS` (SPEC.md 19.2).
+    fn schedule_key_retry(&mut self, now: UnixMillis) {
+        if self.groups.key_retry_at.is_none() {
+            let wait = GROUP_KEY_RETRY_MIN_MS
+                .checked_shl(self.groups.key_retry_rounds.min(32))
+                .unwrap_or(GROUP_KEY_RETRY_MAX_MS)
+                .min(GROUP_KEY_RETRY_MAX_MS);
+            self.groups.key_retry_at = Some(now.saturating_add(wait));
         }
-        self.release_group(now, group);
-        self.flush(now);
-        Ok(message_id)
+    }
+
+    /// When the next key round is due, if one is scheduled.
+    pub(super) fn key_retry_deadline(&self) -> Option<UnixMillis> {
+        self.groups.key_retry_at
+    }
+
+    /// Hands this device's chain, without a message, to the member devices that are due
+    /// it (see [`keys_due`](Self::keys_due)), at the position each one's first message
+    /// on the chain has: so a device no session could reach when the key was handed out
+    /// (one that had not yet published prekeys, say) can open the messages waiting for it
+    /// without the owner sending again (SPEC.md 19.2). Runs when scheduled and online.
+    pub(super) fn retry_group_keys(&mut self, now: UnixMillis) {
+        if !self.is_online() || self.groups.key_retry_at.is_none_or(|t| now < t) {
+            return;
+        }
+        self.groups.key_retry_at = None;
+        let groups: Vec<GroupId> = self
+            .account
+            .groups
+            .records
+            .iter()
+            .filter(|(_, g)| g.sender.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut handed = false;
+        for group in groups {
+            let due = self.keys_due(group, false);
+            if due.is_empty() {
+                continue;
+            }
+            if self.requests.len() + self.outgoing.len() + due.len() > MAX_CLIENT_PENDING {
+                // Busy: the next round tries again.
+                self.schedule_key_retry(now);
+                break;
+            }
+            let Some(g) = self.account.groups.records.get_mut(&group) else {
+                continue;
+            };
+            let Some(current) = g.sender.as_ref().map(|s| s.sender_key().clone()) else {
+                continue;
+            };
+            let keys: Vec<_> = due
+                .into_iter()
+                .map(|(a, devices)| {
+                    let key = key_for(g, &a, &current);
+                    (a, devices, key)
+                })
+                .collect();
+            // Only content that cannot be encoded fails here, and a sender key can.
+            if self.hand_keys(now, group, keys).is_err() {
+                continue;
+            }
+            handed = true;
+        }
+        self.groups.key_retry_rounds = if handed {
+            self.groups.key_retry_rounds.saturating_add(1)
+        } else {
+            0
+        };
     }
 
     /// Submits the group's queued envelopes once its sender keys are stored.
@@ -344,8 +470,9 @@ impl<R: CryptoRng> Client<R> {
 
     /// A one-to-one message of this client's was stored, given up on, or sealed
     /// without a copy for a device: if it carried a sender key, the group's messages
-    /// may go, and those a device or user cannot read are reported undeliverable there
-    /// (the key goes again with the next group message).
+    /// may go, and those a device or user cannot read now are reported undeliverable
+    /// there (the key goes again with the next group message or the next round of
+    /// [`retry_group_keys`](Self::retry_group_keys), and may still reach it).
     pub(super) fn key_message_settled(&mut self, now: UnixMillis, settled: Settled) {
         let local = match &settled {
             Settled::Stored(k) | Settled::Failed(k, _) | Settled::Skipped(k, _, _) => *k,
@@ -386,6 +513,7 @@ impl<R: CryptoRng> Client<R> {
                     }
                 }
             }
+            self.schedule_key_retry(now);
             for message_id in lost {
                 self.event(ClientEvent::Undeliverable {
                     message_id,
@@ -531,6 +659,7 @@ impl<R: CryptoRng> Client<R> {
                 for gone in old.difference(&new) {
                     g.receiver.forget(gone);
                     g.keyed.remove(gone);
+                    g.late.remove(gone);
                 }
                 g.state = next;
                 let epoch = g.state.epoch();

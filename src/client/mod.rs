@@ -57,9 +57,9 @@ use crate::envelope::{Content, MessageId, OpenError, Receipt, ReceiptKind, Unver
 use crate::identity::{DeviceEvent, DeviceId, DeviceList, IdentityKey, ProviderKey};
 use crate::limits::{
     AUTH_NONCE_LEN, AUTH_TIMEOUT_MS, CLIENT_FETCH_ROUNDS, CLIENT_LIST_REFRESH_MS,
-    CLIENT_PREKEY_REFILL, MAX_ACK_SEQS, MAX_CLIENT_IN_FLIGHT, MAX_CLIENT_PENDING,
-    MAX_CLIENT_RECENT_NOTICES, MAX_HELD_ENVELOPES, MAX_PUBLISH_ONE_TIME, MAX_RECEIPT_IDS,
-    MAX_SUBMIT_ENVELOPES, PROTOCOL_VERSION, RESEND_AFTER_MS, SUBMIT_EXPIRY_MS,
+    CLIENT_PREKEY_REFILL, GROUP_KEY_RETRY_MIN_MS, MAX_ACK_SEQS, MAX_CLIENT_IN_FLIGHT,
+    MAX_CLIENT_PENDING, MAX_CLIENT_RECENT_NOTICES, MAX_HELD_ENVELOPES, MAX_PUBLISH_ONE_TIME,
+    MAX_RECEIPT_IDS, MAX_SUBMIT_ENVELOPES, PROTOCOL_VERSION, RESEND_AFTER_MS, SUBMIT_EXPIRY_MS,
 };
 use crate::protocol::{self, Backoff, ErrorCode, ProtocolError};
 use crate::session::{Account, AccountEvent, PrekeyBundle, Received, SessionError, SignedPrekey};
@@ -318,6 +318,12 @@ impl<R: CryptoRng> Client<R> {
             .chain(account.contacts().iter())
             .map(|l| (l.address().clone(), now))
             .collect();
+        // Whom the sender keys did not reach is not persisted as a schedule: a device with
+        // chains checks once, a little after starting (SPEC.md 19.2).
+        let mut groups = group::Groups::default();
+        if account.groups.records.values().any(|g| g.sender.is_some()) {
+            groups.key_retry_at = Some(now.saturating_add(GROUP_KEY_RETRY_MIN_MS));
+        }
         Self {
             account,
             config,
@@ -334,7 +340,7 @@ impl<R: CryptoRng> Client<R> {
             outgoing: BTreeMap::new(),
             next_local: 0,
             held: VecDeque::new(),
-            groups: group::Groups::default(),
+            groups,
             settled: Vec::new(),
             sync_groups: false,
             recent_notices: VecDeque::new(),
@@ -430,6 +436,7 @@ impl<R: CryptoRng> Client<R> {
             }
             _ => {}
         }
+        self.retry_group_keys(now);
         self.expire(now);
         self.flush(now);
     }
@@ -825,6 +832,9 @@ impl<R: CryptoRng> Client<R> {
             | Conn::AwaitChallenge { deadline, .. }
             | Conn::AwaitWelcome { deadline } => at(*deadline),
             Conn::Online => {
+                if let Some(t) = self.key_retry_deadline() {
+                    at(t);
+                }
                 let in_flight = self
                     .requests
                     .values()

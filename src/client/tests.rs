@@ -244,18 +244,7 @@ fn online(u: &mut User, p: &mut Fake, seed: u8) -> Client<ChaCha20Rng> {
 
 /// The bundles `owner`'s accounts would hand out, with a one-time prekey each.
 fn bundles(accounts: &[Account]) -> Vec<Bytes> {
-    accounts
-        .iter()
-        .map(|a| {
-            let otk = a
-                .prekeys()
-                .published()
-                .one_time_prekeys
-                .first()
-                .map(SignedPrekey::id);
-            a.prekey_bundle(otk).unwrap().encode()
-        })
-        .collect()
+    accounts.iter().map(bundle).collect()
 }
 
 fn bundles_response(id: u64, u: &User, accounts: &[Account]) -> ClientInput {
@@ -1692,4 +1681,216 @@ fn a_device_linked_later_gets_the_groups_from_its_own_users_device() {
     );
     assert_eq!(acks(&out), vec![1]);
     assert_eq!(lc.group(group), c.group(group));
+}
+
+/// What [`serve`] saw: the events, and the one-to-one envelopes submitted.
+#[derive(Default)]
+struct Served {
+    events: Vec<ClientEvent>,
+    envelopes: Vec<Bytes>,
+}
+
+/// An honest provider that answers every request at once: device lists and bundles of
+/// `users` (a bundle only for the devices marked available), every submission stored,
+/// every change ordered. Runs until the client has nothing more to ask at `t`.
+fn serve<R: CryptoRng>(
+    c: &mut Client<R>,
+    p: &Fake,
+    t: UnixMillis,
+    users: &[(&User, &[bool])],
+) -> Served {
+    let mut served = Served::default();
+    for _ in 0..100 {
+        let (out, _) = drain(c, t);
+        served.events.extend(events(&out));
+        let reqs = requests(&out);
+        if reqs.is_empty() {
+            return served;
+        }
+        for r in reqs {
+            use wire::request::Body as Req;
+            use wire::response::Body as Resp;
+            let find = |a: &str| {
+                users
+                    .iter()
+                    .find(|(u, _)| u.list.address().as_str() == a)
+                    .unwrap_or_else(|| panic!("no such user {a}"))
+            };
+            let answer = match r.body.unwrap() {
+                Req::FetchDeviceList(f) => respond(
+                    r.id,
+                    Resp::DeviceList(wire::DeviceListResponse {
+                        device_list: find(&f.address).0.list.encoded().clone(),
+                    }),
+                ),
+                Req::FetchBundles(f) => {
+                    let (u, available) = find(&f.address);
+                    let present: Vec<&Account> = u
+                        .accounts
+                        .iter()
+                        .zip(available.iter())
+                        .filter(|(_, on)| **on)
+                        .map(|(a, _)| a)
+                        .collect();
+                    respond(
+                        r.id,
+                        Resp::Bundles(wire::Bundles {
+                            device_list: u.list.encoded().clone(),
+                            bundles: present.iter().map(|a| bundle(a)).collect(),
+                        }),
+                    )
+                }
+                Req::Submit(s) => {
+                    served.envelopes.extend(s.envelopes);
+                    done(r.id)
+                }
+                Req::OrderGroupChange(o) => {
+                    let ordered = crate::group::GroupChange::decode(o.change)
+                        .unwrap()
+                        .sequence(&p.key);
+                    respond(
+                        r.id,
+                        Resp::GroupChange(wire::GroupChangeOrdered {
+                            change: ordered.encoded().clone(),
+                        }),
+                    )
+                }
+                _ => done(r.id),
+            };
+            c.handle_input(t, answer);
+        }
+    }
+    panic!("the client keeps asking");
+}
+
+/// The bundle `a` would hand out, with a one-time prekey.
+fn bundle(a: &Account) -> Bytes {
+    let otk = a
+        .prekeys()
+        .published()
+        .one_time_prekeys
+        .first()
+        .map(SignedPrekey::id);
+    a.prekey_bundle(otk).unwrap().encode()
+}
+
+/// The sender keys among `envelopes` that `device` can open.
+fn sender_keys_for(
+    device: &mut Account,
+    envelopes: &[Bytes],
+    now: UnixMillis,
+) -> Vec<crate::group::SenderKey> {
+    let mut rng = ChaCha20Rng::from_seed([77; 32]);
+    envelopes
+        .iter()
+        .filter_map(|e| device.decrypt(e.clone(), now, &mut rng).ok())
+        .filter_map(|r| match r.content {
+            Content::GroupSenderKey(k) => Some(*k),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sender_key_that_missed_a_device_goes_again_without_a_new_message() {
+    use crate::group::{GroupAction, GroupRole};
+    use crate::limits::{GROUP_KEY_RETRY_MAX_MS, GROUP_KEY_RETRY_MIN_MS};
+    let mut rng = ChaCha20Rng::from_seed([50; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let mut bob = user(&mut rng, "bob@two.example", 2);
+    let mut carol = user(&mut rng, "carol@three.example", 1);
+    let mut p = Fake::new("one.example", 2);
+    let mut c = online(&mut alice, &mut p, 51);
+    for a in bob.accounts.iter_mut().chain(carol.accounts.iter_mut()) {
+        a.update_device_list(alice.list.clone()).unwrap();
+    }
+    let all: [bool; 2] = [true, true];
+    let t0 = NOW;
+
+    // Alice makes a group with Bob; Bob's second device has not published prekeys yet.
+    c.fetch_device_list(t0, &addr(&bob)).unwrap();
+    c.fetch_device_list(t0, &addr(&carol)).unwrap();
+    serve(&mut c, &p, t0, &[(&bob, &all), (&carol, &all)]);
+    let group = c.create_group(t0, "g", &[addr(&bob)]).unwrap();
+    serve(&mut c, &p, t0, &[(&bob, &all), (&carol, &all)]);
+    let bob_first_only: &[bool] = &[true, false];
+    c.send_group(t0, group, text("m0")).unwrap();
+    let s = serve(&mut c, &p, t0, &[(&bob, bob_first_only), (&carol, &all)]);
+    assert_eq!(
+        sender_keys_for(&mut bob.accounts[0], &s.envelopes, t0).len(),
+        1
+    );
+    assert!(sender_keys_for(&mut bob.accounts[1], &s.envelopes, t0).is_empty());
+
+    // Carol joins; Alice's next message misses her only device the same way.
+    let t1 = t0.saturating_add(1_000);
+    let carol_member = c.group_member(&addr(&carol), GroupRole::Member).unwrap();
+    c.change_group(t1, group, GroupAction::Add(vec![carol_member]))
+        .unwrap();
+    serve(
+        &mut c,
+        &p,
+        t1,
+        &[(&bob, bob_first_only), (&carol, &[false])],
+    );
+    c.send_group(t1, group, text("m1")).unwrap();
+    let s = serve(
+        &mut c,
+        &p,
+        t1,
+        &[(&bob, bob_first_only), (&carol, &[false])],
+    );
+    assert!(sender_keys_for(&mut carol.accounts[0], &s.envelopes, t1).is_empty());
+
+    // Nothing goes before the retry is due: the first miss plus GROUP_KEY_RETRY_MIN_MS.
+    let due = t0.saturating_add(GROUP_KEY_RETRY_MIN_MS);
+    let (_, deadline) = drain(&mut c, t1);
+    assert_eq!(deadline, Some(due));
+    c.handle_timeout(due.saturating_sub(1));
+    assert!(requests(&drain(&mut c, due.saturating_sub(1)).0).is_empty());
+
+    // Still unreachable at the first round: the next waits twice as long.
+    c.handle_timeout(due);
+    let s = serve(
+        &mut c,
+        &p,
+        due,
+        &[(&bob, bob_first_only), (&carol, &[false])],
+    );
+    assert!(sender_keys_for(&mut bob.accounts[1], &s.envelopes, due).is_empty());
+    assert!(sender_keys_for(&mut carol.accounts[0], &s.envelopes, due).is_empty());
+    let (_, deadline) = drain(&mut c, due);
+    let second = due.saturating_add(2 * GROUP_KEY_RETRY_MIN_MS);
+    assert_eq!(deadline, Some(second));
+
+    // Both devices have published by the second round: each gets the chain at the first
+    // position it was meant to read, with no message from Alice in between. Bob's device
+    // (a member when the chain was made) from its start; Carol's from m1, the first
+    // message sent to her, not from where the chain is now nor from before she joined.
+    c.handle_timeout(second);
+    let s = serve(&mut c, &p, second, &[(&bob, &all), (&carol, &[true])]);
+    let bob_keys = sender_keys_for(&mut bob.accounts[1], &s.envelopes, second);
+    let carol_keys = sender_keys_for(&mut carol.accounts[0], &s.envelopes, second);
+    assert_eq!(
+        bob_keys.iter().map(|k| k.iteration()).collect::<Vec<_>>(),
+        vec![0]
+    );
+    assert_eq!(
+        carol_keys.iter().map(|k| k.iteration()).collect::<Vec<_>>(),
+        vec![1]
+    );
+    // A key goes to a user's reachable devices, so Bob's first device gets the chain's
+    // start again; a receiver keeps a chain it holds as it is (SPEC.md 19.2).
+    assert!(
+        sender_keys_for(&mut bob.accounts[0], &s.envelopes, second)
+            .iter()
+            .all(|k| k.iteration() == 0)
+    );
+
+    // Everyone reached: no further round is scheduled.
+    let (_, deadline) = drain(&mut c, second);
+    assert!(
+        deadline.is_none_or(|d| d > second.saturating_add(GROUP_KEY_RETRY_MAX_MS)),
+        "{deadline:?}"
+    );
 }

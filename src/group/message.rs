@@ -254,6 +254,24 @@ impl SenderKey {
     pub fn iteration(&self) -> u32 {
         self.iteration
     }
+
+    /// The same chain at the later position `iteration`, derived forward one step at a
+    /// time (SPEC.md 19.1); `None` if `iteration` is before this position, which the
+    /// chain cannot give (positions are one-way).
+    pub(crate) fn at_iteration(&self, iteration: u32) -> Option<SenderKey> {
+        if iteration < self.iteration {
+            return None;
+        }
+        let mut ck = self.chain_key.clone();
+        for _ in self.iteration..iteration {
+            ck = kdf_ck(&ck).0;
+        }
+        Some(SenderKey {
+            iteration,
+            chain_key: ck,
+            ..self.clone()
+        })
+    }
 }
 
 impl fmt::Debug for SenderKey {

@@ -26,6 +26,11 @@ pub(crate) struct GroupRecord {
     /// Users handed the current chain's key, with their devices listed then: a device
     /// listed later, or one the key could not reach, gets it with the next message.
     pub(crate) keyed: BTreeMap<Address, BTreeSet<DeviceId>>,
+    /// Users not among `chain_start`'s members, with the position at which the current
+    /// chain was first handed to them: a key sent to them again starts there (derived
+    /// from the first position), so their devices reached only later can still open
+    /// every message sent to them on the chain (SPEC.md 19.2).
+    pub(crate) late: BTreeMap<Address, u32>,
     /// The other member devices' chains.
     pub(crate) receiver: GroupReceiver,
 }
@@ -38,6 +43,7 @@ impl GroupRecord {
             sender: None,
             chain_start: None,
             keyed: BTreeMap::new(),
+            late: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +135,33 @@ fn parse_keyed(
     Ok(out)
 }
 
+/// The `late` positions: canonical addresses in order, none among the chain's first
+/// members, each between the chain's first and current positions; none without a chain.
+fn parse_late(
+    list: &[wire::GroupLateKeyedState],
+    chain: Option<(&SenderKey, &SenderKey)>,
+    start_members: &BTreeSet<Address>,
+) -> Result<BTreeMap<Address, u32>, &'static str> {
+    let mut out = BTreeMap::new();
+    for l in list {
+        let a =
+            Address::parse_canonical(&l.address).map_err(|_| "groups: late: an invalid address")?;
+        let Some((start, sender)) = chain else {
+            return Err("groups: late: positions without a sending chain");
+        };
+        if !(start.iteration()..=sender.iteration()).contains(&l.iteration)
+            || start_members.contains(&a)
+        {
+            return Err("groups: late: a position outside the chain, or a first member");
+        }
+        if out.last_key_value().is_some_and(|(last, _)| last >= &a) {
+            return Err("groups: late: addresses out of order or listed twice");
+        }
+        out.insert(a, l.iteration);
+    }
+    Ok(out)
+}
+
 impl DeviceGroups {
     /// The persisted form.
     pub(crate) fn to_state(
@@ -170,6 +203,14 @@ impl DeviceGroups {
                         .collect(),
                     chains,
                     skipped,
+                    late: g
+                        .late
+                        .iter()
+                        .map(|(a, i)| wire::GroupLateKeyedState {
+                            address: a.as_str().to_owned(),
+                            iteration: *i,
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -230,11 +271,13 @@ impl DeviceGroups {
                 return Err("groups: sender_key and chain_start_key are not one chain");
             }
             let members = parse_addresses(&r.chain_start_members, "groups: chain_start_members")?;
+            let late = parse_late(&r.late, start.as_ref().zip(sender.as_ref()), &members)?;
             let record = GroupRecord {
                 receiver: GroupReceiver::from_state(id, &r.chains, &r.skipped)?,
                 sender: sender.map(GroupSender::from_sender_key),
                 chain_start: start.map(|k| (k, members)),
                 keyed: parse_keyed(&r.keyed)?,
+                late,
                 state,
             };
             if out.records.insert(id, record).is_some() {
@@ -285,6 +328,60 @@ mod tests {
     fn reload(a: &Account, rng: &mut ChaCha20Rng) -> Account {
         let key = Secret::new([7; 32]);
         Account::restore(&a.save(&key, rng), &key).unwrap()
+    }
+
+    /// A stored `late` list is refused unless every position lies on the chain between
+    /// its first and current positions, for a user not among the first members, each
+    /// user once and in order, and only with a chain.
+    #[test]
+    fn late_positions_are_checked_on_restore() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let alice = user(&mut rng, "alice@one.example", 1).accounts.remove(0);
+        let seq = ProviderKeyPair::generate(&mut rng);
+        let create = GroupState::create_change(
+            alice.device(),
+            [2; 16],
+            "g".into(),
+            Sequencer {
+                domain: crate::address::Domain::parse("one.example").unwrap(),
+                key: seq.public(),
+            },
+            Vec::new(),
+            NOW,
+        )
+        .unwrap();
+        let state = GroupState::create(&create.sequence(&seq)).unwrap();
+        let mut sender = GroupSender::new(&state, alice.device(), 1, &mut rng).unwrap();
+        let start = sender.sender_key().clone();
+        for i in 0..3 {
+            let id = MessageId::from_bytes([i; 16]);
+            sender
+                .seal(alice.device(), &state, &text("m"), id, NOW)
+                .unwrap();
+        }
+        let now = sender.sender_key().clone();
+        let first: BTreeSet<Address> = state.members().map(|m| m.address).collect();
+        let entry = |a: &str, iteration| wire::GroupLateKeyedState {
+            address: a.to_owned(),
+            iteration,
+        };
+        let chain = Some((&start, &now));
+        let ok = [entry("bob@two.example", 3), entry("carol@two.example", 0)];
+        assert_eq!(parse_late(&ok, chain, &first).unwrap().len(), 2);
+        for bad in [
+            vec![entry("bob@two.example", 4)],
+            vec![entry("alice@one.example", 1)],
+            vec![entry("carol@two.example", 1), entry("bob@two.example", 1)],
+            vec![entry("bob@two.example", 1), entry("bob@two.example", 2)],
+            vec![entry("Bob@two.example", 1)],
+        ] {
+            assert!(parse_late(&bad, chain, &first).is_err(), "{bad:?}");
+        }
+        assert!(parse_late(&ok[..1], None, &first).is_err());
+        assert!(parse_late(&[], None, &first).unwrap().is_empty());
+        // The sender's chain at a later position is the first position derived forward.
+        assert_eq!(start.at_iteration(3).unwrap(), now);
+        assert!(now.at_iteration(2).is_none());
     }
 
     /// A group of Alice and Bob whose state, chains, hand-outs and skipped keys survive a
@@ -341,6 +438,8 @@ mod tests {
             bob_user.list.address().clone(),
             bob.own_device_list().device_ids().collect(),
         );
+        let carol = Address::parse("carol@three.example").unwrap();
+        record.late.insert(carol.clone(), 2);
         alice.groups.records.insert(state.id(), record);
         // Bob opens m3 (skipping m0..m2), then m1.
         let mut theirs = GroupRecord::new(state.clone());
@@ -363,6 +462,7 @@ mod tests {
         assert_eq!(a.state.head(), state.head());
         assert_eq!(a.chain_start.as_ref().unwrap().0, start);
         assert_eq!(a.keyed.len(), 1);
+        assert_eq!(a.late, BTreeMap::from([(carol, 2)]));
         let next = a
             .sender
             .as_mut()

@@ -210,10 +210,11 @@ pub struct SimReport {
     /// Virtual time at the end.
     pub virtual_ms: u64,
     /// Mailbox items the providers still held at the end, with every device online: items
-    /// their devices keep unacknowledged because they cannot process them yet. So far
-    /// these are group envelopes whose sender chain never reached the device (it had no
-    /// session when the chain was handed out, and nothing hands it again unless the
-    /// sender sends again; SPEC.md 19.2, 20.7).
+    /// their devices keep unacknowledged because they cannot process them yet: group
+    /// envelopes whose sender chain never reached the device, say (it had no session when
+    /// the chain was handed out, and its owner has not handed it again yet; SPEC.md 19.2,
+    /// 20.7). Since owners hand missed chains again in rounds of their own, seeds 0..2000
+    /// end with none.
     pub held_at_end: usize,
     /// Of those, group envelopes.
     pub held_group_envelopes_at_end: usize,
