@@ -183,17 +183,17 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         let Some(user) = self.durable.users.get(to) else {
             return;
         };
-        let devices: Vec<(DeviceId, usize)> = user
+        let devices: Vec<(DeviceId, usize, u64)> = user
             .devices
             .iter()
-            .map(|(d, st)| (*d, st.depth()))
+            .map(|(d, st)| (*d, st.depth(), st.seq_room()))
             .collect();
-        for (dev, depth) in devices {
+        for (dev, depth, room) in devices {
             let dkey = (to.clone(), dev);
             if skip == Some(&dkey) {
                 continue;
             }
-            if depth >= self.limits.max_mailbox_depth {
+            if depth >= self.limits.max_mailbox_depth || room == 0 {
                 self.event(super::ProviderEvent::GroupItemDropped {
                     recipient: to.clone(),
                     device: dev,

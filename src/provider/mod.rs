@@ -1726,11 +1726,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             plan.push((dk, dest, bytes));
         }
         for (dkey, n) in &local_counts {
-            let depth = self
+            let (depth, room) = self
                 .durable
                 .device(&dkey.0, dkey.1)
-                .map_or(0, |d| d.depth());
-            if depth + n > self.limits.max_mailbox_depth {
+                .map_or((0, u64::MAX), |d| (d.depth(), d.seq_room()));
+            if depth + n > self.limits.max_mailbox_depth || room < *n as u64 {
                 return Err(
                     err(ErrorCode::MailboxFull, dkey.0.to_string()).retry_after(RESEND_AFTER_MS)
                 );
@@ -2100,7 +2100,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if self.durable.seen(&dk) {
             return Ok(());
         }
-        if dev.depth() >= self.limits.max_mailbox_depth {
+        if dev.depth() >= self.limits.max_mailbox_depth || dev.seq_room() == 0 {
             return Err(
                 err(ErrorCode::MailboxFull, h.recipient.to_string()).retry_after(RESEND_AFTER_MS)
             );

@@ -1912,3 +1912,79 @@ mod deferred {
         assert!(s.p.take_batch().is_empty());
     }
 }
+
+/// A mailbox whose numbering has reached its end (a damaged store can put it there)
+/// refuses what would need another number, retryably, rather than give a number twice
+/// and overwrite the item stored under it; what it holds stays, across a restart too.
+#[test]
+fn a_mailbox_at_the_end_of_its_numbering_refuses_rather_than_reuses_a_number() {
+    use crate::store::Store;
+    let mut s = setup();
+    let one = alice_encrypts(&mut s, "one");
+    let two = alice_encrypts(&mut s, "two");
+    let bob = s.bob.list.address().clone();
+    let last = u64::MAX - 1;
+    let ops: Vec<StoreOp> = s
+        .bob
+        .accounts
+        .iter()
+        .map(|a| StoreOp::Put {
+            table: Table::Meta,
+            key: state::key_seq(&bob, a.device().id()),
+            value: Bytes::copy_from_slice(&last.to_be_bytes()),
+        })
+        .collect();
+    let mut store = s.p.store().clone();
+    store.commit(&ops).unwrap();
+    let key = s.p.key.secret_bytes();
+    let restart = |store: MemoryStore| {
+        let mut p = Provider::new(
+            ProviderConfig::new(
+                Domain::parse("one.example").unwrap(),
+                ProviderKeyPair::from_secret_bytes(&key),
+            ),
+            store,
+            ChaCha20Rng::from_seed([9; 32]),
+            NOW,
+        )
+        .unwrap();
+        let outs = login(
+            &mut p,
+            ConnectionId(1),
+            &s.alice.accounts[0],
+            Some(&s.alice.list),
+        );
+        assert!(welcomed(&outs, ConnectionId(1)), "{outs:?}");
+        p
+    };
+    let mut p = restart(store);
+
+    // The last number: stored under it, on both of Bob's devices.
+    assert!(matches!(
+        submit(&mut p, ConnectionId(1), 1, &one),
+        wire::response::Body::Done(_)
+    ));
+    let stored = |p: &P| {
+        p.durable
+            .users
+            .get(&bob)
+            .unwrap()
+            .devices
+            .values()
+            .flat_map(|d| d.mailbox.keys().copied())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(stored(&p), vec![last, last]);
+
+    // No number left: refused, retryably; nothing stored, nothing overwritten.
+    let mut again = restart(p.store().clone());
+    for p in [&mut p, &mut again] {
+        let wire::response::Body::Error(e) = submit(p, ConnectionId(1), 2, &two) else {
+            panic!("stored without a number");
+        };
+        assert_eq!(e.code, "mailbox_full");
+        assert!(e.retryable);
+        assert_eq!(stored(p), vec![last, last]);
+        assert_eq!(p.store().len(Table::Mailbox), 2);
+    }
+}
