@@ -399,12 +399,15 @@ impl<R: CryptoRng> Client<R> {
             return;
         }
         self.groups.key_retry_at = None;
+        // Only groups this user is still in: a device that left, or was removed, hands
+        // nothing more.
+        let me = self.account.device().address();
         let groups: Vec<GroupId> = self
             .account
             .groups
             .records
             .iter()
-            .filter(|(_, g)| g.sender.is_some())
+            .filter(|(_, g)| g.sender.is_some() && g.state.role(me).is_some())
             .map(|(id, _)| *id)
             .collect();
         let mut handed = false;

@@ -1894,3 +1894,51 @@ fn a_sender_key_that_missed_a_device_goes_again_without_a_new_message() {
         "{deadline:?}"
     );
 }
+
+#[test]
+fn a_device_that_left_a_group_hands_its_chain_no_more() {
+    use crate::group::GroupAction;
+    use crate::limits::GROUP_KEY_RETRY_MIN_MS;
+    let mut rng = ChaCha20Rng::from_seed([52; 32]);
+    let mut alice = user(&mut rng, "alice@one.example", 1);
+    let mut bob = user(&mut rng, "bob@two.example", 2);
+    let mut p = Fake::new("one.example", 2);
+    let mut c = online(&mut alice, &mut p, 53);
+    for a in &mut bob.accounts {
+        a.update_device_list(alice.list.clone()).unwrap();
+    }
+    let t0 = NOW;
+    c.fetch_device_list(t0, &addr(&bob)).unwrap();
+    serve(&mut c, &p, t0, &[(&bob, &[true, true])]);
+    let group = c.create_group(t0, "g", &[addr(&bob)]).unwrap();
+    serve(&mut c, &p, t0, &[(&bob, &[true, true])]);
+    // Bob's second device misses the key: a round is scheduled.
+    c.send_group(t0, group, text("m0")).unwrap();
+    serve(&mut c, &p, t0, &[(&bob, &[true, false])]);
+    let due = t0.saturating_add(GROUP_KEY_RETRY_MIN_MS);
+    assert_eq!(drain(&mut c, t0).1, Some(due));
+
+    // Alice makes Bob an admin and leaves before the round: it hands her chain to nobody.
+    let admin = GroupAction::SetRole {
+        member: addr(&bob),
+        role: crate::group::GroupRole::Admin,
+    };
+    c.change_group(t0, group, admin).unwrap();
+    serve(&mut c, &p, t0, &[(&bob, &[true, false])]);
+    c.change_group(t0, group, GroupAction::Leave).unwrap();
+    let s = serve(&mut c, &p, t0, &[(&bob, &[true, false])]);
+    assert!(
+        s.events.iter().any(|e| matches!(
+            e,
+            ClientEvent::GroupChanged {
+                action: GroupAction::Leave,
+                ..
+            }
+        )),
+        "{:?}",
+        s.events
+    );
+    c.handle_timeout(due);
+    let s = serve(&mut c, &p, due, &[(&bob, &[true, true])]);
+    assert!(s.envelopes.is_empty(), "{} envelopes", s.envelopes.len());
+}
