@@ -11,7 +11,7 @@
 //!
 //! This one file is compiled three ways, always by `#[path]`: into each protocol fuzz
 //! target (`fuzz/fuzz_targets/<target>.rs`), into the seed generator
-//! `fuzz/src/bin/gen_protocol_corpus.rs`, and into `tests/fuzz_corpus_protocol.rs`, which
+//! `fuzz/examples/gen_protocol_corpus.rs`, and into `tests/fuzz_corpus_protocol.rs`, which
 //! replays `fuzz/corpus/<target>/*` under `cargo test`. It uses only the public `kogge`
 //! API plus `bytes`, `ed25519-dalek`, `rand_chacha` and `rand_core`.
 //!

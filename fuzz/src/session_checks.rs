@@ -3,7 +3,7 @@
 //!
 //! This one file is compiled three ways, always by `#[path]`: into each session fuzz
 //! target (`fuzz/fuzz_targets/{prekey_bundle_decode,device_list_update,session_receive,
-//! state_restore}.rs`), into the seed generator `fuzz/src/bin/gen_session_corpus.rs`, and
+//! state_restore}.rs`), into the seed generator `fuzz/examples/gen_session_corpus.rs`, and
 //! into `tests/fuzz_corpus_session.rs`, which replays `fuzz/corpus/<target>/*` under
 //! `cargo test`. It uses only the public `kogge` API plus `bytes`, `rand_chacha` and
 //! `rand_core`.
@@ -1289,7 +1289,7 @@ pub fn state_restore(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Seeds (regenerate with `cargo run --release --manifest-path fuzz/Cargo.toml --bin
+// Seeds (regenerate with `cargo run --release --manifest-path fuzz/Cargo.toml --example
 // gen_session_corpus`).
 // ---------------------------------------------------------------------------------------
 

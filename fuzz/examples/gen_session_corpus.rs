@@ -4,7 +4,7 @@
 //! argument).
 //!
 //! ```text
-//! cargo run --release --manifest-path fuzz/Cargo.toml --bin gen_session_corpus [OUT_DIR]
+//! cargo run --release --manifest-path fuzz/Cargo.toml --example gen_session_corpus [OUT_DIR]
 //! ```
 //!
 //! Seeds are deterministic (keys from fixed ChaCha20 seeds, a fixed clock). Existing
@@ -12,7 +12,7 @@
 //! their SHA-1) are kept.
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../session_checks.rs"]
+#[path = "../src/session_checks.rs"]
 mod session_checks;
 
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! (`fuzz/corpus/state_restore/group-account-{blob,plaintext}`).
 //!
 //! ```text
-//! cargo run --release --manifest-path fuzz/Cargo.toml --bin gen_protocol_corpus [OUT_DIR]
+//! cargo run --release --manifest-path fuzz/Cargo.toml --example gen_protocol_corpus [OUT_DIR]
 //! ```
 //!
 //! Seeds are deterministic (keys from fixed ChaCha20 seeds, a fixed clock). Existing
@@ -13,7 +13,7 @@
 //! their SHA-1) are kept.
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../protocol_checks.rs"]
+#[path = "../src/protocol_checks.rs"]
 mod protocol_checks;
 
 use std::path::PathBuf;
@@ -43,6 +43,8 @@ fn main() -> std::io::Result<()> {
         if let Some((_, check)) = protocol_checks::TARGETS.iter().find(|(t, _)| t == target) {
             check(bytes);
         }
+        // Seeds for targets of the other generator (state_restore) need their folder too.
+        std::fs::create_dir_all(out.join(target))?;
         std::fs::write(out.join(target).join(name), bytes)?;
         total += bytes.len();
     }
