@@ -4601,6 +4601,66 @@ fn open_state(blob: &[u8], key: &Secret<32>) -> Option<Vec<u8>> {
         .map(|p| p.to_vec())
 }
 
+/// A saved account's plaintext with one more field in each group record (`state.proto`
+/// `AccountState.groups` = 8): `late` (9), a user added after the record's chain was
+/// made, first handed the chain at `iteration`. Walks the top level of the protobuf only.
+fn with_late_entry(plaintext: &[u8], address: &str, iteration: u8) -> Vec<u8> {
+    fn varint(cur: &mut &[u8]) -> u64 {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = cur.split_first().expect("varint");
+            *cur = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    assert!(address.len() < 0x80 && iteration < 0x80);
+    let mut late = vec![0x0a, address.len() as u8];
+    late.extend_from_slice(address.as_bytes());
+    late.extend_from_slice(&[0x10, iteration]);
+    let mut out = Vec::new();
+    let mut cur = plaintext;
+    while !cur.is_empty() {
+        let tag = varint(&mut cur);
+        put_varint(&mut out, tag);
+        match tag & 7 {
+            0 => put_varint(&mut out, varint(&mut cur)),
+            2 => {
+                let len = varint(&mut cur) as usize;
+                let (body, rest) = cur.split_at(len);
+                cur = rest;
+                let mut body = body.to_vec();
+                if tag >> 3 == 8 {
+                    body.extend_from_slice(&[(9 << 3) | 2, late.len() as u8]);
+                    body.extend_from_slice(&late);
+                }
+                put_varint(&mut out, body.len() as u64);
+                out.extend_from_slice(&body);
+            }
+            other => panic!("wire type {other} in an account state"),
+        }
+    }
+    out
+}
+
+/// A saved account's layout around `plaintext` (the inverse of [`open_state`]).
+fn seal_state(plaintext: &[u8], key: &Secret<32>) -> Vec<u8> {
+    let nonce = [0x33; 12];
+    let aad = crypto::framed(Label::StateEncryption, &[&kogge::session::STATE_MAGIC]);
+    let sealed = crypto::aead_seal(key, &nonce, &aad, plaintext).expect("seal");
+    [&kogge::session::STATE_MAGIC[..], &nonce, &sealed].concat()
+}
+
 /// One seed: target, file name, bytes.
 pub type Seed = (&'static str, String, Vec<u8>);
 
@@ -5223,10 +5283,23 @@ pub fn seeds() -> Vec<Seed> {
         "group-account-blob".into(),
         [&[0u8][..], &blob].concat(),
     ));
+    // The same account with a position kept for a user added after Bob's chain was made
+    // (`GroupRecordState.late`, SPEC.md 19.2): it must restore.
+    let late = with_late_entry(&plaintext, "dave@four.example", 1);
+    assert_ne!(late, plaintext);
+    Account::restore(&seal_state(&late, &key), &key).expect("the late seed restores");
+    // The field is read: a position past the chain's current one is refused.
+    let past = with_late_entry(&plaintext, "dave@four.example", 100);
+    assert!(Account::restore(&seal_state(&past, &key), &key).is_err());
     out.push((
         "state_restore",
         "group-account-plaintext".into(),
         [&[1u8, 0x17][..], &plaintext].concat(),
+    ));
+    out.push((
+        "state_restore",
+        "group-account-late-plaintext".into(),
+        [&[1u8, 0x17][..], &late].concat(),
     ));
     out
 }
