@@ -5028,20 +5028,11 @@ pub fn seeds() -> Vec<Seed> {
     // is still out; then a batch fails, and after it a new epoch must be durable again
     // before anything goes ahead, under numbers above those bob1 saw.
     let again: &[u8] = &[6, 0, 2, 4, 0, 14, 0, 0];
+    let ahead: &[&[u8]] = &[&[5, BOB1 as u8, 0], &[5, 0, 0], submit, &[7, 0], again];
     add(
         "provider_input",
         "deferred-ahead",
-        prog(
-            P_DEFERRED,
-            &[
-                &[5, BOB1 as u8, 0],
-                &[5, 0, 0],
-                submit,
-                &[7, 0],
-                again,
-                &[7, 0],
-            ],
-        ),
+        prog(P_DEFERRED, &[ahead, &[&[7, 0]]].concat()),
     );
     add(
         "provider_input",
@@ -5049,19 +5040,18 @@ pub fn seeds() -> Vec<Seed> {
         prog(
             P_DEFERRED,
             &[
-                &[5, BOB1 as u8, 0],
-                &[5, 0, 0],
-                submit,
-                &[7, 0],
-                again,
-                &[7, 1],
-                &[5, BOB1 as u8, 0],
-                &[5, 0, 0],
-                again,
-                &[7, 0],
-                submit,
-                &[7, 0],
-            ],
+                ahead,
+                &[
+                    &[7, 1],
+                    &[5, BOB1 as u8, 0],
+                    &[5, 0, 0],
+                    again,
+                    &[7, 0],
+                    submit,
+                    &[7, 0],
+                ],
+            ]
+            .concat(),
         ),
     );
     // A batch fails (nothing sent that depended on it), then one that landed but was

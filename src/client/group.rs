@@ -277,20 +277,13 @@ impl<R: CryptoRng> Client<R> {
             .members()
             .map(|m| m.address.as_str().to_owned())
             .collect();
-        let keys: Vec<_> = to_key
-            .into_iter()
-            .map(|(a, devices)| {
-                let key = key_for(g, &a, &current);
-                (a, devices, key)
-            })
-            .collect();
         self.groups
             .outboxes
             .entry(group)
             .or_default()
             .queued
             .push_back((message_id, envelope, recipients));
-        self.hand_keys(now, group, keys)?;
+        self.hand_keys(now, group, to_key, &current)?;
         if let Some(o) = self.groups.outboxes.get_mut(&group) {
             for ids in o.key_msgs.values_mut() {
                 ids.push(message_id);
@@ -343,19 +336,23 @@ impl<R: CryptoRng> Client<R> {
             .collect()
     }
 
-    /// Sends each member its key (a one-to-one message) and records it as handed; the
+    /// Sends each member in `due` its key (a one-to-one message), at the position
+    /// [`key_for`] gives with the chain at `current`, and records it as handed; the
     /// group's messages sealed from now on wait until the provider has stored these.
     fn hand_keys(
         &mut self,
         now: UnixMillis,
         group: GroupId,
-        keys: Vec<(Address, BTreeSet<DeviceId>, SenderKey)>,
+        due: Vec<(Address, BTreeSet<DeviceId>)>,
+        current: &SenderKey,
     ) -> Result<(), ClientError> {
-        for (a, devices, key) in keys {
+        for (a, devices) in due {
+            let Some(g) = self.account.groups.records.get_mut(&group) else {
+                break;
+            };
+            let key = key_for(g, &a, current);
+            g.keyed.insert(a.clone(), devices);
             let local = self.next_local;
-            if let Some(g) = self.account.groups.records.get_mut(&group) {
-                g.keyed.insert(a.clone(), devices);
-            }
             self.queue_message(now, &a, Content::GroupSenderKey(Box::new(key)), false)?;
             // A message already stored (or failed) by now needs no waiting.
             if self.outgoing.contains_key(&local) {
@@ -376,17 +373,11 @@ impl<R: CryptoRng> Client<R> {
     /// to at most `GROUP_KEY_RETRY_MAX_MS` (SPEC.md 19.2).
     fn schedule_key_retry(&mut self, now: UnixMillis) {
         if self.groups.key_retry_at.is_none() {
-            let wait = GROUP_KEY_RETRY_MIN_MS
-                .checked_shl(self.groups.key_retry_rounds.min(32))
-                .unwrap_or(GROUP_KEY_RETRY_MAX_MS)
+            // 30 s << 7 is past the hour already: the shift stays far from overflowing.
+            let wait = (GROUP_KEY_RETRY_MIN_MS << self.groups.key_retry_rounds.min(16))
                 .min(GROUP_KEY_RETRY_MAX_MS);
             self.groups.key_retry_at = Some(now.saturating_add(wait));
         }
-    }
-
-    /// When the next key round is due, if one is scheduled.
-    pub(super) fn key_retry_deadline(&self) -> Option<UnixMillis> {
-        self.groups.key_retry_at
     }
 
     /// Hands this device's chain, without a message, to the member devices that are due
@@ -421,21 +412,18 @@ impl<R: CryptoRng> Client<R> {
                 self.schedule_key_retry(now);
                 break;
             }
-            let Some(g) = self.account.groups.records.get_mut(&group) else {
+            let Some(current) = self
+                .account
+                .groups
+                .records
+                .get(&group)
+                .and_then(|g| g.sender.as_ref())
+                .map(|s| s.sender_key().clone())
+            else {
                 continue;
             };
-            let Some(current) = g.sender.as_ref().map(|s| s.sender_key().clone()) else {
-                continue;
-            };
-            let keys: Vec<_> = due
-                .into_iter()
-                .map(|(a, devices)| {
-                    let key = key_for(g, &a, &current);
-                    (a, devices, key)
-                })
-                .collect();
             // Only content that cannot be encoded fails here, and a sender key can.
-            if self.hand_keys(now, group, keys).is_err() {
+            if self.hand_keys(now, group, due, &current).is_err() {
                 continue;
             }
             handed = true;

@@ -832,7 +832,7 @@ impl<R: CryptoRng> Client<R> {
             | Conn::AwaitChallenge { deadline, .. }
             | Conn::AwaitWelcome { deadline } => at(*deadline),
             Conn::Online => {
-                if let Some(t) = self.key_retry_deadline() {
+                if let Some(t) = self.groups.key_retry_at {
                     at(t);
                 }
                 let in_flight = self
