@@ -469,7 +469,18 @@ impl Bed {
         add_users(&rt_b, &b, recipients);
         let endpoint = {
             let _guard = load.enter();
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint")
+            // Sized like the providers' sockets: the load generator stands for many
+            // devices, and a burst dropped here would stall the recipients' connections.
+            let socket =
+                quic::bind_udp("127.0.0.1:0".parse().expect("addr"), quic::UDP_BUFFER_BYTES)
+                    .expect("socket");
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .expect("endpoint")
         };
         Self {
             a: Some(a),
@@ -959,6 +970,22 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// UDP datagrams the kernel dropped because a socket's receive buffer was full
+/// (`RcvbufErrors` of `/proc/net/snmp`, the whole machine's count; 0 where it cannot be read).
+fn udp_drops() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -973,6 +1000,8 @@ struct Run {
     latencies: Vec<u64>,
     acks: Vec<u64>,
     store: (StoreTotals, StoreTotals),
+    /// UDP datagrams dropped on full receive buffers meanwhile (see [`udp_drops`]).
+    udp_drops: u64,
 }
 
 /// Sends `per_pair` messages from every pair (starting at `offset` in each pair's
@@ -999,6 +1028,7 @@ fn run(
     let expected = per_pair * pairs.len();
     let progress = Progress::new(&vec![offset + per_pair; pairs.len()], expected);
     let cpu0 = cpu();
+    let drops0 = udp_drops();
     let start = Instant::now();
     let elapsed = bed.load.block_on(async {
         let mut tasks = Vec::new();
@@ -1072,6 +1102,7 @@ fn run(
         elapsed
     });
     let cpu1 = cpu();
+    let drops = udp_drops().saturating_sub(drops0);
     let (a1, b1) = (bed.store_a.totals(), bed.store_b.totals());
     let latencies = std::mem::take(&mut *progress.latencies.lock().expect("lock"));
     let acks = std::mem::take(&mut *progress.acks.lock().expect("lock"));
@@ -1082,6 +1113,7 @@ fn run(
         latencies,
         acks,
         store: (a1 - a0, b1 - b0),
+        udp_drops: drops,
     }
 }
 
@@ -1110,7 +1142,8 @@ fn describe(r: &mut Run) -> String {
     };
     format!(
         "{} msgs in {:.2} s = {:.0} msg/s; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
-         (submit to Done: p50 {:.2} ms p99 {:.2} ms); CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); store A: {}; store B: {}",
+         (submit to Done: p50 {:.2} ms p99 {:.2} ms); CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); store A: {}; store B: {}; \
+         UDP datagrams dropped on full buffers: {}",
         r.messages,
         r.elapsed.as_secs_f64(),
         rate,
@@ -1125,6 +1158,7 @@ fn describe(r: &mut Run) -> String {
         per(r.cpu.load),
         store(&r.store.0),
         store(&r.store.1),
+        r.udp_drops,
     )
 }
 

@@ -325,6 +325,8 @@ struct TransportFile {
     max_connections_per_host: Option<usize>,
     #[serde(default, deserialize_with = "positive")]
     max_handshakes: Option<usize>,
+    #[serde(default, deserialize_with = "positive")]
+    udp_buffer_bytes: Option<usize>,
 }
 
 impl TransportFile {
@@ -338,6 +340,9 @@ impl TransportFile {
         }
         if let Some(v) = self.max_handshakes {
             q.max_handshakes = v;
+        }
+        if let Some(v) = self.udp_buffer_bytes {
+            q.udp_buffer_bytes = v;
         }
         q
     }
@@ -728,6 +733,7 @@ fn config_text(a: &InitArgs) -> String {
          # max_connections = {}\n\
          # max_connections_per_host = {}       # an IPv4 address or an IPv6 /64\n\
          # max_handshakes = {}\n\
+         # udp_buffer_bytes = {}          # asked of the kernel, capped by net.core.rmem_max\n\
          \n\
          # Storage (SPEC.md 16.12): \"log\" (data/provider.klog) or \"redb\" (data/provider.redb).\n\
          [storage]\n\
@@ -747,6 +753,7 @@ fn config_text(a: &InitArgs) -> String {
         quic.max_connections,
         quic.max_connections_per_host,
         quic.max_handshakes,
+        quic.udp_buffer_bytes,
         domain = toml_string(&a.domain),
         listen = toml_string(&a.listen.to_string()),
         open = a.open_registration,

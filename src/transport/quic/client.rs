@@ -161,7 +161,12 @@ where
         };
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::client(bind)?
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                super::bind_udp(bind, config.quic.udp_buffer_bytes)?,
+                Arc::new(quinn::TokioRuntime),
+            )?
         };
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (app_tx, app_rx) = mpsc::channel(EVENT_QUEUE);

@@ -132,12 +132,14 @@ where
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
+        let socket = super::bind_udp(listen, quic.udp_buffer_bytes)?;
+        let (udp_recv, udp_send) = super::udp_buffer_sizes(&socket)?;
         let endpoint = {
             let _guard = runtime.enter();
             quinn::Endpoint::new(
                 endpoint_config,
                 Some(server_config),
-                std::net::UdpSocket::bind(listen)?,
+                socket,
                 Arc::new(quinn::TokioRuntime),
             )?
         };
@@ -177,7 +179,7 @@ where
             committer,
         };
         let task = runtime.spawn(event_loop.run(rx, peer_rx));
-        tracing::info!(%domain, %local_addr, key = %public_key, "provider listening");
+        tracing::info!(%domain, %local_addr, key = %public_key, udp_recv, udp_send, "provider listening");
         Ok(Self {
             local_addr,
             domain,
