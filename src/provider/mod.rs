@@ -2592,7 +2592,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     /// is committed: the deletion must follow the put), then the sequence numbers the
     /// batch advanced, once each.
     fn take_batch(&mut self) -> Vec<StoreOp> {
-        let mut ops = std::mem::take(&mut self.ops);
+        // The next batch starts with room for as many writes as this one: under load
+        // batches hold thousands, and growing each from empty copied every one of them
+        // again and again (a tenth of a provider's CPU at saturation, on fresh pages).
+        let room = self.ops.len();
+        let mut ops = std::mem::replace(&mut self.ops, Vec::with_capacity(room));
         ops.append(&mut self.lazy_ops);
         self.lazy_since = None;
         self.durable.store_seqs(&mut ops);
