@@ -233,7 +233,14 @@ fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp]) -> Result<(), u64> {
     if payload > MAX_LOG_RECORD_LEN as u64 {
         return Err(payload);
     }
-    buf.reserve(RECORD_HEADER_LEN + payload as usize);
+    let need = RECORD_HEADER_LEN + payload as usize;
+    if buf.is_empty() && buf.capacity() < need {
+        // A fresh allocation rather than a reallocation, which would copy the old
+        // (already written) contents for nothing.
+        *buf = Vec::with_capacity(need);
+    } else {
+        buf.reserve(need);
+    }
     let start = begin_record(buf);
     for op in ops {
         match op {
@@ -755,8 +762,12 @@ impl Store for LogStore {
             sync_dir(&self.path).map_err(|e| self.error("flush the folder after compaction", e))?;
             self.dir_sync_pending = false;
         }
-        if self.buf.capacity() > 4 * SNAPSHOT_RECORD_LEN {
-            self.buf = Vec::new(); // after an unusually large batch
+        // The buffer is kept while batches fill it (under load, allocating megabytes
+        // afresh for every commit had the kernel zeroing new pages); once a batch uses
+        // under a quarter of a buffer above 4 MiB, it goes back to the allocator.
+        if self.buf.capacity() > 4 * SNAPSHOT_RECORD_LEN && self.buf.len() < self.buf.capacity() / 4
+        {
+            self.buf = Vec::new();
         }
         self.buf.clear();
         if let Err(len) = encode_batch(&mut self.buf, ops) {
