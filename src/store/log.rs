@@ -1,7 +1,7 @@
 //! [`LogStore`]: a [`Store`] that appends each commit batch to one file, a log of
 //! checksummed records, and rewrites the file as a snapshot of the live entries when
-//! most of it is dead. Only the standard library and SHA-256 (already a dependency);
-//! no cargo feature.
+//! most of it is dead. Only the standard library, XXH3 for the record checks (SHA-256 in
+//! files of format version 1, which it still reads); no cargo feature.
 //!
 //! The format, the crash guarantees and compaction are documented on the type.
 
@@ -73,7 +73,7 @@ pub enum LogOpenError {
     },
     /// The file is a log store of a format this build does not know.
     #[error(
-        "log store {} has format version {found}; this build reads only version {supported}",
+        "log store {} has format version {found}; this build reads versions 1 to {supported}",
         path.display()
     )]
     UnknownFormat {
@@ -172,8 +172,18 @@ fn le32(n: usize) -> [u8; 4] {
     u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
 }
 
-/// The check value of a record.
-fn checksum(len: [u8; 4], payload: &[u8]) -> [u8; 8] {
+/// The check value of a record in a file of format `version`: XXH3-64 (seed 0) of
+/// `len ‖ payload`, little-endian, from version 2 on; the first 8 bytes of
+/// SHA-256(`len ‖ payload`) in version 1.
+fn checksum(version: u32, len: [u8; 4], payload: &[u8]) -> [u8; 8] {
+    if version >= 2 {
+        // The 4 length bytes and the payload, hashed as one input without copying the
+        // payload: XXH3 of a concatenation needs the streaming state.
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&len);
+        h.update(payload);
+        return h.digest().to_le_bytes();
+    }
     let digest = Sha256::new()
         .chain_update(len)
         .chain_update(payload)
@@ -183,7 +193,7 @@ fn checksum(len: [u8; 4], payload: &[u8]) -> [u8; 8] {
     check
 }
 
-/// The file header.
+/// The file header of a file this build writes.
 fn header() -> [u8; HEADER_LEN] {
     let mut h = [0; HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
@@ -198,12 +208,12 @@ fn begin_record(buf: &mut Vec<u8>) -> usize {
     start
 }
 
-/// Fills in the length and check of the record started at `start`.
-fn finish_record(buf: &mut [u8], start: usize) {
+/// Fills in the length and check (of format `version`) of the record started at `start`.
+fn finish_record(buf: &mut [u8], start: usize, version: u32) {
     let (head, payload) = buf[start..].split_at_mut(RECORD_HEADER_LEN);
     let len = le32(payload.len());
     head[..4].copy_from_slice(&len);
-    head[4..].copy_from_slice(&checksum(len, payload));
+    head[4..].copy_from_slice(&checksum(version, len, payload));
 }
 
 fn push_put(buf: &mut Vec<u8>, table: u8, key: &[u8], value: &[u8]) {
@@ -220,9 +230,9 @@ fn push_delete(buf: &mut Vec<u8>, table: u8, key: &[u8]) {
     buf.extend_from_slice(key);
 }
 
-/// Appends `ops` to `buf` as one record; `Err` with the payload length if that is
-/// longer than [`MAX_LOG_RECORD_LEN`] (and then `buf` is unchanged).
-fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp]) -> Result<(), u64> {
+/// Appends `ops` to `buf` as one record of format `version`; `Err` with the payload
+/// length if that is longer than [`MAX_LOG_RECORD_LEN`] (and then `buf` is unchanged).
+fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp], version: u32) -> Result<(), u64> {
     let payload: u64 = ops
         .iter()
         .map(|op| match op {
@@ -248,7 +258,7 @@ fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp]) -> Result<(), u64> {
             StoreOp::Delete { table, key } => push_delete(buf, table.number(), key),
         }
     }
-    finish_record(buf, start);
+    finish_record(buf, start, version);
     Ok(())
 }
 
@@ -259,8 +269,9 @@ struct Bad {
     detail: &'static str,
 }
 
-/// The payload of the record at the start of `rest` and the record's length.
-fn record(rest: &[u8]) -> Result<(&[u8], usize), Bad> {
+/// The payload of the record (of format `version`) at the start of `rest` and the
+/// record's length.
+fn record(rest: &[u8], version: u32) -> Result<(&[u8], usize), Bad> {
     let Some((head, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() else {
         return Err(Bad {
             reaches_end: true,
@@ -286,7 +297,7 @@ fn record(rest: &[u8]) -> Result<(&[u8], usize), Bad> {
     if len > MAX_LOG_RECORD_LEN {
         return Err(bad("record longer than MAX_LOG_RECORD_LEN"));
     }
-    if checksum(len_bytes, payload) != head[4..] {
+    if checksum(version, len_bytes, payload) != head[4..] {
         return Err(bad("checksum mismatch"));
     }
     Ok((payload, RECORD_HEADER_LEN + len))
@@ -330,11 +341,11 @@ fn decode<'a>(mut p: &'a [u8], out: &mut Vec<Op<'a>>) -> Result<(), &'static str
 /// Replays the records of `data` (a whole file, header included) into `mirror`.
 /// Returns where the sound records end (the file's length unless there is a torn
 /// tail), or where the damaged record starts and what is wrong with it.
-fn replay(data: &[u8], mirror: &mut Mirror) -> Result<usize, (usize, &'static str)> {
+fn replay(data: &[u8], version: u32, mirror: &mut Mirror) -> Result<usize, (usize, &'static str)> {
     let mut pos = HEADER_LEN;
     let mut ops = Vec::new();
     while let Some(rest) = data.get(pos..).filter(|r| !r.is_empty()) {
-        match record(rest) {
+        match record(rest, version) {
             Ok((payload, len)) => {
                 decode(payload, &mut ops).map_err(|detail| (pos, detail))?;
                 for op in ops.drain(..) {
@@ -408,18 +419,24 @@ fn io_error<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) ->
 /// pages per key; this store writes each batch once, as one record, with one `write`
 /// and one `fdatasync`.
 ///
-/// # File format (version 1)
+/// # File format (version 2)
 ///
 /// All integers are little-endian. The file is a header and then records:
 ///
 /// ```text
-/// header   = "KOGGELOG" (8 bytes) ‖ version: u32 (= 1)
+/// header   = "KOGGELOG" (8 bytes) ‖ version: u32 (= 2)
 /// record   = len: u32 ‖ check: 8 bytes ‖ payload (len bytes)
-/// check    = the first 8 bytes of SHA-256(len ‖ payload)
+/// check    = XXH3-64 (seed 0) of (len ‖ payload), as a u64
 /// payload  = op ‖ op ‖ …              (at least one op)
 /// op       = 0x01 ‖ table: u8 ‖ key_len: u32 ‖ key ‖ value_len: u32 ‖ value   (put)
 ///          | 0x02 ‖ table: u8 ‖ key_len: u32 ‖ key                            (delete)
 /// ```
+///
+/// Version 1 differs only in its check, the first 8 bytes of SHA-256(len ‖ payload): a
+/// torn-write check needs no cryptographic hash, and SHA-256 cost a fifth of the
+/// committing thread's CPU under load. A version 1 file is read, and rewritten as
+/// version 2 (a compaction) when it is opened; should that fail, commits append version 1
+/// records to it until a compaction succeeds.
 ///
 /// `table` is [`Table::number`]. Replaying the records in order, and the ops of each
 /// record in order, gives the store's contents. A record is at most
@@ -499,6 +516,9 @@ pub struct LogStore {
     compactions: u64,
     /// The encoding buffer, kept between commits.
     buf: Vec<u8>,
+    /// The format version of the file: new records are written in it (a file of an
+    /// older version is rewritten in the current one by its next compaction).
+    version: u32,
 }
 
 impl fmt::Debug for LogStore {
@@ -514,8 +534,12 @@ impl fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// The file format this build reads and writes ("File format" above).
-    pub const FORMAT_VERSION: u32 = 1;
+    /// The file format this build writes ("File format" above); it also reads, and
+    /// appends to, files of the older version 1, until it compacts them.
+    pub const FORMAT_VERSION: u32 = 2;
+
+    /// The oldest format version this build reads.
+    pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
     /// Opens the log at `path`, creating it if it does not exist (or is empty), with
     /// the default compaction thresholds. A torn final record is cut away.
@@ -554,9 +578,16 @@ impl LogStore {
             compact_not_before: 0,
             compactions: 0,
             buf: Vec::new(),
+            version: Self::FORMAT_VERSION,
         };
         store.reload()?;
-        store.maybe_compact();
+        if store.version == Self::FORMAT_VERSION {
+            store.maybe_compact();
+        } else {
+            // A file of an older format becomes one of the current format at once (if
+            // that fails, it stays as it is, and commits append in its own format).
+            let _ = store.compact();
+        }
         Ok(store)
     }
 
@@ -615,7 +646,7 @@ impl LogStore {
         let mut version = [0; 4];
         version.copy_from_slice(&data[8..HEADER_LEN]);
         let found = u32::from_le_bytes(version);
-        if found != Self::FORMAT_VERSION {
+        if !(Self::OLDEST_FORMAT_VERSION..=Self::FORMAT_VERSION).contains(&found) {
             return Err(LogOpenError::UnknownFormat {
                 path: path.to_path_buf(),
                 found,
@@ -623,10 +654,12 @@ impl LogStore {
             });
         }
         let mut mirror = Mirror::default();
-        let end = replay(&data, &mut mirror).map_err(|(offset, detail)| LogOpenError::Corrupt {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            detail,
+        let end = replay(&data, found, &mut mirror).map_err(|(offset, detail)| {
+            LogOpenError::Corrupt {
+                path: path.to_path_buf(),
+                offset: offset as u64,
+                detail,
+            }
         })?;
         let file = OpenOptions::new()
             .append(true)
@@ -641,6 +674,7 @@ impl LogStore {
         self.mirror = mirror;
         self.log_len = end as u64;
         self.file = Some(file);
+        self.version = found;
         Ok(())
     }
 
@@ -688,6 +722,7 @@ impl LogStore {
         // From here on the snapshot is the log.
         self.file = Some(file);
         self.log_len = len;
+        self.version = Self::FORMAT_VERSION;
         self.compactions += 1;
         self.compact_not_before = 0;
         if let Err(e) = sync_dir(&self.path) {
@@ -712,7 +747,7 @@ impl LogStore {
                 let payload = buf.len() - start - RECORD_HEADER_LEN;
                 let next = put_len(key.len(), value.len()) as usize;
                 if payload > 0 && payload + next > SNAPSHOT_RECORD_LEN {
-                    finish_record(&mut buf, start);
+                    finish_record(&mut buf, start, Self::FORMAT_VERSION);
                     f.write_all(&buf)?;
                     written += buf.len() as u64;
                     buf.clear();
@@ -722,7 +757,7 @@ impl LogStore {
             }
         }
         if buf.len() - start > RECORD_HEADER_LEN {
-            finish_record(&mut buf, start);
+            finish_record(&mut buf, start, Self::FORMAT_VERSION);
         } else {
             buf.truncate(start);
         }
@@ -770,7 +805,7 @@ impl Store for LogStore {
             self.buf = Vec::new();
         }
         self.buf.clear();
-        if let Err(len) = encode_batch(&mut self.buf, ops) {
+        if let Err(len) = encode_batch(&mut self.buf, ops, self.version) {
             return Err(self.error(
                 "commit",
                 format_args!("a batch of {len} bytes is longer than MAX_LOG_RECORD_LEN"),
@@ -837,9 +872,88 @@ mod tests {
     fn raw_tables(path: &Path) -> Tables {
         let data = fs::read(path).unwrap();
         let mut mirror = Mirror::default();
-        let end = replay(&data, &mut mirror).unwrap();
+        assert_eq!(data[8..HEADER_LEN], LogStore::FORMAT_VERSION.to_le_bytes());
+        let end = replay(&data, LogStore::FORMAT_VERSION, &mut mirror).unwrap();
         assert_eq!(end, data.len(), "no torn tail");
         mirror.tables
+    }
+
+    #[test]
+    fn record_checks_match_xxh3_and_sha256() {
+        // Known answers from an independent implementation (Python's `xxhash` 3.x:
+        // `xxh3_64(b"\x03\0\0\0abc").digest()[::-1]`, and `hashlib.sha256`).
+        let len = le32(3);
+        assert_eq!(
+            checksum(2, len, b"abc"),
+            [0x4c, 0xbe, 0x6e, 0x8c, 0x68, 0xf3, 0x5c, 0x56]
+        );
+        let mut long = Vec::new();
+        long.extend((0..10_000u32).map(|i| (i % 251) as u8));
+        assert_eq!(
+            checksum(2, le32(long.len()), &long),
+            [0xb1, 0x6e, 0x39, 0x77, 0x3a, 0x46, 0xdb, 0xef]
+        );
+        let sha = crate::crypto::sha256(b"\x03\0\0\0abc");
+        assert_eq!(checksum(1, len, b"abc"), sha[..8]);
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_and_rewritten_in_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        // A file as version 1 wrote it: SHA-256 checks, and a torn last record.
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        let mut memory = MemoryStore::new();
+        for b in &batches() {
+            encode_batch(&mut old, b, 1).unwrap();
+            memory.commit(b).unwrap();
+        }
+        let whole = old.len();
+        encode_batch(&mut old, &[put(Table::Meta, b"torn", b"lost")], 1).unwrap();
+        old.truncate(old.len() - 2);
+        fs::write(&path, &old).unwrap();
+        // The same bytes with current checks do not open: the version picks the check.
+        let mut relabelled = old[..whole].to_vec();
+        relabelled[8..HEADER_LEN].copy_from_slice(&LogStore::FORMAT_VERSION.to_le_bytes());
+        let other = dir.path().join("relabelled.log");
+        fs::write(&other, &relabelled).unwrap();
+        assert!(matches!(
+            LogStore::open(&other).unwrap_err(),
+            LogOpenError::Corrupt {
+                detail: "checksum mismatch",
+                ..
+            }
+        ));
+
+        let mut store = LogStore::open(&path).unwrap();
+        let want = non_empty(memory.load().unwrap());
+        assert_eq!(non_empty(store.load().unwrap()), want);
+        assert_eq!(store.compactions(), 1, "rewritten at open");
+        // Now a current-format file, holding the same, to which commits append.
+        assert_eq!(raw_tables(&path).len(), want.len());
+        let extra = [put(Table::Meta, b"after", b"upgrade")];
+        store.commit(&extra).unwrap();
+        memory.commit(&extra).unwrap();
+        drop(store);
+        raw_tables(&path);
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(
+            non_empty(store.load().unwrap()),
+            non_empty(memory.load().unwrap())
+        );
+        // A version this build does not know is refused.
+        let mut future = fs::read(&path).unwrap();
+        future[8..HEADER_LEN].copy_from_slice(&3u32.to_le_bytes());
+        fs::write(&other, &future).unwrap();
+        assert!(matches!(
+            LogStore::open(&other).unwrap_err(),
+            LogOpenError::UnknownFormat {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -1006,7 +1120,7 @@ mod tests {
         let mut buf = full[..first_end as usize].to_vec();
         let start = begin_record(&mut buf);
         buf.extend_from_slice(&[9, 1, 0, 0, 0, 0]); // op kind 9
-        finish_record(&mut buf, start);
+        finish_record(&mut buf, start, LogStore::FORMAT_VERSION);
         fs::write(&bad_path, &buf).unwrap();
         let e = LogStore::open(&bad_path).unwrap_err();
         assert!(
@@ -1049,20 +1163,27 @@ mod tests {
             LogOpenError::NotAStore { .. }
         ));
         let mut future = header();
-        future[8] = 2;
+        future[8] = 3;
         fs::write(&path, future).unwrap();
         let e = LogStore::open(&path).unwrap_err();
         assert!(
             matches!(
                 e,
                 LogOpenError::UnknownFormat {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 }
             ),
             "{e}"
         );
+        let mut ancient = header();
+        ancient[8] = 0;
+        fs::write(&path, ancient).unwrap();
+        assert!(matches!(
+            LogStore::open(&path).unwrap_err(),
+            LogOpenError::UnknownFormat { found: 0, .. }
+        ));
         fs::write(&path, b"").unwrap();
         let mut store = LogStore::open(&path).unwrap();
         assert!(store.load().unwrap().values().all(BTreeMap::is_empty));
@@ -1091,7 +1212,7 @@ mod tests {
         let start = begin_record(&mut buf);
         push_put(&mut buf, 200, b"future key", b"future value");
         push_put(&mut buf, Table::Meta.number(), b"known", b"yes");
-        finish_record(&mut buf, start);
+        finish_record(&mut buf, start, LogStore::FORMAT_VERSION);
         fs::write(&path, &buf).unwrap();
         let mut store = LogStore::open(&path).unwrap();
         let loaded = store.load().unwrap();
