@@ -50,8 +50,10 @@ pub const MAX_INPUT_LEN: usize = 1 << 20;
 const MAGIC: &[u8; 8] = b"KOGGELOG";
 /// Magic and version.
 const HEADER_LEN: usize = 12;
-/// `len` and `check`.
-const RECORD_HEADER_LEN: usize = 12;
+/// `len`, `len_check` and `check` (format version 2).
+const RECORD_HEADER_LEN: usize = 16;
+/// `len` and `check` (format version 1).
+const RECORD_HEADER_LEN_V1: usize = 12;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
@@ -216,8 +218,16 @@ fn check_refusal(data: &[u8], version: Option<u32>, e: &LogOpenError) {
             assert!(version.is_some_and(readable), "{e}");
             let offset = usize::try_from(*offset).unwrap();
             assert!(offset >= HEADER_LEN, "{e}");
+            // A record needs its whole header to be damage rather than a torn tail: in
+            // version 1 a payload too (an empty one at the end is torn), in version 2 a
+            // length that fails its check is damage even with nothing after it.
+            let whole = if version == Some(1) {
+                RECORD_HEADER_LEN_V1 + 1
+            } else {
+                RECORD_HEADER_LEN
+            };
             assert!(
-                offset + RECORD_HEADER_LEN < data.len(),
+                offset + whole <= data.len(),
                 "{e}: an incomplete record is a torn tail"
             );
         }
@@ -425,8 +435,9 @@ pub fn seeds() -> Vec<Seed> {
         [&store[..], &[0; 512]].concat(),
         opens(&all),
     );
-    // Damage that is not a torn tail: a flipped payload byte in the first record, an
-    // empty record before sound ones (its check is not even read).
+    // Damage that is not a torn tail: a flipped payload byte in the first record; a
+    // flipped bit in its length, which would make it run past the end of the file like a
+    // torn tail but for the length's own check.
     let mut flipped = store.clone();
     flipped[HEADER_LEN + RECORD_HEADER_LEN + 2] ^= 0x20;
     add(
@@ -434,15 +445,12 @@ pub fn seeds() -> Vec<Seed> {
         flipped,
         corrupt(HEADER_LEN, "checksum mismatch"),
     );
+    let mut long = store.clone();
+    long[HEADER_LEN + 3] ^= 0x80;
     add(
-        "empty-record-mid-file",
-        [
-            &store[..HEADER_LEN],
-            &[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
-            &store[HEADER_LEN..],
-        ]
-        .concat(),
-        corrupt(HEADER_LEN, "empty record"),
+        "length-fails-its-check-mid-file",
+        long,
+        corrupt(HEADER_LEN, "record length fails its check"),
     );
     // Headers: a version this build does not know, one cut short, a foreign file.
     add(
@@ -467,11 +475,23 @@ pub fn seeds() -> Vec<Seed> {
     add(
         "v1-relabelled-as-v2",
         [&header(2)[..], &v1[HEADER_LEN..]].concat(),
-        corrupt(HEADER_LEN, "checksum mismatch"),
+        corrupt(HEADER_LEN, "record length fails its check"),
+    );
+    // An empty record before sound ones (version 1: no length check; its check is not
+    // even read).
+    add(
+        "v1-empty-record-mid-file",
+        [
+            &v1[..HEADER_LEN],
+            &[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+            &v1[HEADER_LEN..],
+        ]
+        .concat(),
+        corrupt(HEADER_LEN, "empty record"),
     );
     // Records whose checks hold but whose ops do not decode (only version 1 records can
     // be made here): an unknown op kind, a key longer than the payload, a stray byte.
-    let second = HEADER_LEN + RECORD_HEADER_LEN + payloads[0].len();
+    let second = HEADER_LEN + RECORD_HEADER_LEN_V1 + payloads[0].len();
     let bad_ops: [(&str, Vec<u8>, &str); 3] = [
         (
             "v1-unknown-op-kind",

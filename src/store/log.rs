@@ -22,8 +22,19 @@ use crate::limits::{LOG_COMPACT_MIN_BYTES, LOG_COMPACT_RATIO, MAX_LOG_RECORD_LEN
 const MAGIC: [u8; 8] = *b"KOGGELOG";
 /// Magic and version.
 const HEADER_LEN: usize = 12;
-/// `len` and `check`.
-const RECORD_HEADER_LEN: usize = 12;
+/// `len`, `len_check` and `check` (format version 2).
+const RECORD_HEADER_LEN: usize = 16;
+/// `len` and `check` (format version 1).
+const RECORD_HEADER_LEN_V1: usize = 12;
+
+/// The record header's length in a file of format `version`.
+const fn record_header_len(version: u32) -> usize {
+    if version >= 2 {
+        RECORD_HEADER_LEN
+    } else {
+        RECORD_HEADER_LEN_V1
+    }
+}
 /// Op tag: put.
 const PUT: u8 = 1;
 /// Op tag: delete.
@@ -172,6 +183,18 @@ fn le32(n: usize) -> [u8; 4] {
     u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
 }
 
+/// The check of a record's length field (format version 2): the low 32 bits of XXH3-64
+/// (seed 0) of `len`, little-endian. With it a damaged length is told from a torn tail.
+fn len_check(len: [u8; 4]) -> [u8; 4] {
+    le32_of(xxhash_rust::xxh3::xxh3_64(&len))
+}
+
+/// The low 32 bits of `x`, little-endian.
+fn le32_of(x: u64) -> [u8; 4] {
+    let b = x.to_le_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
 /// The check value of a record in a file of format `version`: XXH3-64 (seed 0) of
 /// `len ‖ payload`, little-endian, from version 2 on; the first 8 bytes of
 /// SHA-256(`len ‖ payload`) in version 1.
@@ -201,19 +224,26 @@ fn header() -> [u8; HEADER_LEN] {
     h
 }
 
-/// Starts a record in `buf`; returns where it starts (for [`finish_record`]).
-fn begin_record(buf: &mut Vec<u8>) -> usize {
+/// Starts a record of format `version` in `buf`; returns where it starts (for
+/// [`finish_record`]).
+fn begin_record(buf: &mut Vec<u8>, version: u32) -> usize {
     let start = buf.len();
-    buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    buf.resize(start + record_header_len(version), 0);
     start
 }
 
-/// Fills in the length and check (of format `version`) of the record started at `start`.
+/// Fills in the header (of format `version`) of the record started at `start`.
 fn finish_record(buf: &mut [u8], start: usize, version: u32) {
-    let (head, payload) = buf[start..].split_at_mut(RECORD_HEADER_LEN);
+    let (head, payload) = buf[start..].split_at_mut(record_header_len(version));
     let len = le32(payload.len());
     head[..4].copy_from_slice(&len);
-    head[4..].copy_from_slice(&checksum(version, len, payload));
+    let check = checksum(version, len, payload);
+    if version >= 2 {
+        head[4..8].copy_from_slice(&len_check(len));
+        head[8..].copy_from_slice(&check);
+    } else {
+        head[4..].copy_from_slice(&check);
+    }
 }
 
 fn push_put(buf: &mut Vec<u8>, table: u8, key: &[u8], value: &[u8]) {
@@ -243,7 +273,7 @@ fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp], version: u32) -> Result<(), 
     if payload > MAX_LOG_RECORD_LEN as u64 {
         return Err(payload);
     }
-    let need = RECORD_HEADER_LEN + payload as usize;
+    let need = record_header_len(version) + payload as usize;
     if buf.is_empty() && buf.capacity() < need {
         // A fresh allocation rather than a reallocation, which would copy the old
         // (already written) contents for nothing.
@@ -251,7 +281,7 @@ fn encode_batch(buf: &mut Vec<u8>, ops: &[StoreOp], version: u32) -> Result<(), 
     } else {
         buf.reserve(need);
     }
-    let start = begin_record(buf);
+    let start = begin_record(buf, version);
     for op in ops {
         match op {
             StoreOp::Put { table, key, value } => push_put(buf, table.number(), key, value),
@@ -272,7 +302,8 @@ struct Bad {
 /// The payload of the record (of format `version`) at the start of `rest` and the
 /// record's length.
 fn record(rest: &[u8], version: u32) -> Result<(&[u8], usize), Bad> {
-    let Some((head, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() else {
+    let header_len = record_header_len(version);
+    let Some((head, body)) = rest.split_at_checked(header_len) else {
         return Err(Bad {
             reaches_end: true,
             detail: "incomplete record header",
@@ -280,6 +311,14 @@ fn record(rest: &[u8], version: u32) -> Result<(&[u8], usize), Bad> {
     };
     let mut len_bytes = [0; 4];
     len_bytes.copy_from_slice(&head[..4]);
+    if version >= 2 && head[4..8] != len_check(len_bytes) {
+        // A damaged length says nothing about where the record ends: not a torn tail
+        // (unless only zero bytes follow, which `replay` checks).
+        return Err(Bad {
+            reaches_end: false,
+            detail: "record length fails its check",
+        });
+    }
     let len = u32::from_le_bytes(len_bytes) as usize;
     let Some(payload) = body.get(..len) else {
         return Err(Bad {
@@ -297,10 +336,10 @@ fn record(rest: &[u8], version: u32) -> Result<(&[u8], usize), Bad> {
     if len > MAX_LOG_RECORD_LEN {
         return Err(bad("record longer than MAX_LOG_RECORD_LEN"));
     }
-    if checksum(version, len_bytes, payload) != head[4..] {
+    if checksum(version, len_bytes, payload) != head[header_len - 8..] {
         return Err(bad("checksum mismatch"));
     }
-    Ok((payload, RECORD_HEADER_LEN + len))
+    Ok((payload, header_len + len))
 }
 
 /// A length-prefixed field at the start of `p`, and what follows it.
@@ -424,33 +463,36 @@ fn io_error<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) ->
 /// All integers are little-endian. The file is a header and then records:
 ///
 /// ```text
-/// header   = "KOGGELOG" (8 bytes) ‖ version: u32 (= 2)
-/// record   = len: u32 ‖ check: 8 bytes ‖ payload (len bytes)
-/// check    = XXH3-64 (seed 0) of (len ‖ payload), as a u64
+/// header    = "KOGGELOG" (8 bytes) ‖ version: u32 (= 2)
+/// record    = len: u32 ‖ len_check: 4 bytes ‖ check: 8 bytes ‖ payload (len bytes)
+/// len_check = the low 32 bits of XXH3-64 (seed 0) of len, as a u32
+/// check     = XXH3-64 (seed 0) of (len ‖ payload), as a u64
 /// payload  = op ‖ op ‖ …              (at least one op)
 /// op       = 0x01 ‖ table: u8 ‖ key_len: u32 ‖ key ‖ value_len: u32 ‖ value   (put)
 ///          | 0x02 ‖ table: u8 ‖ key_len: u32 ‖ key                            (delete)
 /// ```
 ///
-/// Version 1 differs only in its check, the first 8 bytes of SHA-256(len ‖ payload): a
-/// torn-write check needs no cryptographic hash, and SHA-256 cost a fifth of the
-/// committing thread's CPU under load. A version 1 file is read, and rewritten as
-/// version 2 (a compaction) when it is opened; should that fail, commits append version 1
-/// records to it until a compaction succeeds.
+/// Version 1 records have no `len_check`, and their check is the first 8 bytes of
+/// SHA-256(len ‖ payload). A torn-write check needs no cryptographic hash (SHA-256 cost a
+/// fifth of the committing thread's CPU under load); and without a check of its own, a
+/// damaged length field in the middle of a version 1 log makes its record look longer
+/// than the file, like a torn tail, so opening cuts away every later record. A version 1
+/// file is read, and rewritten as version 2 (a compaction) when it is opened; should that
+/// fail, commits append version 1 records to it until a compaction succeeds.
 ///
 /// `table` is [`Table::number`]. Replaying the records in order, and the ops of each
 /// record in order, gives the store's contents. A record is at most
 /// [`MAX_LOG_RECORD_LEN`] bytes of payload; a batch that would need a longer record is
 /// refused by [`Store::commit`] (a provider batch is a few MiB at most).
 ///
-/// A record's checksum covers its length and its payload. A record that is incomplete
-/// or fails its checksum is a **torn tail** if it reaches the end of the file (or
+/// A record's checksum covers its length and its payload, and `len_check` its length
+/// alone. A record that is incomplete (its header, or a payload whose length passes its
+/// check) or fails its checksum is a **torn tail** if it reaches the end of the file (or
 /// everything from it to the end of the file is zero bytes): the last commit was cut
 /// short by a crash, and the record is cut away when the store is opened. Any other
-/// damaged record, or a record whose checksum holds but whose ops do not decode, is
-/// corruption and opening fails with [`LogOpenError::Corrupt`], never a panic. (The
-/// checksum detects torn writes, not every kind of media damage: a damaged length
-/// field that points past the end of the file looks like a torn tail.)
+/// damaged record, a length that fails its check, or a record whose checksum holds but
+/// whose ops do not decode, is corruption and opening fails with
+/// [`LogOpenError::Corrupt`], never a panic, and changes nothing.
 ///
 /// Table numbers this build does not know (written by a newer version that added a
 /// table) are kept, in memory and in snapshots, but not returned by
@@ -741,7 +783,7 @@ impl LogStore {
         let mut buf = Vec::with_capacity(2 * SNAPSHOT_RECORD_LEN);
         buf.extend_from_slice(&header());
         let mut written = 0u64;
-        let mut start = begin_record(&mut buf);
+        let mut start = begin_record(&mut buf, Self::FORMAT_VERSION);
         for (&table, entries) in &self.mirror.tables {
             for (key, value) in entries {
                 let payload = buf.len() - start - RECORD_HEADER_LEN;
@@ -751,7 +793,7 @@ impl LogStore {
                     f.write_all(&buf)?;
                     written += buf.len() as u64;
                     buf.clear();
-                    start = begin_record(&mut buf);
+                    start = begin_record(&mut buf, Self::FORMAT_VERSION);
                 }
                 push_put(&mut buf, table, key, value);
             }
@@ -895,6 +937,20 @@ mod tests {
         );
         let sha = crate::crypto::sha256(b"\x03\0\0\0abc");
         assert_eq!(checksum(1, len, b"abc"), sha[..8]);
+        // The length's check: the low 32 bits of `xxh3_64(b"\x03\0\0\0")`.
+        assert_eq!(len_check(len), [0x9d, 0xe9, 0x09, 0x66]);
+        // A whole version 2 record, as SPEC.md 16.12 shows it.
+        let mut buf = Vec::new();
+        let start = begin_record(&mut buf, 2);
+        buf.extend_from_slice(b"abc");
+        finish_record(&mut buf, start, 2);
+        assert_eq!(
+            buf,
+            [
+                0x03, 0x00, 0x00, 0x00, 0x9d, 0xe9, 0x09, 0x66, 0x4c, 0xbe, 0x6e, 0x8c, 0x68, 0xf3,
+                0x5c, 0x56, b'a', b'b', b'c'
+            ]
+        );
     }
 
     #[test]
@@ -921,7 +977,7 @@ mod tests {
         assert!(matches!(
             LogStore::open(&other).unwrap_err(),
             LogOpenError::Corrupt {
-                detail: "checksum mismatch",
+                detail: "record length fails its check",
                 ..
             }
         ));
@@ -1050,9 +1106,39 @@ mod tests {
         }
     }
 
+    /// A damaged length field of a record in the middle of the log would make the
+    /// record look longer than the file, like a torn tail; cutting it away would erase
+    /// every commit after it. The length's own check (format version 2) makes it damage
+    /// instead: opening fails, and the file is left as it was.
+    #[test]
+    fn a_damaged_length_in_the_middle_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        drop(history(&path, &batches()));
+        let full = fs::read(&path).unwrap();
+        for flip in [0x80u8, 0x01] {
+            let mut bad = full.clone();
+            bad[HEADER_LEN + 3] ^= flip; // the high byte of the first record's length
+            fs::write(&path, &bad).unwrap();
+            let e = LogStore::open(&path).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    LogOpenError::Corrupt {
+                        offset: 12,
+                        detail: "record length fails its check",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(fs::read(&path).unwrap(), bad, "nothing cut");
+        }
+    }
+
     /// Any byte of the last record damaged: the record is dropped (the state before
-    /// it), or, if the damage shortened its length field, opening fails; never a panic,
-    /// never anything else.
+    /// it), or, if the damage hit its length field or the length's check, opening fails;
+    /// never a panic, never anything else.
     #[test]
     fn a_damaged_last_record_is_dropped_or_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1070,7 +1156,10 @@ mod tests {
                 match LogStore::open(&bad_path) {
                     Ok(mut store) => assert_eq!(store.load().unwrap(), before, "byte {at}"),
                     Err(LogOpenError::Corrupt { offset, .. }) => {
-                        assert!(at < before_len as usize + 4, "byte {at}: only the length");
+                        assert!(
+                            at < before_len as usize + 8,
+                            "byte {at}: only the length and its check"
+                        );
                         assert_eq!(offset, before_len);
                         refused += 1;
                     }
@@ -1078,8 +1167,7 @@ mod tests {
                 }
             }
         }
-        // A length field one short: the record ends before the file does, so it is not
-        // a torn tail but damage.
+        // A length field one short: damage, caught by the length's own check.
         let mut bad = full.clone();
         let at = before_len as usize;
         let mut len = [0; 4];
@@ -1089,10 +1177,15 @@ mod tests {
         assert!(matches!(
             LogStore::open(&bad_path).unwrap_err(),
             LogOpenError::Corrupt {
-                detail: "checksum mismatch",
+                detail: "record length fails its check",
                 ..
             }
         ));
+        assert_eq!(
+            refused,
+            8 * 3,
+            "every damage to the length or its check is refused"
+        );
         eprintln!("{refused} single-byte damages refused");
     }
 
@@ -1118,7 +1211,7 @@ mod tests {
         }
         // A record whose checksum holds but whose ops do not decode.
         let mut buf = full[..first_end as usize].to_vec();
-        let start = begin_record(&mut buf);
+        let start = begin_record(&mut buf, LogStore::FORMAT_VERSION);
         buf.extend_from_slice(&[9, 1, 0, 0, 0, 0]); // op kind 9
         finish_record(&mut buf, start, LogStore::FORMAT_VERSION);
         fs::write(&bad_path, &buf).unwrap();
@@ -1209,7 +1302,7 @@ mod tests {
         drop(history(&path, &batches()[..1]));
         // A record from a newer build: a put to table 200 and one to a known table.
         let mut buf = fs::read(&path).unwrap();
-        let start = begin_record(&mut buf);
+        let start = begin_record(&mut buf, LogStore::FORMAT_VERSION);
         push_put(&mut buf, 200, b"future key", b"future value");
         push_put(&mut buf, Table::Meta.number(), b"known", b"yes");
         finish_record(&mut buf, start, LogStore::FORMAT_VERSION);
