@@ -6,15 +6,18 @@
 
 pub mod checks;
 
+/// One seed as the generators hand it over: the target, the file name, the bytes.
+pub type SeedFile = (&'static str, String, Vec<u8>);
+
+/// A fuzz target's name and check, as the checks files list them.
+pub type Target<'a> = (&'a str, fn(&[u8]));
+
 /// What the seed generators (`examples/gen_*.rs`) share: writes `seeds` (target, file
 /// name, bytes) to `<out>/<target>/<name>`, where `out` is the first argument or
 /// `fuzz/corpus`. First it deletes the `seed-*` files of every target in `targets`,
 /// keeping what the fuzzer found (files named by their SHA-1); each seed must pass its
 /// own target's check, if `targets` has it. Prints what it wrote.
-pub fn write_corpus(
-    targets: &[(&str, fn(&[u8]))],
-    seeds: &[(&'static str, String, Vec<u8>)],
-) -> std::io::Result<()> {
+pub fn write_corpus(targets: &[Target<'_>], seeds: &[SeedFile]) -> std::io::Result<()> {
     use std::path::PathBuf;
     let out = std::env::args_os()
         .nth(1)

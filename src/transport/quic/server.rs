@@ -133,7 +133,8 @@ where
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
         let socket = super::bind_udp(listen, quic.udp_buffer_bytes)?;
-        let (udp_recv, udp_send) = super::udp_buffer_sizes(&socket)?;
+        // For the log line only: a size that cannot be read is no reason not to serve.
+        let (udp_recv, udp_send) = super::udp_buffer_sizes(&socket).unwrap_or_default();
         let endpoint = {
             let _guard = runtime.enter();
             quinn::Endpoint::new(
