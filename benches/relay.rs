@@ -471,16 +471,8 @@ impl Bed {
             let _guard = load.enter();
             // Sized like the providers' sockets: the load generator stands for many
             // devices, and a burst dropped here would stall the recipients' connections.
-            let socket =
-                quic::bind_udp("127.0.0.1:0".parse().expect("addr"), quic::UDP_BUFFER_BYTES)
-                    .expect("socket");
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-            .expect("endpoint")
+            quic::client_endpoint("127.0.0.1:0".parse().expect("addr"), quic::UDP_BUFFER_BYTES)
+                .expect("endpoint")
         };
         Self {
             a: Some(a),

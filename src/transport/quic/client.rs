@@ -161,12 +161,7 @@ where
         };
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                super::bind_udp(bind, config.quic.udp_buffer_bytes)?,
-                Arc::new(quinn::TokioRuntime),
-            )?
+            super::client_endpoint(bind, config.quic.udp_buffer_bytes)?
         };
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (app_tx, app_rx) = mpsc::channel(EVENT_QUEUE);

@@ -135,7 +135,14 @@ where
         let socket = super::bind_udp(listen, quic.udp_buffer_bytes)?;
         // For the log line only: a size that cannot be read is no reason not to serve.
         let (udp_recv, udp_send) = super::udp_buffer_sizes(&socket).unwrap_or_default();
-        let udp_asked = quic.udp_buffer_bytes;
+        if udp_recv > 0 && udp_recv < quic.udp_buffer_bytes {
+            tracing::warn!(
+                asked = quic.udp_buffer_bytes,
+                granted = udp_recv,
+                "the UDP receive buffer is smaller than asked: bursts of datagrams may be \
+                 dropped; raise net.core.rmem_max (Linux) to at least the size asked"
+            );
+        }
         let endpoint = {
             let _guard = runtime.enter();
             quinn::Endpoint::new(
@@ -182,21 +189,6 @@ where
         };
         let task = runtime.spawn(event_loop.run(rx, peer_rx));
         tracing::info!(%domain, %local_addr, key = %public_key, udp_recv, udp_send, "provider listening");
-        // Linux reports twice what it reserves for data (and caps the request at
-        // `net.core.rmem_max`); other systems report what they reserve.
-        let granted = if cfg!(target_os = "linux") {
-            udp_recv / 2
-        } else {
-            udp_recv
-        };
-        if udp_recv > 0 && granted < udp_asked {
-            tracing::warn!(
-                asked = udp_asked,
-                granted,
-                "the UDP receive buffer is smaller than asked: bursts of datagrams may be \
-                 dropped; raise net.core.rmem_max (Linux) to at least the size asked"
-            );
-        }
         Ok(Self {
             local_addr,
             domain,
