@@ -691,6 +691,8 @@ struct Progress {
     /// Per pair: whether each message has been delivered.
     delivered: Vec<Mutex<Vec<bool>>>,
     delivered_count: AtomicUsize,
+    /// Envelopes in `Submit`s refused with a retryable error (and sent again later).
+    refused: AtomicUsize,
     /// Latencies in nanoseconds, submit to delivery.
     latencies: Mutex<Vec<u64>>,
     /// Latencies in nanoseconds, submit to the sender's provider's `Done` (stored durably).
@@ -711,6 +713,7 @@ impl Progress {
                 .collect(),
             delivered: counts.iter().map(|&n| Mutex::new(vec![false; n])).collect(),
             delivered_count: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             latencies: Mutex::new(Vec::new()),
             acks: Mutex::new(Vec::new()),
             expected,
@@ -826,6 +829,9 @@ async fn run_sender(
                     acks.push(progress.nanos().saturating_sub(sent));
                 }
                 Some(wire::response::Body::Error(e)) if e.retryable => {
+                    progress
+                        .refused
+                        .fetch_add(chunks[chunk].len(), Ordering::Relaxed);
                     let wait = Duration::from_millis(e.retry_after_ms.max(50));
                     retry.push((Instant::now() + wait, chunk));
                 }
@@ -994,6 +1000,8 @@ struct Run {
     store: (StoreTotals, StoreTotals),
     /// UDP datagrams dropped on full receive buffers meanwhile (see [`udp_drops`]).
     udp_drops: u64,
+    /// Envelopes whose `Submit` was refused with a retryable error (sent again later).
+    refused: usize,
 }
 
 /// Sends `per_pair` messages from every pair (starting at `offset` in each pair's
@@ -1106,6 +1114,7 @@ fn run(
         acks,
         store: (a1 - a0, b1 - b0),
         udp_drops: drops,
+        refused: progress.refused.load(Ordering::Relaxed),
     }
 }
 
@@ -1135,7 +1144,7 @@ fn describe(r: &mut Run) -> String {
     format!(
         "{} msgs in {:.2} s = {:.0} msg/s; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
          (submit to Done: p50 {:.2} ms p99 {:.2} ms); CPU/msg {:.1} µs (A {:.1}, B {:.1}, load {:.1}); store A: {}; store B: {}; \
-         UDP datagrams dropped on full buffers: {}",
+         UDP datagrams dropped on full buffers: {}; envelopes refused (queue full) and resent: {}",
         r.messages,
         r.elapsed.as_secs_f64(),
         rate,
@@ -1151,6 +1160,7 @@ fn describe(r: &mut Run) -> String {
         store(&r.store.0),
         store(&r.store.1),
         r.udp_drops,
+        r.refused,
     )
 }
 
