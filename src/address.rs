@@ -168,6 +168,14 @@ fn fold(input: &str, canonical_only: bool) -> Result<String, AddressError> {
     Ok(input.to_ascii_lowercase())
 }
 
+/// Maps and sets keyed by [`Domain`] can be searched with the domain's text, without
+/// building a `Domain` (its hash, equality and order are those of the text).
+impl std::borrow::Borrow<str> for Domain {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Domain {
     /// Parses user input, folding ASCII upper case to lower case.
     pub fn parse(input: &str) -> Result<Self, AddressError> {
@@ -204,6 +212,26 @@ impl Address {
     /// Parses wire data: refuses anything that is not already canonical.
     pub fn parse_canonical(input: &str) -> Result<Self, AddressError> {
         Self::parse_inner(input, true)
+    }
+
+    /// [`Address::parse_canonical`] of a `String` the caller gives up: the address keeps
+    /// its buffer instead of copying it (decoders call this for every envelope).
+    pub(crate) fn parse_canonical_owned(input: String) -> Result<Self, AddressError> {
+        if input.is_empty() {
+            return Err(AddressError::Empty);
+        }
+        check_len("address", input.len(), MAX_ADDRESS_LEN)?;
+        let at = input.find('@').ok_or(AddressError::MissingAt)?;
+        if input.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(AddressError::NotCanonical);
+        }
+        let (local, rest) = input.as_bytes().split_at(at);
+        validate_local(local)?;
+        validate_domain(rest.get(1..).unwrap_or_default())?;
+        Ok(Self {
+            text: input.into_boxed_str(),
+            at,
+        })
     }
 
     fn parse_inner(input: &str, canonical_only: bool) -> Result<Self, AddressError> {
@@ -426,6 +454,16 @@ mod tests {
                 let again = Address::parse_canonical(a.as_str()).unwrap();
                 proptest::prop_assert_eq!(a, again);
             }
+        }
+
+        /// The owned-buffer parser decoders use agrees with `parse_canonical` on any text,
+        /// address-like or not, errors included.
+        #[test]
+        fn owned_parse_agrees_with_parse_canonical(
+            s in "\\PC{0,80}|[a-zA-Z0-9._-]{0,12}@[a-zA-Z0-9.-]{0,20}|[a-z0-9.-]{60,70}@[a-z]{250,255}",
+        ) {
+            let owned = Address::parse_canonical_owned(s.clone());
+            proptest::prop_assert_eq!(owned, Address::parse_canonical(&s));
         }
 
         #[test]

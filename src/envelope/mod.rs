@@ -311,12 +311,13 @@ impl EnvelopeHeader {
             }
             _ => return Err(E::UnsupportedPayloadKind(h.payload_kind)),
         };
-        let sender = Address::parse_canonical(&h.sender).map_err(|error| E::InvalidAddress {
-            field: "sender",
-            error,
-        })?;
+        let sender =
+            Address::parse_canonical_owned(h.sender).map_err(|error| E::InvalidAddress {
+                field: "sender",
+                error,
+            })?;
         let recipient =
-            Address::parse_canonical(&h.recipient).map_err(|error| E::InvalidAddress {
+            Address::parse_canonical_owned(h.recipient).map_err(|error| E::InvalidAddress {
                 field: "recipient",
                 error,
             })?;
@@ -783,6 +784,12 @@ impl UnverifiedEnvelope {
     /// The header as claimed by whoever sent the bytes. Not authenticated.
     pub fn claimed_header(&self) -> &EnvelopeHeader {
         &self.header
+    }
+
+    /// The header as claimed, keeping its fields instead of copying them (for a caller
+    /// that has no further use for the envelope). Not authenticated.
+    pub(crate) fn into_claimed_header(self) -> EnvelopeHeader {
+        self.header
     }
 
     /// The exact header bytes as received.

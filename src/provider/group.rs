@@ -166,7 +166,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 else {
                     continue;
                 };
-                self.queue_remote(domain, item);
+                self.queue_remote(&domain, Box::new(item));
             }
         }
         Ok(())
@@ -200,7 +200,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 });
                 continue;
             }
-            self.store_mail(&dkey, MailBody::Group(item.clone()), now);
+            self.store_mail(&dkey, MailBody::Group(Box::new(item.clone())), now);
         }
     }
 

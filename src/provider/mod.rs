@@ -1676,12 +1676,15 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     ) -> Result<(), ProtocolError> {
         enum Dest {
             Local(DeviceKey),
-            /// The queue item is made from the header decoded here (not decoded again).
-            Remote(Domain, Box<OutItem>),
+            /// The queue item (made from the header decoded here, not decoded again) and
+            /// the index of its domain in `remote_counts`.
+            Remote(usize, Box<OutItem>),
         }
         let mut plan = Vec::with_capacity(envelopes.len());
         let mut local_counts: HashMap<DeviceKey, usize> = HashMap::new();
-        let mut remote_counts: HashMap<Domain, usize> = HashMap::new();
+        // Few domains per submit: a list, searched by text, so that a `Domain` is built
+        // once per domain rather than once per envelope.
+        let mut remote_counts: Vec<(Domain, usize)> = Vec::new();
         for bytes in envelopes {
             let env = UnverifiedEnvelope::decode(bytes.clone())
                 .map_err(|e| err(ErrorCode::Invalid, format!("envelope: {}", e.code())))?;
@@ -1699,7 +1702,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 &h.recipient,
                 h.recipient_device,
             );
-            let dest = if h.recipient.is_at(&self.domain) {
+            let local = h.recipient.is_at(&self.domain);
+            if local {
                 let user = self
                     .durable
                     .users
@@ -1708,21 +1712,30 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 if !user.devices.contains_key(&h.recipient_device) {
                     return Err(err(ErrorCode::UnknownDevice, h.recipient.to_string()));
                 }
-                Dest::Local((h.recipient.clone(), h.recipient_device))
-            } else {
-                Dest::Remote(
-                    h.recipient.domain(),
-                    Box::new(OutItem::with_header(bytes.clone(), h, now)),
-                )
-            };
+            }
             // Stored before (or twice in this submit): not stored again, not counted.
             if self.durable.seen(&dk) || plan.iter().any(|(k, _, _)| *k == dk) {
                 continue;
             }
-            match &dest {
-                Dest::Local(dkey) => *local_counts.entry(dkey.clone()).or_default() += 1,
-                Dest::Remote(d, _) => *remote_counts.entry(d.clone()).or_default() += 1,
-            }
+            let h = env.into_claimed_header();
+            let dest = if local {
+                let dkey = (h.recipient, h.recipient_device);
+                *local_counts.entry(dkey.clone()).or_default() += 1;
+                Dest::Local(dkey)
+            } else {
+                let domain = h.recipient.domain_str();
+                let i = match remote_counts.iter().position(|(d, _)| d.as_str() == domain) {
+                    Some(i) => i,
+                    None => {
+                        remote_counts.push((h.recipient.domain(), 0));
+                        remote_counts.len() - 1
+                    }
+                };
+                if let Some((_, n)) = remote_counts.get_mut(i) {
+                    *n += 1;
+                }
+                Dest::Remote(i, Box::new(OutItem::with_header(bytes.clone(), h, now)))
+            };
             plan.push((dk, dest, bytes));
         }
         for (dkey, n) in &local_counts {
@@ -1748,7 +1761,11 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 .remember(dk, expiry, MAX_DEDUP_ENTRIES, &mut self.ops);
             match dest {
                 Dest::Local(dkey) => self.deliver_local(&dkey, bytes, now),
-                Dest::Remote(domain, item) => self.queue_remote(domain, *item),
+                Dest::Remote(i, item) => {
+                    if let Some((domain, _)) = remote_counts.get(i) {
+                        self.queue_remote(domain, item);
+                    }
+                }
             }
         }
         Ok(())
@@ -1772,14 +1789,24 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     }
 
     /// Queues an item for a remote provider, durably, and marks it ready to send.
-    fn queue_remote(&mut self, domain: Domain, item: OutItem) {
-        let seq = self.durable.enqueue_out(&domain, item, &mut self.ops);
-        self.remotes
-            .entry(domain.clone())
-            .or_default()
-            .ready
-            .insert(seq);
-        self.dirty_remotes.insert(domain);
+    fn queue_remote(&mut self, domain: &Domain, item: Box<OutItem>) {
+        let seq = self.durable.enqueue_out(domain, item, &mut self.ops);
+        // Looked up by text first: a `Domain` key costs an allocation.
+        match self.remotes.get_mut(domain.as_str()) {
+            Some(r) => {
+                r.ready.insert(seq);
+            }
+            None => {
+                self.remotes
+                    .entry(domain.clone())
+                    .or_default()
+                    .ready
+                    .insert(seq);
+            }
+        }
+        if !self.dirty_remotes.contains(domain.as_str()) {
+            self.dirty_remotes.insert(domain.clone());
+        }
     }
 
     fn deliver_local(&mut self, dkey: &DeviceKey, bytes: Bytes, now: UnixMillis) {
@@ -1788,7 +1815,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
 
     fn notify(&mut self, dkey: &DeviceKey, notice: wire::notice::Body, now: UnixMillis) {
         let notice = wire::Notice { body: Some(notice) };
-        self.store_mail(dkey, MailBody::Notice(notice), now);
+        self.store_mail(dkey, MailBody::Notice(Box::new(notice)), now);
     }
 
     /// Appends an item to a local device's mailbox (durably, with the next commit) and
@@ -1802,6 +1829,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             .durable
             .enqueue_mail(&dkey.0, dkey.1, item, &mut self.ops)
             .is_some()
+            && !self.dirty.contains(dkey)
         {
             self.dirty.insert(dkey.clone());
         }
@@ -2105,7 +2133,8 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 err(ErrorCode::MailboxFull, h.recipient.to_string()).retry_after(RESEND_AFTER_MS)
             );
         }
-        let dkey = (h.recipient.clone(), h.recipient_device);
+        let h = env.into_claimed_header();
+        let dkey = (h.recipient, h.recipient_device);
         self.durable
             .remember(dk, expiry, MAX_DEDUP_ENTRIES, &mut self.ops);
         self.deliver_local(&dkey, bytes, now);

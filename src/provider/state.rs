@@ -28,8 +28,10 @@ pub(super) struct MailItem {
 #[derive(Clone, Debug)]
 pub(super) enum MailBody {
     Envelope(Bytes),
-    Notice(wire::Notice),
-    Group(wire::GroupItem),
+    // Boxed: a mailbox holds many items, and its B-tree moves them on every insert and
+    // removal; envelopes (the common case) keep the item at 48 bytes instead of 160.
+    Notice(Box<wire::Notice>),
+    Group(Box<wire::GroupItem>),
 }
 
 impl MailItem {
@@ -57,16 +59,16 @@ impl MailItem {
     pub(super) fn to_wire(&self) -> wire::mailbox_item::Item {
         match &self.body {
             MailBody::Envelope(e) => wire::mailbox_item::Item::Envelope(e.clone()),
-            MailBody::Notice(n) => wire::mailbox_item::Item::Notice(n.clone()),
-            MailBody::Group(g) => wire::mailbox_item::Item::Group(g.clone()),
+            MailBody::Notice(n) => wire::mailbox_item::Item::Notice((**n).clone()),
+            MailBody::Group(g) => wire::mailbox_item::Item::Group((**g).clone()),
         }
     }
 
     fn encode(&self) -> Bytes {
         let item = match &self.body {
             MailBody::Envelope(e) => wire::stored_mail_item::Item::Envelope(e.clone()),
-            MailBody::Notice(n) => wire::stored_mail_item::Item::Notice(n.clone()),
-            MailBody::Group(g) => wire::stored_mail_item::Item::Group(g.clone()),
+            MailBody::Notice(n) => wire::stored_mail_item::Item::Notice((**n).clone()),
+            MailBody::Group(g) => wire::stored_mail_item::Item::Group((**g).clone()),
         };
         Bytes::from(
             wire::StoredMailItem {
@@ -91,13 +93,13 @@ impl MailItem {
                 )
             }
             wire::stored_mail_item::Item::Notice(n) => (
-                MailBody::Notice(n.clone()),
+                MailBody::Notice(Box::new(n.clone())),
                 wire::mailbox_item::Item::Notice(n),
             ),
             wire::stored_mail_item::Item::Group(g) => {
                 group_item_id(&g)?;
                 (
-                    MailBody::Group(g.clone()),
+                    MailBody::Group(Box::new(g.clone())),
                     wire::mailbox_item::Item::Group(g),
                 )
             }
@@ -164,7 +166,11 @@ pub(super) struct OutItem {
 impl OutItem {
     pub(super) fn new(envelope: Bytes, accepted: UnixMillis) -> Option<Self> {
         let env = UnverifiedEnvelope::decode(envelope.clone()).ok()?;
-        Some(Self::with_header(envelope, env.claimed_header(), accepted))
+        Some(Self::with_header(
+            envelope,
+            env.into_claimed_header(),
+            accepted,
+        ))
     }
 
     /// A group relay, told to `sender`'s device if it cannot be delivered.
@@ -232,13 +238,13 @@ impl OutItem {
     }
 
     /// An item for `envelope`, whose header the caller has already decoded as `h`.
-    pub(super) fn with_header(envelope: Bytes, h: &EnvelopeHeader, accepted: UnixMillis) -> Self {
+    pub(super) fn with_header(envelope: Bytes, h: EnvelopeHeader, accepted: UnixMillis) -> Self {
         Self {
             accepted,
             group: None,
-            sender: h.sender.clone(),
+            sender: h.sender,
             sender_device: h.sender_device,
-            recipient: h.recipient.clone(),
+            recipient: h.recipient,
             recipient_device: h.recipient_device,
             message_id: h.message_id,
             envelope,
@@ -315,7 +321,9 @@ pub(super) struct SeqGroup {
 #[derive(Debug, Default)]
 pub(super) struct Durable {
     pub(super) users: HashMap<Address, User>,
-    pub(super) outbound: BTreeMap<Domain, BTreeMap<u64, OutItem>>,
+    /// Boxed items: the queues' B-trees move their values on every insert and removal,
+    /// and an `OutItem` is 232 bytes.
+    pub(super) outbound: BTreeMap<Domain, BTreeMap<u64, Box<OutItem>>>,
     pub(super) next_out_seq: u64,
     /// Whether `next_out_seq` changed since it was last written (see [`Durable::store_seqs`]).
     out_seq_dirty: bool,
@@ -338,9 +346,13 @@ pub(super) struct Durable {
     seq_floor: u64,
 }
 
-fn key_device(address: &Address, device: DeviceId) -> BytesMut {
+/// `prefix ‖ u16 len ‖ address ‖ device`, with room for `extra` more bytes: keys are
+/// built in one allocation of their exact length (a `Bytes` made from a full buffer
+/// needs no second allocation).
+fn key_device(prefix: &[u8], address: &Address, device: DeviceId, extra: usize) -> BytesMut {
     let a = address.as_str().as_bytes();
-    let mut k = BytesMut::with_capacity(1 + a.len() + 16 + 8);
+    let mut k = BytesMut::with_capacity(prefix.len() + 2 + a.len() + 16 + extra);
+    k.put_slice(prefix);
     // Addresses are at most 318 bytes: a u16 length prefix keeps keys prefix-free.
     k.put_u16(u16::try_from(a.len()).unwrap_or(u16::MAX));
     k.put_slice(a);
@@ -349,31 +361,27 @@ fn key_device(address: &Address, device: DeviceId) -> BytesMut {
 }
 
 pub(super) fn key_prekeys(address: &Address, device: DeviceId) -> Bytes {
-    key_device(address, device).freeze()
+    key_device(b"", address, device, 0).freeze()
 }
 
 pub(super) fn key_one_time(address: &Address, device: DeviceId, id: u32) -> Bytes {
-    let mut k = key_device(address, device);
+    let mut k = key_device(b"", address, device, 4);
     k.put_u32(id);
     k.freeze()
 }
 
 pub(super) fn key_mail(address: &Address, device: DeviceId, seq: u64) -> Bytes {
-    let mut k = key_device(address, device);
+    let mut k = key_device(b"", address, device, 8);
     k.put_u64(seq);
     k.freeze()
 }
 
 fn key_floor(address: &Address, device: DeviceId) -> Bytes {
-    let mut k = BytesMut::from(&b"otk/"[..]);
-    k.put_slice(&key_device(address, device));
-    k.freeze()
+    key_device(b"otk/", address, device, 0).freeze()
 }
 
 pub(super) fn key_seq(address: &Address, device: DeviceId) -> Bytes {
-    let mut k = BytesMut::from(&b"seq/"[..]);
-    k.put_slice(&key_device(address, device));
-    k.freeze()
+    key_device(b"seq/", address, device, 0).freeze()
 }
 
 fn key_out(domain: &Domain, seq: u64) -> Bytes {
@@ -447,12 +455,13 @@ pub(super) fn dedup_key(
 /// A 16-byte dedup key: the first half of SHA-256 over the length-prefixed parts. Keys of
 /// group items start with a tag that holds no `@`, so they never equal an envelope's.
 pub(super) fn hash_key(parts: &[&[u8]]) -> [u8; 16] {
-    let mut buf = Vec::with_capacity(128);
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
     for p in parts {
-        buf.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
-        buf.extend_from_slice(p);
+        hasher.update(u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+        hasher.update(p);
     }
-    let h = crate::crypto::sha256(&buf);
+    let h = hasher.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&h[..16]);
     out
@@ -524,7 +533,10 @@ impl Durable {
                 let seq = be_u64(rest)?;
                 let w = wire::StoredOutbound::decode(v.clone()).ok()?;
                 let item = OutItem::from_stored(w)?;
-                d.outbound.entry(domain).or_default().insert(seq, item);
+                d.outbound
+                    .entry(domain)
+                    .or_default()
+                    .insert(seq, Box::new(item));
                 d.next_out_seq = d.next_out_seq.max(seq.saturating_add(1));
                 Some(())
             });
@@ -805,7 +817,7 @@ impl Durable {
     pub(super) fn enqueue_out(
         &mut self,
         domain: &Domain,
-        item: OutItem,
+        item: Box<OutItem>,
         ops: &mut Vec<StoreOp>,
     ) -> u64 {
         let seq = self.next_out_seq;
@@ -816,10 +828,19 @@ impl Durable {
             value: Bytes::from(item.to_stored().encode_to_vec()),
         });
         self.out_seq_dirty = true;
-        self.outbound
-            .entry(domain.clone())
-            .or_default()
-            .insert(seq, item);
+        // Looked up by text first: the queue almost always exists, and a `Domain` key
+        // costs an allocation.
+        match self.outbound.get_mut(domain.as_str()) {
+            Some(q) => {
+                q.insert(seq, item);
+            }
+            None => {
+                self.outbound
+                    .entry(domain.clone())
+                    .or_default()
+                    .insert(seq, item);
+            }
+        }
         seq
     }
 
@@ -853,7 +874,7 @@ impl Durable {
         domain: &Domain,
         seq: u64,
         ops: &mut Vec<StoreOp>,
-    ) -> Option<OutItem> {
+    ) -> Option<Box<OutItem>> {
         let q = self.outbound.get_mut(domain)?;
         let item = q.remove(&seq)?;
         if q.is_empty() {
@@ -958,6 +979,27 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// Dedup keys are stored, so their function never changes: the first half of SHA-256
+    /// over the parts, each after its length as a big-endian u32.
+    #[test]
+    fn hash_key_is_sha256_of_length_prefixed_parts() {
+        let parts: [&[u8]; 3] = [b"alice@one.example", b"", &[7u8; 16]];
+        let mut framed = Vec::new();
+        for p in parts {
+            framed.extend_from_slice(&u32::try_from(p.len()).unwrap().to_be_bytes());
+            framed.extend_from_slice(p);
+        }
+        let want = crate::crypto::sha256(&framed);
+        assert_eq!(hash_key(&parts), want[..16]);
+        // Moving bytes between parts changes the key.
+        let moved: [&[u8]; 3] = [b"alice@one.exampl", b"e", &[7u8; 16]];
+        assert_ne!(hash_key(&moved), hash_key(&parts));
+        assert_eq!(
+            hex::encode(hash_key(&[b"a", b"bc"])),
+            hex::encode(&crate::crypto::sha256(b"\0\0\0\x01a\0\0\0\x02bc")[..16])
+        );
     }
 
     /// Dedup records are keyed by expiry first; records of the first layout still load
