@@ -266,13 +266,24 @@ pub(crate) fn encode(body: wire::frame::Body) -> Bytes {
 /// Decodes a frame and checks the structural rules of SPEC.md 16.2 (sizes, counts,
 /// fixed lengths). Checks nothing that needs keys or state.
 pub(crate) fn decode(bytes: &[u8]) -> Result<wire::frame::Body, FrameError> {
-    if bytes.len() > MAX_FRAME_LEN {
+    decode_from(bytes.len(), bytes)
+}
+
+/// [`decode`] whose byte fields (envelopes) are slices of `bytes` rather than copies. A
+/// caller that keeps any of them keeps all of `bytes` alive, so it copies (or
+/// re-points) what it stores for long.
+pub(crate) fn decode_shared(bytes: Bytes) -> Result<wire::frame::Body, FrameError> {
+    decode_from(bytes.len(), bytes)
+}
+
+fn decode_from(len: usize, buf: impl bytes::Buf) -> Result<wire::frame::Body, FrameError> {
+    if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
-            len: bytes.len(),
+            len,
             max: MAX_FRAME_LEN,
         });
     }
-    let frame = wire::Frame::decode(bytes).map_err(|_| FrameError::Decode)?;
+    let frame = wire::Frame::decode(buf).map_err(|_| FrameError::Decode)?;
     let body = frame.body.ok_or(FrameError::Decode)?;
     check(&body)?;
     Ok(body)

@@ -966,7 +966,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
                 direction,
                 binding,
             } => self.on_connected(now, conn, direction, binding),
-            ProviderInput::Received { conn, bytes } => self.on_frame(now, conn, &bytes),
+            ProviderInput::Received { conn, bytes } => self.on_frame(now, conn, bytes),
             ProviderInput::Closed { conn } => {
                 self.forget_conn(conn);
                 self.drop_outputs_for(conn);
@@ -1081,7 +1081,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             .insert((now.saturating_add(AUTH_TIMEOUT_MS), TimerKey::Auth(conn)));
     }
 
-    fn on_frame(&mut self, now: UnixMillis, conn: ConnectionId, bytes: &[u8]) {
+    fn on_frame(&mut self, now: UnixMillis, conn: ConnectionId, bytes: Bytes) {
         self.on_frame_inner(now, conn, bytes);
         for c in std::mem::take(&mut self.to_refuse) {
             self.refuse(
@@ -1091,11 +1091,21 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         }
     }
 
-    fn on_frame_inner(&mut self, now: UnixMillis, conn: ConnectionId, bytes: &[u8]) {
+    fn on_frame_inner(&mut self, now: UnixMillis, conn: ConnectionId, bytes: Bytes) {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        let body = match protocol::decode(bytes) {
+        // The frames that carry envelopes by the thousand are decoded without copying
+        // them: what of them the provider keeps, it keeps inside the stored value
+        // (`Durable::enqueue_out`, `Durable::enqueue_mail`), never as a slice of the
+        // frame. Any other frame is decoded again into copies, so that no rarer path
+        // (prekeys, group items, handshakes) holds a whole frame alive.
+        let body = match protocol::decode_shared(bytes.clone()) {
+            Ok(b) if shares_nothing_kept(&b) => Ok(b),
+            Ok(_) => protocol::decode(&bytes),
+            Err(e) => Err(e),
+        };
+        let body = match body {
             Ok(b) => b,
             Err(e) => {
                 let detail = match e {
@@ -2720,4 +2730,21 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// Whether the provider may handle `body` decoded with [`protocol::decode_shared`]: its
+/// byte fields are envelopes that are stored by re-pointing them into their stored
+/// values (`Submit`, `Relay` without group items), or there are none (`DeliverAck`,
+/// `RelayResult`).
+fn shares_nothing_kept(body: &Body) -> bool {
+    match body {
+        Body::Request(r) => match &r.body {
+            Some(wire::request::Body::Submit(_)) => true,
+            Some(wire::request::Body::Relay(relay)) => relay.groups.is_empty(),
+            _ => false,
+        },
+        Body::Response(r) => matches!(r.body, Some(wire::response::Body::RelayResult(_))),
+        Body::DeliverAck(_) => true,
+        _ => false,
+    }
 }

@@ -393,6 +393,18 @@ fn key_out(domain: &Domain, seq: u64) -> Bytes {
     k.freeze()
 }
 
+/// `part` as a slice of `value` if `value` ends with it (an envelope is the last field
+/// of its stored record), else `part` itself. Queues and mailboxes keep their envelopes
+/// this way: one copy in memory, shared with the store's, and never a slice of the
+/// frame the envelope arrived in (which a single long-queued envelope would keep
+/// alive whole).
+fn within(value: &Bytes, part: Bytes) -> Bytes {
+    match value.len().checked_sub(part.len()) {
+        Some(start) if !part.is_empty() && value.ends_with(&part) => value.slice(start..),
+        _ => part,
+    }
+}
+
 /// The store key of a dedup entry: `expiry (u64, big-endian) ‖ dedup key`, with an empty
 /// value. Ordered by expiry, so new entries go to the end of the table and expired ones
 /// leave from its start: a commit touches a few B-tree pages at the edges, where keys
@@ -763,7 +775,7 @@ impl Durable {
         &mut self,
         address: &Address,
         device: DeviceId,
-        item: MailItem,
+        mut item: MailItem,
         ops: &mut Vec<StoreOp>,
     ) -> Option<u64> {
         let st = self.device_mut(address, device)?;
@@ -775,10 +787,14 @@ impl Durable {
         if matches!(item.body, MailBody::Notice(_)) {
             st.notices += 1;
         }
+        let value = item.encode();
+        if let MailBody::Envelope(e) = &mut item.body {
+            *e = within(&value, std::mem::take(e));
+        }
         ops.push(StoreOp::Put {
             table: Table::Mailbox,
             key: key_mail(address, device, seq),
-            value: item.encode(),
+            value,
         });
         st.mailbox.insert(seq, item);
         if !std::mem::replace(&mut st.seq_dirty, true) {
@@ -817,15 +833,17 @@ impl Durable {
     pub(super) fn enqueue_out(
         &mut self,
         domain: &Domain,
-        item: Box<OutItem>,
+        mut item: Box<OutItem>,
         ops: &mut Vec<StoreOp>,
     ) -> u64 {
         let seq = self.next_out_seq;
         self.next_out_seq = seq.saturating_add(1);
+        let value = Bytes::from(item.to_stored().encode_to_vec());
+        item.envelope = within(&value, item.envelope);
         ops.push(StoreOp::Put {
             table: Table::Outbound,
             key: key_out(domain, seq),
-            value: Bytes::from(item.to_stored().encode_to_vec()),
+            value,
         });
         self.out_seq_dirty = true;
         // Looked up by text first: the queue almost always exists, and a `Domain` key
@@ -979,6 +997,42 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A queued item keeps its envelope inside the stored value, not in the frame the
+    /// envelope was decoded from (see `Durable::enqueue_out`).
+    #[test]
+    fn queued_envelopes_share_their_stored_value() {
+        let frame = Bytes::from(vec![0x5a; 4096]);
+        let envelope = frame.slice(1000..1549);
+        let inside = |part: &Bytes, whole: &Bytes| {
+            let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+            p >= w && p + part.len() <= w + whole.len()
+        };
+        let item = OutItem {
+            accepted: UnixMillis(5),
+            envelope: envelope.clone(),
+            group: None,
+            sender: Address::parse("a@one.example").unwrap(),
+            sender_device: DeviceId::from_slice(&[1; 16]).unwrap(),
+            recipient: Address::parse("b@two.example").unwrap(),
+            recipient_device: DeviceId::from_slice(&[2; 16]).unwrap(),
+            message_id: MessageId::from_slice(&[3; 16]).unwrap(),
+        };
+        let domain = Domain::parse("two.example").unwrap();
+        let mut d = Durable::default();
+        let mut ops = Vec::new();
+        let seq = d.enqueue_out(&domain, Box::new(item), &mut ops);
+        let Some(StoreOp::Put { value, .. }) = ops.first() else {
+            panic!("no put: {ops:?}");
+        };
+        let kept = &d.outbound[&domain][&seq].envelope;
+        assert_eq!(*kept, envelope);
+        assert!(!inside(kept, &frame));
+        assert!(inside(kept, value));
+        // Anything that is not the value's tail is kept as it is.
+        assert_eq!(within(value, Bytes::from_static(b"other")), &b"other"[..]);
+        assert!(within(value, Bytes::new()).is_empty());
     }
 
     /// Dedup keys are stored, so their function never changes: the first half of SHA-256

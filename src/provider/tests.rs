@@ -583,6 +583,61 @@ fn submit_store_deliver_ack() {
     assert_eq!(s.p.store().len(Table::Mailbox), 0);
 }
 
+/// Whether `part` lies inside `whole`'s memory.
+fn inside(part: &Bytes, whole: &Bytes) -> bool {
+    let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+    p >= w && p + part.len() <= w + whole.len()
+}
+
+/// Envelopes are decoded out of their frame without copies, but a mailbox keeps its
+/// envelope inside the stored value, never as a slice of the frame (one long-queued
+/// envelope would otherwise keep the whole frame it came in alive). The same for the
+/// frames decoded into copies (here a `Relay` with group items would be; `Submit` not).
+#[test]
+fn mailboxes_keep_envelopes_in_their_stored_values_not_in_frames() {
+    let mut s = setup();
+    let sent = alice_encrypts(&mut s, "shared, not pinned");
+    let frame = protocol::encode(Body::Request(wire::Request {
+        id: 70,
+        body: Some(wire::request::Body::Submit(wire::Submit {
+            envelopes: sent.envelopes.iter().map(|e| e.envelope.clone()).collect(),
+        })),
+    }));
+    s.p.handle_input(
+        NOW,
+        ProviderInput::Received {
+            conn: ConnectionId(1),
+            bytes: frame.clone(),
+        },
+    );
+    let outs = drain(&mut s.p, NOW);
+    assert!(matches!(
+        response_to(&outs, ConnectionId(1), 70),
+        wire::response::Body::Done(_)
+    ));
+    let bob = s.bob.list.address().clone();
+    let user = &s.p.durable.users[&bob];
+    let mut kept = 0;
+    for dev in user.devices.values() {
+        for item in dev.mailbox.values() {
+            let MailBody::Envelope(e) = &item.body else {
+                continue;
+            };
+            kept += 1;
+            assert!(
+                sent.envelopes.iter().any(|x| x.envelope == *e),
+                "the envelope is the one submitted"
+            );
+            assert!(!inside(e, &frame), "a mailbox item holds part of its frame");
+            assert!(
+                s.p.store().values().any(|v| inside(e, v)),
+                "the mailbox item shares the stored value"
+            );
+        }
+    }
+    assert_eq!(kept, 2, "one item per device of bob");
+}
+
 #[test]
 fn submit_refusals_store_nothing() {
     let mut s = setup();
