@@ -957,7 +957,9 @@ impl Durable {
 
     fn forget(&mut self, expiry: UnixMillis, key: [u8; 16], ops: &mut Vec<StoreOp>) {
         self.dedup.remove(&key);
-        let key = if self.legacy_dedup.remove(&key) {
+        // (Checked for emptiness first: the set is empty unless the store predates the
+        // current layout, and hashing into an empty set still costs a hash.)
+        let key = if !self.legacy_dedup.is_empty() && self.legacy_dedup.remove(&key) {
             Bytes::copy_from_slice(&key)
         } else {
             key_dedup(expiry, &key)
