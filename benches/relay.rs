@@ -18,7 +18,9 @@
 //!   load, and CPU seconds per message (the whole process, and split by thread: provider A,
 //!   provider B, load generator); for each provider's store: commits, messages and store
 //!   operations per commit, the committing thread's CPU per message, and the wall time per
-//!   commit (which includes waiting for `fdatasync`);
+//!   commit (which includes waiting for `fdatasync`); UDP datagrams the kernel dropped on
+//!   full receive buffers; envelopes whose `Submit` was refused with a retryable error
+//!   (A's queue towards B full) and sent again;
 //! * **paced**: 100 messages/s for 30 s: latency from the sender's submit to the recipient
 //!   device's receipt of the `Deliver`, p50 / p99 / max;
 //! * **memory**: RSS per idle authenticated device connection (N devices connected to
