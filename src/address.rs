@@ -162,10 +162,18 @@ fn validate_domain(domain: &[u8]) -> Result<(), AddressError> {
 }
 
 fn fold(input: &str, canonical_only: bool) -> Result<String, AddressError> {
-    if canonical_only && input.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(AddressError::NotCanonical);
+    if canonical_only {
+        refuse_upper_case(input)?;
     }
     Ok(input.to_ascii_lowercase())
+}
+
+/// Wire data is canonical: no ASCII upper case.
+fn refuse_upper_case(input: &str) -> Result<(), AddressError> {
+    if input.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(AddressError::NotCanonical);
+    }
+    Ok(())
 }
 
 /// Maps and sets keyed by [`Domain`] can be searched with the domain's text, without
@@ -217,31 +225,28 @@ impl Address {
     /// [`Address::parse_canonical`] of a `String` the caller gives up: the address keeps
     /// its buffer instead of copying it (decoders call this for every envelope).
     pub(crate) fn parse_canonical_owned(input: String) -> Result<Self, AddressError> {
-        if input.is_empty() {
-            return Err(AddressError::Empty);
-        }
-        check_len("address", input.len(), MAX_ADDRESS_LEN)?;
-        let at = input.find('@').ok_or(AddressError::MissingAt)?;
-        if input.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(AddressError::NotCanonical);
-        }
-        let (local, rest) = input.as_bytes().split_at(at);
-        validate_local(local)?;
-        validate_domain(rest.get(1..).unwrap_or_default())?;
-        Ok(Self {
-            text: input.into_boxed_str(),
-            at,
-        })
+        let at = Self::find_at(&input)?;
+        refuse_upper_case(&input)?;
+        Self::validated(input, at)
     }
 
     fn parse_inner(input: &str, canonical_only: bool) -> Result<Self, AddressError> {
+        let at = Self::find_at(input)?;
+        Self::validated(fold(input, canonical_only)?, at)
+    }
+
+    /// The position of the `@`, after the checks that bound the work.
+    fn find_at(input: &str) -> Result<usize, AddressError> {
         if input.is_empty() {
             return Err(AddressError::Empty);
         }
         // Bound the work before looking at the content.
         check_len("address", input.len(), MAX_ADDRESS_LEN)?;
-        let at = input.find('@').ok_or(AddressError::MissingAt)?;
-        let text = fold(input, canonical_only)?;
+        input.find('@').ok_or(AddressError::MissingAt)
+    }
+
+    /// `text` (lower case, with its `@` at `at`) as an address, if both parts are valid.
+    fn validated(text: String, at: usize) -> Result<Self, AddressError> {
         let (local, rest) = text.as_bytes().split_at(at);
         validate_local(local)?;
         validate_domain(rest.get(1..).unwrap_or_default())?;
