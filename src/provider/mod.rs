@@ -1846,15 +1846,13 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
     }
 
     fn on_ack(&mut self, key: DeviceKey, seqs: &[u64]) {
-        for seq in seqs {
-            if self
-                .durable
-                .remove_mail(&key.0, key.1, *seq, &mut self.lazy_ops)
-                && let Some(o) = self.online.get_mut(&key)
-            {
-                o.in_flight.remove(*seq);
-            }
-        }
+        let mut online = self.online.get_mut(&key);
+        self.durable
+            .remove_mail(&key.0, key.1, seqs, &mut self.lazy_ops, |seq| {
+                if let Some(o) = online.as_mut() {
+                    o.in_flight.remove(seq);
+                }
+            });
         self.dirty.insert(key);
     }
 
@@ -2193,10 +2191,16 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
             Some(wire::response::Body::Error(e)) => vec![e; seqs.len()],
             _ => vec![ErrorCode::Unavailable.into_wire("malformed relay result"); seqs.len()],
         };
+        // Whether any entry of this queue was ever retried: if none was, no entry here has
+        // a count to forget (most relays), and the loop skips a lookup per entry.
+        let retried = self
+            .remotes
+            .get(domain)
+            .is_some_and(|r| !r.attempts.is_empty());
         for (seq, res) in seqs.into_iter().zip(results) {
             if res.code.is_empty() {
                 self.durable.remove_out(domain, seq, &mut self.lazy_ops);
-                if let Some(r) = self.remotes.get_mut(domain) {
+                if retried && let Some(r) = self.remotes.get_mut(domain) {
                     r.attempts.remove(&seq);
                 }
                 continue;

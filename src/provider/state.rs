@@ -803,30 +803,34 @@ impl Durable {
         Some(seq)
     }
 
-    /// Deletes a mailbox item (acknowledged by its device). Returns whether it existed.
+    /// Deletes mailbox items of one device (acknowledged by it); `removed` is called with
+    /// each `seq` that existed. The device is looked up once for all of them.
     pub(super) fn remove_mail(
         &mut self,
         address: &Address,
         device: DeviceId,
-        seq: u64,
+        seqs: &[u64],
         ops: &mut Vec<StoreOp>,
-    ) -> bool {
+        mut removed: impl FnMut(u64),
+    ) {
         let Some(st) = self.device_mut(address, device) else {
-            return false;
+            return;
         };
-        match st.mailbox.remove(&seq) {
-            None => return false,
-            Some(MailItem {
-                body: MailBody::Notice(_),
-                ..
-            }) => st.notices = st.notices.saturating_sub(1),
-            Some(_) => {}
+        for &seq in seqs {
+            match st.mailbox.remove(&seq) {
+                None => continue,
+                Some(MailItem {
+                    body: MailBody::Notice(_),
+                    ..
+                }) => st.notices = st.notices.saturating_sub(1),
+                Some(_) => {}
+            }
+            ops.push(StoreOp::Delete {
+                table: Table::Mailbox,
+                key: key_mail(address, device, seq),
+            });
+            removed(seq);
         }
-        ops.push(StoreOp::Delete {
-            table: Table::Mailbox,
-            key: key_mail(address, device, seq),
-        });
-        true
     }
 
     /// Queues an envelope for a remote provider; returns its sequence number.
