@@ -776,6 +776,9 @@ pub fn address(data: &[u8]) {
 /// `envelope_decode`: `UnverifiedEnvelope::decode`; a decoded envelope respects the
 /// limits, borrows from the input, and its header re-encodes to the same header.
 pub fn envelope_decode(data: &[u8]) {
+    // The input read as a header, and below the envelope's own header: the plain-encoding
+    // fast path and prost agree.
+    assert!(kogge::envelope::header_decoders_agree(data));
     let input = Bytes::copy_from_slice(data);
     let env = match UnverifiedEnvelope::decode(input.clone()) {
         Ok(env) => env,
@@ -799,6 +802,7 @@ pub fn envelope_decode(data: &[u8]) {
             );
         }
     }
+    assert!(kogge::envelope::header_decoders_agree(header));
     let h = env.claimed_header();
     assert_eq!(h.version, PROTOCOL_VERSION);
     assert_eq!(

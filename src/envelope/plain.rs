@@ -1,0 +1,314 @@
+//! A fast path for decoding `EnvelopeHeader` (the hot path of every provider and
+//! device: each relayed message's header is decoded at both providers and at the
+//! recipient).
+//!
+//! prost decodes a header into a `wire::EnvelopeHeader` whose byte fields are `Bytes`
+//! slices of the envelope: each is a reference-count increment and decrement, and with
+//! the generic field dispatch that was about half of `UnverifiedEnvelope::decode` in a
+//! profile of the relay bench. This parser reads only the *plain* encoding — every field
+//! at most once, in ascending field order, with its own wire type, strings
+//! valid UTF-8, nothing unknown — and borrows the byte fields from the header.
+//! That is the encoding prost and every reference encoder produce. Anything else (fields
+//! repeated or out of order, unknown fields, truncation, bad UTF-8) makes it return
+//! `None`, and the caller decodes with prost as before. So for every input the header,
+//! or the error, is the one prost's decoding gives; property tests (prost's encodings,
+//! damaged ones, random bytes) and the `envelope_decode` fuzz target (through
+//! `header_decoders_agree`) compare the two.
+
+use bytes::Bytes;
+
+/// The fields of an encoded `EnvelopeHeader` (proto/kogge/v1/envelope.proto): the byte
+/// fields borrowed from the encoding, the strings owned (an `Address` keeps them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct RawHeader<'a> {
+    pub(super) version: u32,
+    pub(super) sender: String,
+    pub(super) sender_device: &'a [u8],
+    pub(super) recipient: String,
+    pub(super) recipient_device: &'a [u8],
+    pub(super) message_id: &'a [u8],
+    pub(super) timestamp_ms: u64,
+    pub(super) content_type: i32,
+    pub(super) payload_kind: i32,
+    pub(super) ephemeral_key: &'a [u8],
+    pub(super) session: &'a [u8],
+}
+
+const VARINT: u64 = 0;
+const LEN: u64 = 2;
+
+/// A varint of at most 10 bytes whose value fits in 64 bits; `None` otherwise.
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        if i == 9 && b > 1 {
+            return None;
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The low 32 bits of a varint, as prost reads `uint32` and `int32` (enum) fields: a
+/// negative `int32` is sign-extended to ten bytes on the wire.
+fn low32(v: u64) -> u32 {
+    u32::try_from(v & 0xffff_ffff).unwrap_or_default()
+}
+
+/// A length-delimited field's contents.
+fn len_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(varint(buf)?).ok()?;
+    if len > buf.len() {
+        return None;
+    }
+    let (field, rest) = buf.split_at(len);
+    *buf = rest;
+    Some(field)
+}
+
+/// The header's fields if `bytes` is a plain encoding (see the module documentation),
+/// else `None`.
+pub(super) fn parse(bytes: &[u8]) -> Option<RawHeader<'_>> {
+    let mut h = RawHeader::default();
+    let mut buf = bytes;
+    let mut last = 0u64;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        if field <= last {
+            return None;
+        }
+        last = field;
+        match (field, wire_type) {
+            (1, VARINT) => h.version = low32(varint(&mut buf)?),
+            (2, LEN) => h.sender = std::str::from_utf8(len_delimited(&mut buf)?).ok()?.into(),
+            (3, LEN) => h.sender_device = len_delimited(&mut buf)?,
+            (4, LEN) => {
+                h.recipient = std::str::from_utf8(len_delimited(&mut buf)?).ok()?.into();
+            }
+            (5, LEN) => h.recipient_device = len_delimited(&mut buf)?,
+            (6, LEN) => h.message_id = len_delimited(&mut buf)?,
+            (7, VARINT) => h.timestamp_ms = varint(&mut buf)?,
+            (8, VARINT) => h.content_type = low32(varint(&mut buf)?).cast_signed(),
+            (9, VARINT) => h.payload_kind = low32(varint(&mut buf)?).cast_signed(),
+            (10, LEN) => h.ephemeral_key = len_delimited(&mut buf)?,
+            (11, LEN) => h.session = len_delimited(&mut buf)?,
+            _ => return None,
+        }
+    }
+    Some(h)
+}
+
+/// `part` as a slice of `whole` when it lies inside it (as the fields [`parse`] borrows
+/// from `whole` do: no copy), else as a copy.
+pub(super) fn within(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        _ if part.is_empty() => Bytes::new(),
+        Some(end) if end <= whole.len() => whole.slice(start..end),
+        _ => Bytes::copy_from_slice(part),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::envelope::EnvelopeHeader;
+    use crate::wire;
+
+    fn fields(w: &wire::EnvelopeHeader) -> RawHeader<'_> {
+        RawHeader {
+            version: w.version,
+            sender: w.sender.clone(),
+            sender_device: &w.sender_device,
+            recipient: w.recipient.clone(),
+            recipient_device: &w.recipient_device,
+            message_id: &w.message_id,
+            timestamp_ms: w.timestamp_ms,
+            content_type: w.content_type,
+            payload_kind: w.payload_kind,
+            ephemeral_key: &w.ephemeral_key,
+            session: &w.session,
+        }
+    }
+
+    fn header() -> impl Strategy<Value = wire::EnvelopeHeader> {
+        let bytes = || {
+            prop_oneof![
+                Just(Vec::new()),
+                proptest::collection::vec(any::<u8>(), 16),
+                proptest::collection::vec(any::<u8>(), 32),
+                proptest::collection::vec(any::<u8>(), 0..80),
+            ]
+        };
+        let text = || {
+            prop_oneof![
+                Just(String::new()),
+                "[a-z]{1,8}@[a-z]{1,8}\\.example",
+                "[a-zA-Z@.]{0,12}",
+                "\\PC{0,12}",
+            ]
+        };
+        (
+            (
+                prop_oneof![Just(1u32), any::<u32>()],
+                text(),
+                bytes(),
+                text(),
+                bytes(),
+                bytes(),
+            ),
+            (
+                any::<u64>(),
+                prop_oneof![Just(1i32), any::<i32>()],
+                prop_oneof![Just(1i32), Just(2i32), any::<i32>()],
+                bytes(),
+                bytes(),
+            ),
+        )
+            .prop_map(|((v, s, sd, r, rd, id), (t, ct, pk, ek, se))| {
+                wire::EnvelopeHeader {
+                    version: v,
+                    sender: s,
+                    sender_device: sd.into(),
+                    recipient: r,
+                    recipient_device: rd.into(),
+                    message_id: id.into(),
+                    timestamp_ms: t,
+                    content_type: ct,
+                    payload_kind: pk,
+                    ephemeral_key: ek.into(),
+                    session: se.into(),
+                }
+            })
+    }
+
+    /// The decoder's answer for `bytes` with and without the fast path.
+    fn both(bytes: &[u8]) -> (Result<EnvelopeHeader, crate::envelope::OpenError>, bool) {
+        let b = Bytes::copy_from_slice(bytes);
+        let slow = wire::EnvelopeHeader::decode(b.clone())
+            .map_err(|_| crate::envelope::OpenError::Decode)
+            .and_then(EnvelopeHeader::from_wire);
+        let fast = parse(&b).map(|raw| EnvelopeHeader::from_raw(raw, &b));
+        let took_fast = fast.is_some();
+        let answer = fast.unwrap_or_else(|| slow.clone());
+        assert_eq!(answer, slow, "fast path and prost disagree on {bytes:02x?}");
+        (slow, took_fast)
+    }
+
+    proptest! {
+        /// prost's encoding of any header is plain: the fast path reads exactly the fields
+        /// prost reads, and the decoder's answer (header or error) is prost's.
+        #[test]
+        fn prost_encodings_take_the_fast_path(w in header()) {
+            let bytes = w.encode_to_vec();
+            let raw = parse(&bytes);
+            prop_assert_eq!(raw.as_ref(), Some(&fields(&w)));
+            let (_, fast) = both(&bytes);
+            prop_assert!(fast);
+        }
+
+        /// Damaged, reordered, repeated or foreign encodings give prost's answer: either
+        /// the fast path reads what prost reads, or it steps aside.
+        #[test]
+        fn any_bytes_give_prosts_answer(
+            w in header(),
+            cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            tail in proptest::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let mut bytes = w.encode_to_vec();
+            for (at, byte) in cuts {
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+            }
+            bytes.extend_from_slice(&tail);
+            let _ = both(&bytes);
+            // The same fields twice: prost keeps the last; the fast path steps aside.
+            let mut twice = w.encode_to_vec();
+            twice.extend_from_slice(&w.encode_to_vec());
+            prop_assert!(parse(&twice).is_none() || w.encode_to_vec().is_empty());
+            let _ = both(&twice);
+        }
+
+        #[test]
+        fn random_bytes_give_prosts_answer(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = both(&bytes);
+        }
+    }
+
+    /// Hand-made encodings the fast path must leave to prost.
+    #[test]
+    fn unusual_encodings_step_aside() {
+        let w = wire::EnvelopeHeader {
+            version: 1,
+            sender: "a@one.example".into(),
+            timestamp_ms: 5,
+            ..Default::default()
+        };
+        let plain = w.encode_to_vec();
+        assert!(parse(&plain).is_some());
+        // Fields out of order: timestamp (7) before version (1).
+        let mut reordered = vec![7 << 3, 5];
+        reordered.extend_from_slice(&[1 << 3, 1]);
+        assert!(parse(&reordered).is_none());
+        // An unknown field (12, varint).
+        let mut unknown = plain.clone();
+        unknown.extend_from_slice(&[12 << 3, 1]);
+        assert!(parse(&unknown).is_none());
+        // A known field with the wrong wire type (version as LEN).
+        assert!(parse(&[(1 << 3) | 2, 0]).is_none());
+        // A uint32 beyond 32 bits: prost keeps the low 32 bits, and so does the fast path.
+        let mut wide = vec![1 << 3];
+        wide.extend_from_slice(&[0x81, 0x80, 0x80, 0x80, 0x10]);
+        assert_eq!(parse(&wide).map(|h| h.version), Some(1));
+        // A varint of eleven bytes, a length past the end, invalid UTF-8.
+        assert!(
+            parse(&[
+                7 << 3,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x01
+            ])
+            .is_some()
+        );
+        assert!(
+            parse(&[
+                7 << 3,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x02
+            ])
+            .is_none()
+        );
+        assert!(parse(&[(2 << 3) | 2, 5, b'a']).is_none());
+        assert!(parse(&[(2 << 3) | 2, 1, 0xff]).is_none());
+        for bytes in [reordered, unknown] {
+            assert!(!both(&bytes).1);
+        }
+        assert!(both(&wide).1);
+    }
+}
