@@ -146,17 +146,44 @@ impl SessionHeader {
         }
     }
 
-    fn from_wire(h: wire::SessionHeader) -> Result<Self, OpenError> {
+    /// The session header of `session` (the header's `session` field): a plain encoding
+    /// without a setup is read directly, anything else by prost (see [`plain`]).
+    fn decode(session: &[u8], bytes: impl FnOnce() -> Bytes) -> Result<Self, OpenError> {
+        if let Some(r) = plain::parse_session(session) {
+            return Self::checked(
+                r.ratchet_key,
+                r.previous_chain_length,
+                r.message_number,
+                r.sequence,
+                None,
+            );
+        }
+        let h =
+            wire::SessionHeader::decode(bytes()).map_err(|_| OpenError::InvalidField("session"))?;
+        Self::checked(
+            &h.ratchet_key,
+            h.previous_chain_length,
+            h.message_number,
+            h.sequence,
+            h.setup,
+        )
+    }
+
+    fn checked(
+        ratchet_key: &[u8],
+        previous_chain_length: u32,
+        message_number: u32,
+        sequence: u64,
+        setup: Option<wire::SessionSetup>,
+    ) -> Result<Self, OpenError> {
         use OpenError as E;
-        let ratchet_key: [u8; 32] = h
-            .ratchet_key
-            .as_ref()
+        let ratchet_key: [u8; 32] = ratchet_key
             .try_into()
             .map_err(|_| E::InvalidField("session.ratchet_key"))?;
-        if h.sequence == 0 {
+        if sequence == 0 {
             return Err(E::InvalidField("session.sequence"));
         }
-        let setup = match h.setup {
+        let setup = match setup {
             None => None,
             Some(s) => {
                 let base_key: [u8; 32] = s
@@ -184,9 +211,9 @@ impl SessionHeader {
         };
         Ok(Self {
             ratchet_key,
-            previous_chain_length: h.previous_chain_length,
-            message_number: h.message_number,
-            sequence: h.sequence,
+            previous_chain_length,
+            message_number,
+            sequence,
             setup,
         })
     }
@@ -303,17 +330,21 @@ impl EnvelopeHeader {
             ephemeral_key: &ephemeral_key,
             session: &session,
         };
-        Self::checked(raw, session.clone())
+        Self::checked(raw, || session.clone())
     }
 
     /// The header of a plain encoding `header` (see [`plain`]) whose fields are `h`.
     fn from_raw(h: plain::RawHeader<'_>, header: &Bytes) -> Result<Self, OpenError> {
-        let session = plain::within(header, h.session);
-        Self::checked(h, session)
+        let session = h.session;
+        Self::checked(h, || plain::within(header, session))
     }
 
-    /// Checks the fields of a decoded header (`session`: the `session` field as `Bytes`).
-    fn checked(h: plain::RawHeader<'_>, session: Bytes) -> Result<Self, OpenError> {
+    /// Checks the fields of a decoded header (`session_bytes`: the `session` field as
+    /// `Bytes`, asked for only when prost has to decode it).
+    fn checked(
+        h: plain::RawHeader<'_>,
+        session_bytes: impl FnOnce() -> Bytes,
+    ) -> Result<Self, OpenError> {
         use OpenError as E;
         if h.version != PROTOCOL_VERSION {
             return Err(E::UnsupportedVersion(h.version));
@@ -330,7 +361,7 @@ impl EnvelopeHeader {
         };
         let payload = match wire::PayloadKind::try_from(h.payload_kind) {
             Ok(wire::PayloadKind::OneShot) => {
-                if !session.is_empty() {
+                if !h.session.is_empty() {
                     return Err(E::InvalidField("session"));
                 }
                 let ephemeral_key: [u8; 32] = h
@@ -343,9 +374,7 @@ impl EnvelopeHeader {
                 if !h.ephemeral_key.is_empty() {
                     return Err(E::InvalidField("ephemeral_key"));
                 }
-                let sh =
-                    wire::SessionHeader::decode(session).map_err(|_| E::InvalidField("session"))?;
-                PayloadHeader::Session(SessionHeader::from_wire(sh)?)
+                PayloadHeader::Session(SessionHeader::decode(h.session, session_bytes)?)
             }
             _ => return Err(E::UnsupportedPayloadKind(h.payload_kind)),
         };
@@ -373,15 +402,22 @@ impl EnvelopeHeader {
     }
 }
 
-/// Whether the two header decoders give the same answer for `header` (an encoded
-/// `EnvelopeHeader`): the fast path for plain encodings (when it takes the input) and
-/// prost. For the fuzz targets; not part of the API.
+/// Whether the fast paths for plain encodings and prost give the same answer for
+/// `header`, read as an encoded `EnvelopeHeader` and as a `SessionHeader` (and for the
+/// session field of the header). For the fuzz targets; not part of the API.
 #[doc(hidden)]
 pub fn header_decoders_agree(header: &[u8]) -> bool {
+    // The same bytes read as a session header: the session fast path and prost agree.
+    if !plain::session_agrees(header) {
+        return false;
+    }
     let header = Bytes::copy_from_slice(header);
     let Some(raw) = plain::parse(&header) else {
         return true;
     };
+    if !plain::session_agrees(raw.session) {
+        return false;
+    }
     let fast = EnvelopeHeader::from_raw(raw, &header);
     let slow = wire::EnvelopeHeader::decode(header.clone())
         .map_err(|_| OpenError::Decode)

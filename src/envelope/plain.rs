@@ -104,6 +104,63 @@ pub(super) fn parse(bytes: &[u8]) -> Option<RawHeader<'_>> {
     Some(h)
 }
 
+/// The fields of a plain-encoded `SessionHeader` (proto/kogge/v1/session.proto) without
+/// a `setup`: the steady state of a session. A header with a setup is left to prost.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct RawSession<'a> {
+    pub(super) ratchet_key: &'a [u8],
+    pub(super) previous_chain_length: u32,
+    pub(super) message_number: u32,
+    pub(super) sequence: u64,
+}
+
+/// The session header's fields if `bytes` is a plain encoding without a `setup`, else
+/// `None`.
+pub(super) fn parse_session(bytes: &[u8]) -> Option<RawSession<'_>> {
+    let mut h = RawSession::default();
+    let mut buf = bytes;
+    let mut last = 0u64;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        if field <= last {
+            return None;
+        }
+        last = field;
+        match (field, wire_type) {
+            (1, LEN) => h.ratchet_key = len_delimited(&mut buf)?,
+            (2, VARINT) => h.previous_chain_length = low32(varint(&mut buf)?),
+            (3, VARINT) => h.message_number = low32(varint(&mut buf)?),
+            (4, VARINT) => h.sequence = varint(&mut buf)?,
+            _ => return None,
+        }
+    }
+    Some(h)
+}
+
+/// Whether [`parse_session`] reads from `bytes` what prost reads (when it reads
+/// anything): the same fields, and no setup.
+pub(super) fn session_agrees(bytes: &[u8]) -> bool {
+    use prost::Message;
+    let Some(r) = parse_session(bytes) else {
+        return true;
+    };
+    crate::wire::SessionHeader::decode(bytes).is_ok_and(|w| {
+        w.setup.is_none()
+            && (
+                &w.ratchet_key[..],
+                w.previous_chain_length,
+                w.message_number,
+                w.sequence,
+            ) == (
+                r.ratchet_key,
+                r.previous_chain_length,
+                r.message_number,
+                r.sequence,
+            )
+    })
+}
+
 /// `part` as a slice of `whole` when it lies inside it (as the fields [`parse`] borrows
 /// from `whole` do: no copy), else as a copy.
 pub(super) fn within(whole: &Bytes, part: &[u8]) -> Bytes {
@@ -140,6 +197,47 @@ mod tests {
         }
     }
 
+    /// An encoded session header: any field values, with or without a setup.
+    fn session() -> impl Strategy<Value = Vec<u8>> {
+        let key = || {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 32),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ]
+        };
+        let setup = (
+            key(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(b, s, o, k, c)| wire::SessionSetup {
+                base_key: b.into(),
+                signed_prekey_id: s,
+                one_time_prekey_id: o,
+                kem_prekey_id: k,
+                kem_ciphertext: c.into(),
+            });
+        (
+            key(),
+            any::<u32>(),
+            any::<u32>(),
+            prop_oneof![Just(1u64), any::<u64>()],
+            proptest::option::weighted(0.2, setup),
+        )
+            .prop_map(|(r, p, m, q, setup)| {
+                wire::SessionHeader {
+                    ratchet_key: r.into(),
+                    previous_chain_length: p,
+                    message_number: m,
+                    sequence: q,
+                    setup,
+                }
+                .encode_to_vec()
+            })
+    }
+
     fn header() -> impl Strategy<Value = wire::EnvelopeHeader> {
         let bytes = || {
             prop_oneof![
@@ -171,7 +269,7 @@ mod tests {
                 prop_oneof![Just(1i32), any::<i32>()],
                 prop_oneof![Just(1i32), Just(2i32), any::<i32>()],
                 bytes(),
-                bytes(),
+                prop_oneof![bytes(), session(), session()],
             ),
         )
             .prop_map(|((v, s, sd, r, rd, id), (t, ct, pk, ek, se))| {
@@ -240,10 +338,58 @@ mod tests {
             let _ = both(&twice);
         }
 
+        /// The session fast path reads what prost reads, from prost's encodings (all of
+        /// them without a setup) and from damaged ones.
+        #[test]
+        fn session_fast_path_reads_what_prost_reads(
+            enc in session(),
+            cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        ) {
+            let has_setup = wire::SessionHeader::decode(&enc[..]).unwrap().setup.is_some();
+            prop_assert_eq!(parse_session(&enc).is_some(), !has_setup);
+            prop_assert!(session_agrees(&enc));
+            let mut damaged = enc;
+            for (at, byte) in cuts {
+                if !damaged.is_empty() {
+                    let i = at.index(damaged.len());
+                    damaged[i] = byte;
+                }
+            }
+            prop_assert!(session_agrees(&damaged));
+        }
+
         #[test]
         fn random_bytes_give_prosts_answer(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = both(&bytes);
+            prop_assert!(session_agrees(&bytes));
         }
+    }
+
+    /// prost's encoding of a session header without a setup takes the fast path; one with
+    /// a setup, or out of order, is left to prost.
+    #[test]
+    fn session_headers_take_the_fast_path_without_a_setup() {
+        let mut s = wire::SessionHeader {
+            ratchet_key: vec![7; 32].into(),
+            previous_chain_length: 3,
+            message_number: 9,
+            sequence: 12,
+            setup: None,
+        };
+        let encoded = s.encode_to_vec();
+        let raw = parse_session(&encoded).unwrap();
+        assert_eq!(
+            (
+                raw.ratchet_key,
+                raw.previous_chain_length,
+                raw.message_number,
+                raw.sequence
+            ),
+            (&[7u8; 32][..], 3, 9, 12)
+        );
+        s.setup = Some(wire::SessionSetup::default());
+        assert!(parse_session(&s.encode_to_vec()).is_none());
+        assert!(parse_session(&[4 << 3, 1, 1 << 3 | 2, 0]).is_none());
     }
 
     /// Hand-made encodings the fast path must leave to prost.
