@@ -71,20 +71,25 @@ fn len_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(field)
 }
 
+/// The next field's number and wire type; `None` unless its number is above `last`
+/// (plain encodings have each field at most once, in ascending order), which it becomes.
+fn next_key(buf: &mut &[u8], last: &mut u64) -> Option<(u64, u64)> {
+    let key = varint(buf)?;
+    let field = key >> 3;
+    if field <= *last {
+        return None;
+    }
+    *last = field;
+    Some((field, key & 7))
+}
+
 /// The header's fields if `bytes` is a plain encoding (see the module documentation),
 /// else `None`.
 pub(super) fn parse(bytes: &[u8]) -> Option<RawHeader<'_>> {
     let mut h = RawHeader::default();
-    let mut buf = bytes;
-    let mut last = 0u64;
+    let (mut buf, mut last) = (bytes, 0);
     while !buf.is_empty() {
-        let key = varint(&mut buf)?;
-        let (field, wire_type) = (key >> 3, key & 7);
-        if field <= last {
-            return None;
-        }
-        last = field;
-        match (field, wire_type) {
+        match next_key(&mut buf, &mut last)? {
             (1, VARINT) => h.version = low32(varint(&mut buf)?),
             (2, LEN) => h.sender = std::str::from_utf8(len_delimited(&mut buf)?).ok()?.into(),
             (3, LEN) => h.sender_device = len_delimited(&mut buf)?,
@@ -118,16 +123,9 @@ pub(super) struct RawSession<'a> {
 /// `None`.
 pub(super) fn parse_session(bytes: &[u8]) -> Option<RawSession<'_>> {
     let mut h = RawSession::default();
-    let mut buf = bytes;
-    let mut last = 0u64;
+    let (mut buf, mut last) = (bytes, 0);
     while !buf.is_empty() {
-        let key = varint(&mut buf)?;
-        let (field, wire_type) = (key >> 3, key & 7);
-        if field <= last {
-            return None;
-        }
-        last = field;
-        match (field, wire_type) {
+        match next_key(&mut buf, &mut last)? {
             (1, LEN) => h.ratchet_key = len_delimited(&mut buf)?,
             (2, VARINT) => h.previous_chain_length = low32(varint(&mut buf)?),
             (3, VARINT) => h.message_number = low32(varint(&mut buf)?),
@@ -417,39 +415,19 @@ mod tests {
         let mut wide = vec![1 << 3];
         wide.extend_from_slice(&[0x81, 0x80, 0x80, 0x80, 0x10]);
         assert_eq!(parse(&wide).map(|h| h.version), Some(1));
-        // A varint of eleven bytes, a length past the end, invalid UTF-8.
-        assert!(
-            parse(&[
-                7 << 3,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0x01
-            ])
-            .is_some()
+        // A ten-byte varint holds u64::MAX at most: one more bit overflows. Then a length
+        // past the end, and invalid UTF-8.
+        let timestamp = |tenth: u8| {
+            let mut v = vec![7 << 3];
+            v.extend_from_slice(&[0xff; 9]);
+            v.push(tenth);
+            v
+        };
+        assert_eq!(
+            parse(&timestamp(0x01)).map(|h| h.timestamp_ms),
+            Some(u64::MAX)
         );
-        assert!(
-            parse(&[
-                7 << 3,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0x02
-            ])
-            .is_none()
-        );
+        assert!(parse(&timestamp(0x02)).is_none());
         assert!(parse(&[(2 << 3) | 2, 5, b'a']).is_none());
         assert!(parse(&[(2 << 3) | 2, 1, 0xff]).is_none());
         for bytes in [reordered, unknown] {
