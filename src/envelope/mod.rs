@@ -403,12 +403,14 @@ impl EnvelopeHeader {
 }
 
 /// Whether the fast paths for plain encodings and prost give the same answer for
-/// `header`, read as an encoded `EnvelopeHeader` and as a `SessionHeader` (and for the
-/// session field of the header). For the fuzz targets; not part of the API.
+/// `header`, read as an encoded `EnvelopeHeader`, as a `SessionHeader` and as an
+/// `Envelope` (and for the session field of the header). For the fuzz targets; not part
+/// of the API.
 #[doc(hidden)]
 pub fn header_decoders_agree(header: &[u8]) -> bool {
-    // The same bytes read as a session header: the session fast path and prost agree.
-    if !plain::session_agrees(header) {
+    // The same bytes read as a session header and as an envelope: the fast paths and
+    // prost agree.
+    if !plain::session_agrees(header) || !plain::envelope_agrees(header) {
         return false;
     }
     let header = Bytes::copy_from_slice(header);
@@ -837,43 +839,55 @@ impl UnverifiedEnvelope {
                 max: MAX_ENVELOPE_LEN,
             });
         }
-        let outer = wire::Envelope::decode(bytes).map_err(|_| E::Decode)?;
-        if outer.version != PROTOCOL_VERSION {
-            return Err(E::UnsupportedVersion(outer.version));
+        // The plain encoding (what every encoder writes) is read directly; anything else
+        // is left to prost, with the same result (see `plain`).
+        let prost_signature;
+        let (version, header_bytes, ciphertext, signature) = match plain::parse_envelope(&bytes) {
+            Some(raw) => (
+                raw.version,
+                plain::within(&bytes, raw.header),
+                plain::within(&bytes, raw.ciphertext),
+                raw.signature,
+            ),
+            None => {
+                let w = wire::Envelope::decode(bytes.clone()).map_err(|_| E::Decode)?;
+                prost_signature = w.signature;
+                (w.version, w.header, w.ciphertext, &prost_signature[..])
+            }
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(E::UnsupportedVersion(version));
         }
-        if outer.header.len() > MAX_HEADER_LEN {
+        if header_bytes.len() > MAX_HEADER_LEN {
             return Err(E::TooLarge {
                 what: "header",
-                len: outer.header.len(),
+                len: header_bytes.len(),
                 max: MAX_HEADER_LEN,
             });
         }
-        if outer.ciphertext.len() > MAX_CIPHERTEXT_LEN {
+        if ciphertext.len() > MAX_CIPHERTEXT_LEN {
             return Err(E::TooLarge {
                 what: "ciphertext",
-                len: outer.ciphertext.len(),
+                len: ciphertext.len(),
                 max: MAX_CIPHERTEXT_LEN,
             });
         }
-        if outer.ciphertext.len() < AEAD_TAG_LEN {
+        if ciphertext.len() < AEAD_TAG_LEN {
             return Err(E::InvalidField("ciphertext"));
         }
-        let signature =
-            crypto::signature(&outer.signature).map_err(|_| E::InvalidField("signature"))?;
-        // The plain encoding (what every encoder writes) is read directly; anything else
-        // is left to prost, with the same result (see `plain`).
-        let header = match plain::parse(&outer.header) {
-            Some(raw) => EnvelopeHeader::from_raw(raw, &outer.header)?,
+        let signature = crypto::signature(signature).map_err(|_| E::InvalidField("signature"))?;
+        let header = match plain::parse(&header_bytes) {
+            Some(raw) => EnvelopeHeader::from_raw(raw, &header_bytes)?,
             None => {
                 let w =
-                    wire::EnvelopeHeader::decode(outer.header.clone()).map_err(|_| E::Decode)?;
+                    wire::EnvelopeHeader::decode(header_bytes.clone()).map_err(|_| E::Decode)?;
                 EnvelopeHeader::from_wire(w)?
             }
         };
         Ok(Self {
             header,
-            header_bytes: outer.header,
-            ciphertext: outer.ciphertext,
+            header_bytes,
+            ciphertext,
             signature,
         })
     }
