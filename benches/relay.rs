@@ -367,15 +367,19 @@ impl Store for Timed {
     }
 
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        let (cpu, wall) = (thread_cpu_ns(), Instant::now());
-        let r = self.inner.commit(ops);
+        self.commit_owned(ops.to_vec())
+    }
+
+    fn commit_owned(&mut self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        let (cpu, wall, n) = (thread_cpu_ns(), Instant::now(), ops.len());
+        let r = self.inner.commit_owned(ops);
         let t = &self.times;
         t.wall_ns
             .fetch_add(wall.elapsed().as_nanos() as u64, Ordering::Relaxed);
         t.cpu_ns
             .fetch_add(thread_cpu_ns().saturating_sub(cpu), Ordering::Relaxed);
         t.commits.fetch_add(1, Ordering::Relaxed);
-        t.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        t.ops.fetch_add(n as u64, Ordering::Relaxed);
         r
     }
 }

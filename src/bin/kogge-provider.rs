@@ -312,6 +312,13 @@ impl Store for AnyStore {
             AnyStore::Log(s) => s.commit(ops),
         }
     }
+
+    fn commit_owned(&mut self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.commit_owned(ops),
+            AnyStore::Log(s) => s.commit_owned(ops),
+        }
+    }
 }
 
 /// `[transport]`: overrides of the QUIC endpoint's connection limits (SPEC.md 17.4), each

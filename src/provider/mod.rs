@@ -2579,7 +2579,7 @@ impl<S: Store, R: CryptoRng> Provider<S, R> {
         if self.deferred.is_none() {
             if due {
                 let ops = self.take_batch();
-                match self.store.commit(&ops) {
+                match self.store.commit_owned(ops) {
                     Ok(()) => self.commits += 1,
                     Err(e) => self.rollback(now, e),
                 }

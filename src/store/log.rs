@@ -169,6 +169,13 @@ impl Mirror {
             StoreOp::Delete { table, key } => self.delete(table.number(), key),
         }
     }
+
+    fn apply_owned(&mut self, op: StoreOp) {
+        match op {
+            StoreOp::Put { table, key, value } => self.put(table.number(), key, value),
+            StoreOp::Delete { table, key } => self.delete(table.number(), &key),
+        }
+    }
 }
 
 /// One decoded op, borrowing from the file's bytes.
@@ -829,8 +836,34 @@ impl Store for LogStore {
     /// All of `ops` as one record, one `write_all`, one `fdatasync`; then compaction if
     /// due (see [`LogStore`]).
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.append(ops)? {
+            for op in ops {
+                self.mirror.apply(op);
+            }
+            self.maybe_compact();
+        }
+        Ok(())
+    }
+
+    /// As `commit`; the mirror keeps the batch's keys and values.
+    fn commit_owned(&mut self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        if self.append(&ops)? {
+            for op in ops {
+                self.mirror.apply_owned(op);
+            }
+            self.maybe_compact();
+        }
+        Ok(())
+    }
+}
+
+impl LogStore {
+    /// Appends `ops` as one record and flushes it; `Ok(false)` for an empty batch (nothing
+    /// written), `Ok(true)` once the record is durable, when the caller applies `ops` to
+    /// the mirror.
+    fn append(&mut self, ops: &[StoreOp]) -> Result<bool, StoreError> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if self.file.is_none() {
             self.reload()?;
@@ -865,11 +898,7 @@ impl Store for LogStore {
             return Err(self.error(&format!("commit of {} ops", ops.len()), e));
         }
         self.log_len += self.buf.len() as u64;
-        for op in ops {
-            self.mirror.apply(op);
-        }
-        self.maybe_compact();
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -1021,12 +1050,18 @@ mod tests {
             let mut store = LogStore::open(&path).unwrap();
             assert!(store.load().unwrap().values().all(BTreeMap::is_empty));
             assert_eq!(store.log_len(), HEADER_LEN as u64);
-            for b in &batches() {
-                store.commit(b).unwrap();
-                memory.commit(b).unwrap();
+            // Borrowed and owned batches alternately: the mirror ends the same.
+            for (i, b) in batches().into_iter().enumerate() {
+                memory.commit(&b).unwrap();
+                if i % 2 == 0 {
+                    store.commit(&b).unwrap();
+                } else {
+                    store.commit_owned(b).unwrap();
+                }
             }
             let len = store.log_len();
             store.commit(&[]).unwrap();
+            store.commit_owned(Vec::new()).unwrap();
             assert_eq!(store.log_len(), len, "an empty batch writes nothing");
             assert_eq!(fs::metadata(&path).unwrap().len(), len);
             assert_eq!(

@@ -155,6 +155,15 @@ pub trait Store {
     /// caller must [`load`](Self::load) again to know, and must not acknowledge anything
     /// that depended on the batch.
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+
+    /// [`commit`](Self::commit), taking the batch by value: a store that keeps keys and
+    /// values in memory (such as [`LogStore`]'s mirror) keeps these buffers instead of
+    /// sharing them, which would cost an allocation for each buffer made from a `Vec`
+    /// (`Bytes` shares such a buffer by moving it behind a reference count on its first
+    /// clone). Drivers call this one; the default calls `commit`.
+    fn commit_owned(&mut self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        self.commit(&ops)
+    }
 }
 
 /// An in-memory [`Store`]; see the module documentation. Commits can be made to fail
@@ -236,6 +245,10 @@ impl<S: Store + ?Sized> Store for &mut S {
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         (**self).commit(ops)
     }
+
+    fn commit_owned(&mut self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        (**self).commit_owned(ops)
+    }
 }
 
 /// A store shared by a provider and the thread that runs its commits (a driver using
@@ -282,6 +295,10 @@ impl<S: Store> Store for SharedStore<S> {
 
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         self.lock().commit(ops)
+    }
+
+    fn commit_owned(&mut self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        self.lock().commit_owned(ops)
     }
 }
 

@@ -452,7 +452,7 @@ impl Committer {
             .name(format!("store {domain}"))
             .spawn(move || {
                 for (batch, answer) in queue {
-                    let _ = answer.send(store.lock().commit(&batch.ops));
+                    let _ = answer.send(store.lock().commit_owned(batch.ops));
                 }
             })?;
         Ok(Self {
