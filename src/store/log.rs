@@ -531,7 +531,8 @@ fn io_error<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) ->
 /// [`LogStore::compact`] compacts on demand and reports errors.
 ///
 /// Compaction needs the live entries, so the store keeps a **mirror** of its contents
-/// in memory. It shares the key and value buffers ([`Bytes`]) handed to `commit`, but
+/// in memory. It shares the key and value buffers ([`Bytes`]) handed to `commit` (and
+/// keeps those handed to [`Store::commit_owned`], which the drivers use), but
 /// the provider encodes most values for the store alone, so the mirror costs about the
 /// stored bytes again plus the map nodes (README.md, "Relay benchmarks": 2.3–4.4 KB of
 /// RSS per queued message against 1.1–3.4 KB with redb, noisy). Compacting only at open
