@@ -109,6 +109,11 @@ mod wire {
 #[path = "../src/bin/kogge-provider/alloc.rs"]
 mod alloc;
 
+/// CPU time, dropped datagrams and load average, as `benches/transport.rs` reads them.
+#[path = "shared/host.rs"]
+mod host;
+use host::{load_average, thread_cpu_ns, udp_drops};
+
 type Rng20 = ChaCha20Rng;
 type Server = ProviderServer<Timed, Rng20>;
 
@@ -326,14 +331,6 @@ impl std::ops::Sub for StoreTotals {
             wall_ns: self.wall_ns - o.wall_ns,
         }
     }
-}
-
-/// CPU time of the calling thread in nanoseconds (`/proc/thread-self/schedstat`).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The store engine the providers use: `KOGGE_RELAY_STORE`, `redb` (default) or `log`.
@@ -972,28 +969,6 @@ fn rss() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-/// UDP datagrams the kernel dropped because a socket's receive buffer was full
-/// (`RcvbufErrors` of `/proc/net/snmp`, the whole machine's count; 0 where it cannot be read).
-fn udp_drops() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// What one run measured.

@@ -94,6 +94,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+/// CPU time, dropped datagrams and load average, as `benches/relay.rs` reads them.
+#[path = "shared/host.rs"]
+mod host;
+use host::{load_average, thread_cpu_ns, udp_drops};
+
 // ---------------------------------------------------------------------------------------
 // PERF.md's figures
 // ---------------------------------------------------------------------------------------
@@ -454,15 +459,6 @@ fn configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
 // ---------------------------------------------------------------------------------------
 // The two sides
 // ---------------------------------------------------------------------------------------
-
-/// CPU time of the calling thread in nanoseconds (`/proc/thread-self/schedstat`, as in
-/// `benches/relay.rs`).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// One run of one mode, as the server sees it.
 struct ServerJob {
@@ -1131,30 +1127,6 @@ fn report(figures: &[(Mode, Vec<Figures>)], runs: usize, sizes: Sizes, elapsed: 
         None => println!("Runtimes: one single-threaded runtime per side."),
         Some(n) => println!("Runtimes: one multi-threaded runtime per side, {n} workers each."),
     }
-}
-
-/// UDP datagrams the kernel dropped because a socket's receive buffer was full
-/// (`RcvbufErrors` of `/proc/net/snmp`, the whole machine's count; 0 where it cannot be
-/// read), as in `benches/relay.rs`.
-fn udp_drops() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The 1, 5 and 15-minute load averages.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {
