@@ -6,10 +6,10 @@
 //! slices of the envelope: each is a reference-count increment and decrement, and with
 //! the generic field dispatch that was about half of `UnverifiedEnvelope::decode` in a
 //! profile of the relay bench (and prost's decoding of the outer `Envelope`, four
-//! fields, was a third of what remained). This parser reads only the *plain* encoding — every field
-//! at most once, in ascending field order, with its own wire type, strings
-//! valid UTF-8, nothing unknown — and borrows the byte fields from the header.
-//! That is the encoding prost and every reference encoder produce. Anything else (fields
+//! fields, was a third of what remained). These parsers read only the *plain* encoding:
+//! every field at most once, in ascending field order, with its own wire type, strings
+//! valid UTF-8, nothing unknown. They borrow the byte fields from the encoding. That is
+//! the encoding prost and every reference encoder produce. Anything else (fields
 //! repeated or out of order, unknown fields, truncation, bad UTF-8) makes it return
 //! `None`, and the caller decodes with prost as before. So for every input the header,
 //! or the error, is the one prost's decoding gives; property tests (prost's encodings,
